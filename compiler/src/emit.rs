@@ -1,0 +1,197 @@
+//! Stage 4: emitters. A plan becomes the files of a bundle: `plan.json`, `docker-compose.yaml`,
+//! `.env.example` and `bundle.json` (with a content hash). Pure functions of their input: no
+//! timestamps, no absolute paths, ordered maps only.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::instance::{secrets_read, step_secrets};
+use crate::model::Project;
+use crate::plan::{Plan, Trigger, WebhookAuth};
+
+/// One emitted file: its path inside the bundle folder and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmittedFile {
+    pub name: &'static str,
+    pub contents: String,
+}
+
+/// The folder of a bundle inside the output directory.
+pub fn bundle_dir(plan: &Plan) -> String {
+    format!("{}/{}", plan.customer, plan.integration)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Emits every file of one instance's bundle.
+pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
+    let plan_json = serde_json::to_string_pretty(plan).expect("plans serialize") + "\n";
+    let compose = compose(plan, project);
+    let env = env_example(plan);
+    let mut files = vec![
+        EmittedFile { name: "plan.json", contents: plan_json },
+        EmittedFile { name: "docker-compose.yaml", contents: compose },
+        EmittedFile { name: ".env.example", contents: env },
+    ];
+    let mut hasher = Sha256::new();
+    let mut file_hashes = serde_json::Map::new();
+    for f in &files {
+        hasher.update(f.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(f.contents.as_bytes());
+        hasher.update([0]);
+        file_hashes.insert(f.name.to_string(), json!(format!("sha256:{}", sha256_hex(f.contents.as_bytes()))));
+    }
+    let content_hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let components: serde_json::Map<String, Value> = plan
+        .components
+        .iter()
+        .map(|(name, c)| (name.clone(), json!(c.version)))
+        .collect();
+    let bundle = json!({
+        "format": 1,
+        "integration": plan.integration,
+        "customer": plan.customer,
+        "version": plan.version,
+        "commit": Value::Null,
+        "content_hash": format!("sha256:{content_hash}"),
+        "files": file_hashes,
+        "components": components,
+        "weft": env!("CARGO_PKG_VERSION"),
+    });
+    files.insert(0, EmittedFile {
+        name: "bundle.json",
+        contents: serde_json::to_string_pretty(&bundle).expect("json") + "\n",
+    });
+    files
+}
+
+/// `.env.example`: the secret names this instance reads, never their values.
+pub fn env_example(plan: &Plan) -> String {
+    let mut out = format!(
+        "# Secrets of {} for {}: set each before `docker compose up` (or export them for `weft run`).\n",
+        plan.integration, plan.customer
+    );
+    for name in &plan.secrets {
+        out.push_str(&format!("{name}=\n"));
+    }
+    out
+}
+
+const BROKER_URL: &str = "nats://broker:4222";
+const HEALTH_PORT: u16 = 9090;
+
+fn service_name(flow: &str, step: &str) -> String {
+    format!("step-{flow}-{step}").replace('_', "-")
+}
+
+fn environment(secrets: &BTreeSet<String>) -> Value {
+    let mut env = serde_json::Map::new();
+    env.insert("WEFT_BROKER_URL".into(), json!(BROKER_URL));
+    env.insert("WEFT_BUNDLE".into(), json!("/bundle"));
+    for s in secrets {
+        env.insert(s.clone(), json!(format!("${{{s}}}")));
+    }
+    Value::Object(env)
+}
+
+fn healthcheck(port: u16) -> Value {
+    json!({
+        "test": ["CMD", "/weft", "health", "--url", format!("http://127.0.0.1:{port}/healthz")],
+        "interval": "10s",
+        "timeout": "3s",
+        "retries": 3,
+        "start_period": "5s",
+    })
+}
+
+/// `docker-compose.yaml`: the broker, the trigger gateway, and one service per step.
+pub fn compose(plan: &Plan, project: &Project) -> String {
+    let runtime = &project.images.runtime;
+    let port = project.gateway.port;
+    let mut services = serde_json::Map::new();
+    services.insert(
+        "broker".into(),
+        json!({
+            "image": project.images.broker,
+            "command": ["--jetstream", "--store_dir", "/data", "--http_port", "8222"],
+            "volumes": ["broker-data:/data"],
+            "restart": "unless-stopped",
+        }),
+    );
+    // The gateway runs the triggers: it needs the secrets of webhook auth and poll calls.
+    let mut gateway_secrets = BTreeSet::new();
+    for flow in &plan.flows {
+        match &flow.trigger {
+            Trigger::Webhook { auth: Some(auth), .. } => {
+                let secret = match auth {
+                    WebhookAuth::HmacSha256 { secret, .. } | WebhookAuth::StandardWebhooks { secret } => secret,
+                    WebhookAuth::Bearer { token } => token,
+                };
+                secrets_read(&json!(secret), plan, &mut gateway_secrets);
+            }
+            Trigger::Poll { with, connection, .. } => {
+                for v in with.values() {
+                    secrets_read(v, plan, &mut gateway_secrets);
+                }
+                if let Some(conn) = connection.as_ref().and_then(|c| plan.connections.get(c)) {
+                    for v in conn.with.values() {
+                        secrets_read(v, plan, &mut gateway_secrets);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    services.insert(
+        "gateway".into(),
+        json!({
+            "image": runtime,
+            "command": ["gateway", "--bundle", "/bundle", "--port", port.to_string(), "--health-port", HEALTH_PORT.to_string()],
+            "ports": [format!("{port}:{port}")],
+            "environment": environment(&gateway_secrets),
+            "volumes": ["./:/bundle:ro"],
+            "depends_on": ["broker"],
+            "restart": "unless-stopped",
+            "healthcheck": healthcheck(HEALTH_PORT),
+        }),
+    );
+    for flow in &plan.flows {
+        if !flow.enabled {
+            continue;
+        }
+        for step in &flow.steps {
+            services.insert(
+                service_name(&flow.name, &step.id),
+                json!({
+                    "image": runtime,
+                    "command": ["step", "--bundle", "/bundle", "--flow", flow.name, "--step", step.id, "--health-port", HEALTH_PORT.to_string()],
+                    "environment": environment(&step_secrets(plan, step)),
+                    "volumes": ["./:/bundle:ro"],
+                    "depends_on": ["broker"],
+                    "restart": "unless-stopped",
+                    "deploy": {
+                        "replicas": step.replicas,
+                        "restart_policy": { "condition": "on-failure" },
+                    },
+                    "healthcheck": healthcheck(HEALTH_PORT),
+                }),
+            );
+        }
+    }
+    let doc = json!({
+        "version": "3.8",
+        "services": services,
+        "volumes": { "broker-data": {} },
+    });
+    let header = format!(
+        "# Generated by weft from integrations/{}: do not edit; run `weft build`.\n# Secrets are read from .env (see .env.example).\n",
+        plan.integration
+    );
+    header + &serde_saphyr::to_string(&doc).expect("compose serializes")
+}

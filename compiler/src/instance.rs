@@ -1,0 +1,205 @@
+//! Stage 3: checks each instance against its integration and builds its plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+use crate::check::{CompiledIntegration, check_config_value};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::load::Loaded;
+use crate::model::{ConfigType, Instance, NamedVersion, VersionPin};
+use crate::path;
+use crate::plan::{self, ConfigValue, PLAN_FORMAT, Plan};
+
+/// Checks an instance; returns its plan when it has no errors.
+pub fn instance(
+    loaded: &Loaded<Instance>,
+    integrations: &BTreeMap<String, CompiledIntegration>,
+    known_integrations: &BTreeSet<String>,
+) -> (Option<Plan>, Vec<Diagnostic>) {
+    let mut out = Vec::new();
+    let m = &loaded.model;
+    let file = loaded.file;
+    let root = &loaded.root;
+    let customer = m.customer.as_ref().map_or(loaded.folder.clone(), |c| c.0.clone());
+    if m.customer.as_ref().is_some_and(|c| c.0 != loaded.folder) {
+        out.push(
+            Diagnostic::error(
+                Code::MisplacedFile,
+                format!("instance of customer `{customer}` lies in folder `instances/{}`", loaded.folder),
+            )
+            .at(file, root.at(&path!["customer"]).span.clone(), "differs from the folder")
+            .help(format!("move the file to `instances/{customer}/`, or drop `customer:`")),
+        );
+    }
+    if m.integration.0 != loaded.stem {
+        out.push(
+            Diagnostic::error(
+                Code::MisplacedFile,
+                format!("instance of `{}` is named `{}.yaml`", m.integration.0, loaded.stem),
+            )
+            .at(file, root.at(&path!["integration"]).span.clone(), "differs from the file name")
+            .help(format!("name the file `instances/{}/{}.yaml`", loaded.folder, m.integration.0)),
+        );
+    }
+    let version = match m.version {
+        VersionPin::Named(NamedVersion::Draft) => "draft".to_string(),
+        VersionPin::Named(NamedVersion::Latest) | VersionPin::Number(_) => {
+            out.push(
+                Diagnostic::error(Code::UnsupportedVersion, "published versions cannot be resolved in this build")
+                    .at(file, root.at(&path!["version"]).span.clone(), "pins a published version")
+                    .help("use `version: draft` to build the working tree"),
+            );
+            return (None, out);
+        }
+    };
+    let Some(integration) = integrations.get(&m.integration.0) else {
+        if !known_integrations.contains(&m.integration.0) {
+            out.push(
+                Diagnostic::error(Code::UnknownIntegration, format!("unknown integration `{}`", m.integration.0))
+                    .at(file, root.at(&path!["integration"]).span.clone(), "not in integrations/")
+                    .help_opt(did_you_mean(&m.integration.0, known_integrations.iter().map(String::as_str))),
+            );
+        }
+        // An integration with errors of its own: they are reported there.
+        return (None, out);
+    };
+    let mut config = BTreeMap::new();
+    let mut secrets = BTreeSet::new();
+    for (key, value) in &m.config {
+        let key_span = root.key_span(&path!["config", key]);
+        let Some(var) = integration.config.get(key) else {
+            out.push(
+                Diagnostic::error(Code::UnknownConfigKey, format!("`{}` has no config variable `{key}`", integration.name))
+                    .at(file, key_span, "unknown key")
+                    .help_opt(did_you_mean(key, integration.config.keys().map(String::as_str)).or_else(|| {
+                        Some(format!("variables: {}", integration.config.keys().cloned().collect::<Vec<_>>().join(", ")))
+                    })),
+            );
+            continue;
+        };
+        let span = root.at(&path!["config", key]).span.clone();
+        match check_config_value(var, value) {
+            Ok(()) => {}
+            Err((code, message)) => {
+                let help = match code {
+                    Code::LiteralSecret => Some(format!(
+                        "write `{key}: {{ secret: {} }}` and set that variable in the environment",
+                        key.to_uppercase()
+                    )),
+                    _ => var.values.as_ref().and_then(|v| did_you_mean(value.as_str().unwrap_or_default(), v.iter().map(String::as_str))),
+                };
+                // A literal secret is never echoed back.
+                let label = if code == Code::LiteralSecret { "literal secret".to_string() } else { format!("`{key}` is {:?}", var.kind).to_lowercase() };
+                out.push(Diagnostic::error(code, format!("config `{key}`: {message}")).at(file, span, label).help_opt(help));
+                continue;
+            }
+        }
+        let resolved = if var.kind == ConfigType::Secret {
+            let name = value["secret"].as_str().unwrap_or_default().to_string();
+            secrets.insert(name.clone());
+            ConfigValue::Secret { secret: name }
+        } else {
+            ConfigValue::Value(value.clone())
+        };
+        config.insert(key.clone(), resolved);
+    }
+    for (key, var) in &integration.config {
+        if config.contains_key(key) || m.config.contains_key(key) {
+            continue;
+        }
+        match &var.default {
+            Some(default) => {
+                config.insert(key.clone(), ConfigValue::Value(default.clone()));
+            }
+            None => {
+                let at = if root.entry("config").is_some() { root.key_span(&path!["config"]) } else { root.key_span(&path!["integration"]) };
+                let example = if var.kind == ConfigType::Secret {
+                    format!("{{ secret: {} }}", key.to_uppercase())
+                } else {
+                    "<value>".to_string()
+                };
+                out.push(
+                    Diagnostic::error(Code::MissingConfigValue, format!("config `{key}` has no value"))
+                        .at(file, at, format!("`{key}` is required (no default)"))
+                        .help(format!("add `{key}: {example}` under `config:`")),
+                );
+            }
+        }
+    }
+    for name in m.flows.keys() {
+        if !integration.flows.iter().any(|f| &f.name == name) {
+            out.push(
+                Diagnostic::error(Code::UnknownFlow, format!("`{}` has no flow `{name}`", integration.name))
+                    .at(file, root.key_span(&path!["flows", name]), "unknown flow")
+                    .help_opt(did_you_mean(name, integration.flows.iter().map(|f| f.name.as_str()))),
+            );
+        }
+    }
+    if out.iter().any(Diagnostic::is_error) {
+        return (None, out);
+    }
+    let prefix = format!("weft.{customer}.{}", integration.name);
+    let flows = integration
+        .flows
+        .iter()
+        .map(|f| {
+            let mut f = f.clone();
+            f.enabled = m.flows.get(&f.name).is_none_or(|s| s.enabled);
+            f.entry_queue = f.entry_queue.map(|q| format!("{prefix}.{q}"));
+            for s in &mut f.steps {
+                s.queue = format!("{prefix}.{}", s.queue);
+            }
+            for e in &mut f.edges {
+                e.queue = format!("{prefix}.{}", e.queue);
+            }
+            f
+        })
+        .collect();
+    let plan = Plan {
+        format: PLAN_FORMAT,
+        integration: integration.name.clone(),
+        customer,
+        version,
+        config,
+        connections: integration.connections.clone(),
+        components: integration.components.clone(),
+        flows,
+        secrets: secrets.into_iter().collect(),
+    };
+    (Some(plan), out)
+}
+
+/// The secret environment variables a value's templates read (through `config.<secret>`).
+pub fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
+    match value {
+        Value::String(s) if crate::template::is_template(s) => {
+            if let Ok(refs) = crate::template::references(s) {
+                for r in refs {
+                    if r.name(0) == Some("config") {
+                        if let Some(ConfigValue::Secret { secret }) = r.name(1).and_then(|k| plan.config.get(k)) {
+                            out.insert(secret.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| secrets_read(v, plan, out)),
+        Value::Object(map) => map.values().for_each(|v| secrets_read(v, plan, out)),
+        _ => {}
+    }
+}
+
+/// The secrets one step needs: those its inputs and its connection read.
+pub fn step_secrets(plan: &Plan, step: &plan::Step) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for v in step.with.values() {
+        secrets_read(v, plan, &mut out);
+    }
+    if let Some(conn) = step.connection.as_ref().and_then(|c| plan.connections.get(c)) {
+        for v in conn.with.values() {
+            secrets_read(v, plan, &mut out);
+        }
+    }
+    out
+}

@@ -1,0 +1,176 @@
+//! Stage 1: text → spanned YAML tree → schema check → typed model, for every file in parallel.
+
+use rayon::prelude::*;
+use serde::de::DeserializeOwned;
+
+use crate::diagnostic::{Code, Diagnostic};
+use crate::model::{Component, Instance, Integration, Project};
+use crate::repo::Sources;
+use crate::schema::{self, FileKind};
+use crate::source::FileId;
+use crate::yaml::{self, Node};
+
+/// A file that parsed and passed its schema.
+#[derive(Debug, Clone)]
+pub struct Loaded<T> {
+    pub file: FileId,
+    pub root: Node,
+    pub model: T,
+    /// The folder the file lies in (`integrations/<folder>/...`, `instances/<folder>/...`).
+    pub folder: String,
+    /// The file name without extension.
+    pub stem: String,
+}
+
+/// The repository's files, typed. Files with errors are left out, and their names recorded so
+/// that later stages do not report follow-on errors about them.
+#[derive(Debug, Default)]
+pub struct Repo {
+    pub project: Option<Loaded<Project>>,
+    pub components: Vec<Loaded<Component>>,
+    pub integrations: Vec<Loaded<Integration>>,
+    pub instances: Vec<Loaded<Instance>>,
+    /// Folder names of components and integrations that failed to load.
+    pub broken_components: Vec<String>,
+    pub broken_integrations: Vec<String>,
+}
+
+/// The kind of a file, from its place in the repository layout.
+pub fn classify(path: &str) -> Option<(FileKind, String, String)> {
+    let parts: Vec<&str> = path.split('/').collect();
+    let stem = |name: &str| {
+        name.trim_end_matches(".yaml")
+            .trim_end_matches(".yml")
+            .to_string()
+    };
+    match parts.as_slice() {
+        ["weft.yaml"] => Some((FileKind::Project, String::new(), "weft".into())),
+        ["components", folder, file] if stem(file) == "component" => {
+            Some((FileKind::Component, folder.to_string(), stem(file)))
+        }
+        ["integrations", folder, file] if stem(file) == "integration" => {
+            Some((FileKind::Integration, folder.to_string(), stem(file)))
+        }
+        ["instances", folder, file] => Some((FileKind::Instance, folder.to_string(), stem(file))),
+        _ => None,
+    }
+}
+
+enum AnyLoaded {
+    Project(Loaded<Project>),
+    Component(Loaded<Component>),
+    Integration(Loaded<Integration>),
+    Instance(Loaded<Instance>),
+    Broken(FileKind, String),
+}
+
+pub fn load(sources: &Sources) -> (Repo, Vec<Diagnostic>) {
+    let results: Vec<(Option<AnyLoaded>, Vec<Diagnostic>)> = sources
+        .files
+        .par_iter()
+        .enumerate()
+        .map(|(file, source)| {
+            let Some((kind, folder, stem)) = classify(&source.path) else {
+                return (None, Vec::new());
+            };
+            let mut diags = Vec::new();
+            let loaded = load_file(kind, file, &source.text, folder.clone(), stem, &mut diags);
+            (Some(loaded.unwrap_or(AnyLoaded::Broken(kind, folder))), diags)
+        })
+        .collect();
+    let mut repo = Repo::default();
+    let mut diags = Vec::new();
+    for (loaded, d) in results {
+        diags.extend(d);
+        match loaded {
+            Some(AnyLoaded::Project(p)) => repo.project = Some(p),
+            Some(AnyLoaded::Component(c)) => repo.components.push(c),
+            Some(AnyLoaded::Integration(i)) => repo.integrations.push(i),
+            Some(AnyLoaded::Instance(i)) => repo.instances.push(i),
+            Some(AnyLoaded::Broken(FileKind::Component, folder)) => {
+                repo.broken_components.push(folder)
+            }
+            Some(AnyLoaded::Broken(FileKind::Integration, folder)) => {
+                repo.broken_integrations.push(folder)
+            }
+            Some(AnyLoaded::Broken(..)) | None => {}
+        }
+    }
+    (repo, diags)
+}
+
+fn load_file(
+    kind: FileKind,
+    file: FileId,
+    text: &str,
+    folder: String,
+    stem: String,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<AnyLoaded> {
+    let root = match yaml::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            diags.push(Diagnostic::error(Code::YamlSyntax, e.message).at(file, e.span, e.label));
+            return None;
+        }
+    };
+    let value = root.to_json();
+    let errors = schema::validate(kind, file, &root, &value);
+    if !errors.is_empty() {
+        diags.extend(errors);
+        return None;
+    }
+    fn typed<T: DeserializeOwned>(
+        value: serde_json::Value,
+        file: FileId,
+        root: &Node,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<T> {
+        match serde_json::from_value(value) {
+            Ok(model) => Some(model),
+            Err(e) => {
+                // The schema accepted what the model rejects: a drift the schema tests guard
+                // against; still a diagnostic, never a panic.
+                diags.push(
+                    Diagnostic::error(Code::InvalidValue, format!("invalid file: {e}")).at(
+                        file,
+                        root.span.clone(),
+                        "here",
+                    ),
+                );
+                None
+            }
+        }
+    }
+    let loaded = match kind {
+        FileKind::Project => AnyLoaded::Project(Loaded {
+            model: typed(value, file, &root, diags)?,
+            file,
+            root,
+            folder,
+            stem,
+        }),
+        FileKind::Component => AnyLoaded::Component(Loaded {
+            model: typed(value, file, &root, diags)?,
+            file,
+            root,
+            folder,
+            stem,
+        }),
+        FileKind::Integration => AnyLoaded::Integration(Loaded {
+            model: typed(value, file, &root, diags)?,
+            file,
+            root,
+            folder,
+            stem,
+        }),
+        FileKind::Instance => AnyLoaded::Instance(Loaded {
+            model: typed(value, file, &root, diags)?,
+            file,
+            root,
+            folder,
+            stem,
+        }),
+    };
+    Some(loaded)
+}

@@ -1,0 +1,1 @@
+//! weft runtime: executes compiled plans (see ARCHITECTURE.md).
