@@ -57,53 +57,147 @@ fn definitions() -> Vec<(&'static str, &'static str, Value)> {
         props
     };
     vec![
-        ("transform", "Computes a value from templates", object(&["value"], json!({ "value": {} }))),
-        (BRANCH, "Runs the steps of the first case whose `when` is true", json!({ "type": "object" })),
-        (FOR_EACH, "Fans out: runs its `steps` once per item", object(&["items"], json!({ "items": { "type": ["array", "string"] } }))),
-        ("http.request", "Calls an HTTP API", object(&["method", "url"], http_common(true, true))),
-        ("http.get", "GET request", object(&["url"], http_common(false, false))),
-        ("http.post", "POST request", object(&["url"], http_common(false, true))),
-        (RESPOND, "Answers a `respond: sync` webhook", object(&[], json!({
-            "status": { "type": "integer", "minimum": 100, "maximum": 599 },
-            "headers": string_map(),
-            "body": {},
-        }))),
-        ("log", "Writes a log line", object(&["message"], json!({
-            "message": { "type": "string" },
-            "level": { "enum": ["debug", "info", "warn", "error"] },
-        }))),
-        ("delay", "Waits before the next step", object(&["duration"], json!({ "duration": duration() }))),
-        ("file.list", "Lists files in a folder", object(&["folder"], json!({
-            "folder": { "type": "string" },
-            "pattern": { "type": "string", "description": "Glob such as `*.csv`" },
-        }))),
-        ("file.read", "Reads a file", object(&["path"], json!({
-            "path": { "type": "string" },
-            "format": { "enum": ["text", "json", "base64"] },
-        }))),
-        ("file.write", "Writes a file", object(&["path", "content"], json!({
-            "path": { "type": "string" },
-            "content": {},
-            "mode": { "enum": ["overwrite", "append", "create"] },
-        }))),
-        ("file.move", "Moves a file", object(&["from", "to"], json!({
-            "from": { "type": "string" },
-            "to": { "type": "string" },
-        }))),
-        ("csv.parse", "Parses CSV text into rows", object(&["text"], json!({
-            "text": { "type": "string" },
-            "delimiter": { "type": "string", "minLength": 1, "maxLength": 1 },
-            "header": { "type": "boolean" },
-        }))),
-        ("csv.write", "Writes rows as CSV text", object(&["rows"], json!({
-            "rows": { "type": ["array", "string"] },
-            "columns": { "type": "array", "items": { "type": "string" } },
-            "delimiter": { "type": "string", "minLength": 1, "maxLength": 1 },
-        }))),
-        (DISPATCH, "Hands a payload to a sibling flow", object(&["flow"], json!({
-            "flow": { "type": "string", "pattern": "^[a-z][a-z0-9-]*$" },
-            "payload": {},
-        }))),
+        (
+            "transform",
+            "Computes a value from templates",
+            object(&["value"], json!({ "value": {} })),
+        ),
+        (
+            BRANCH,
+            "Runs the steps of the first case whose `when` is true",
+            json!({ "type": "object" }),
+        ),
+        (
+            FOR_EACH,
+            "Fans out: runs its `steps` once per item",
+            object(
+                &["items"],
+                json!({ "items": { "type": ["array", "string"] } }),
+            ),
+        ),
+        (
+            "http.request",
+            "Calls an HTTP API",
+            object(&["method", "url"], http_common(true, true)),
+        ),
+        (
+            "http.get",
+            "GET request",
+            object(&["url"], http_common(false, false)),
+        ),
+        (
+            "http.post",
+            "POST request",
+            object(&["url"], http_common(false, true)),
+        ),
+        (
+            RESPOND,
+            "Answers a `respond: sync` webhook",
+            object(
+                &[],
+                json!({
+                    "status": { "type": "integer", "minimum": 100, "maximum": 599 },
+                    "headers": string_map(),
+                    "body": {},
+                }),
+            ),
+        ),
+        (
+            "log",
+            "Writes a log line",
+            object(
+                &["message"],
+                json!({
+                    "message": { "type": "string" },
+                    "level": { "enum": ["debug", "info", "warn", "error"] },
+                }),
+            ),
+        ),
+        (
+            "delay",
+            "Waits before the next step",
+            object(&["duration"], json!({ "duration": duration() })),
+        ),
+        (
+            "file.list",
+            "Lists files in a folder",
+            object(
+                &["folder"],
+                json!({
+                    "folder": { "type": "string" },
+                    "pattern": { "type": "string", "description": "Glob such as `*.csv`" },
+                }),
+            ),
+        ),
+        (
+            "file.read",
+            "Reads a file",
+            object(
+                &["path"],
+                json!({
+                    "path": { "type": "string" },
+                    "format": { "enum": ["text", "json", "base64"] },
+                }),
+            ),
+        ),
+        (
+            "file.write",
+            "Writes a file",
+            object(
+                &["path", "content"],
+                json!({
+                    "path": { "type": "string" },
+                    "content": {},
+                    "mode": { "enum": ["overwrite", "append", "create"] },
+                }),
+            ),
+        ),
+        (
+            "file.move",
+            "Moves a file",
+            object(
+                &["from", "to"],
+                json!({
+                    "from": { "type": "string" },
+                    "to": { "type": "string" },
+                }),
+            ),
+        ),
+        (
+            "csv.parse",
+            "Parses CSV text into rows",
+            object(
+                &["text"],
+                json!({
+                    "text": { "type": "string" },
+                    "delimiter": { "type": "string", "minLength": 1, "maxLength": 1 },
+                    "header": { "type": "boolean" },
+                }),
+            ),
+        ),
+        (
+            "csv.write",
+            "Writes rows as CSV text",
+            object(
+                &["rows"],
+                json!({
+                    "rows": { "type": ["array", "string"] },
+                    "columns": { "type": "array", "items": { "type": "string" } },
+                    "delimiter": { "type": "string", "minLength": 1, "maxLength": 1 },
+                }),
+            ),
+        ),
+        (
+            DISPATCH,
+            "Hands a payload to a sibling flow",
+            object(
+                &["flow"],
+                json!({
+                    "flow": { "type": "string", "pattern": "^[a-z][a-z0-9-]*$" },
+                    "payload": {},
+                }),
+            ),
+        ),
     ]
 }
 

@@ -84,15 +84,26 @@ pub fn components<'r>(
                         c.name.0, loaded.folder
                     ),
                 )
-                .at(loaded.file, site.span(&path!["name"]), "name differs from its folder")
+                .at(
+                    loaded.file,
+                    site.span(&path!["name"]),
+                    "name differs from its folder",
+                )
                 .help(format!("rename the folder to `components/{}`", c.name.0)),
             );
         }
         if let Some(first) = resolved.get(&c.name.0) {
             out.push(
-                Diagnostic::error(Code::DuplicateName, format!("two components are named `{}`", c.name.0))
-                    .at(loaded.file, site.span(&path!["name"]), "second definition")
-                    .at(first.loaded.file, first.loaded.root.at(&path!["name"]).span.clone(), "first definition"),
+                Diagnostic::error(
+                    Code::DuplicateName,
+                    format!("two components are named `{}`", c.name.0),
+                )
+                .at(loaded.file, site.span(&path!["name"]), "second definition")
+                .at(
+                    first.loaded.file,
+                    first.loaded.root.at(&path!["name"]).span.clone(),
+                    "first definition",
+                ),
             );
             continue;
         }
@@ -110,7 +121,11 @@ pub fn components<'r>(
                             Code::MissingField,
                             format!("auth kind `{kind}` needs a field `{field}`"),
                         )
-                        .at(loaded.file, site.key_span(&path!["auth", kind]), "declared here")
+                        .at(
+                            loaded.file,
+                            site.key_span(&path!["auth", kind]),
+                            "declared here",
+                        )
                         .help(format!("add `{field}: {{ type: secret }}` under `fields:`")),
                     );
                 }
@@ -137,7 +152,13 @@ pub fn components<'r>(
                     flows: None,
                 };
                 let http_value = serde_json::to_value(http).unwrap_or_default();
-                check_value(&site, &mut path!["actions", name, "http"], &http_value, &scope, out);
+                check_value(
+                    &site,
+                    &mut path!["actions", name, "http"],
+                    &http_value,
+                    &scope,
+                    out,
+                );
             }
             if let Some(schema) = &action.input {
                 match compile_schema(schema) {
@@ -146,7 +167,11 @@ pub fn components<'r>(
                     }
                     Err(e) => out.push(
                         Diagnostic::error(Code::InvalidValue, format!("invalid input schema: {e}"))
-                            .at(loaded.file, site.span(&path!["actions", name, "input"]), "not a valid JSON Schema"),
+                            .at(
+                                loaded.file,
+                                site.span(&path!["actions", name, "input"]),
+                                "not a valid JSON Schema",
+                            ),
                     ),
                 }
             }
@@ -180,7 +205,9 @@ pub fn check_config_value(var: &ConfigVar, value: &Value) -> Result<(), (Code, S
         if is_secret_ref {
             let name = value["secret"].as_str().unwrap_or_default();
             let ok = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
             return if ok {
                 Ok(())
@@ -216,7 +243,10 @@ pub fn check_config_value(var: &ConfigVar, value: &Value) -> Result<(), (Code, S
                     format!("expected an http(s) URL, found scheme `{}`", u.scheme()),
                 )),
                 Some(Err(e)) => Err((Code::InvalidConfigValue, format!("not a URL: {e}"))),
-                None => Err((Code::InvalidConfigValue, format!("expected a URL, found {}", kind_of(value)))),
+                None => Err((
+                    Code::InvalidConfigValue,
+                    format!("expected a URL, found {}", kind_of(value)),
+                )),
             };
         }
         ConfigType::Enum => {
@@ -227,8 +257,14 @@ pub fn check_config_value(var: &ConfigVar, value: &Value) -> Result<(), (Code, S
                     Code::InvalidConfigValue,
                     format!(
                         "`{}` is not one of {}",
-                        value.as_str().map_or_else(|| value.to_string(), str::to_string),
-                        values.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ")
+                        value
+                            .as_str()
+                            .map_or_else(|| value.to_string(), str::to_string),
+                        values
+                            .iter()
+                            .map(|v| format!("`{v}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )),
             };
@@ -312,7 +348,13 @@ impl IntegrationChecker<'_, '_> {
         &self.loaded.model
     }
 
-    fn error(&mut self, code: Code, message: impl Into<String>, path: &[Seg], label: impl Into<String>) -> &mut Diagnostic {
+    fn error(
+        &mut self,
+        code: Code,
+        message: impl Into<String>,
+        path: &[Seg],
+        label: impl Into<String>,
+    ) -> &mut Diagnostic {
         let d = Diagnostic::error(code, message).at(self.loaded.file, self.site.span(path), label);
         self.out.push(d);
         self.out.last_mut().expect("just pushed")
@@ -323,7 +365,10 @@ impl IntegrationChecker<'_, '_> {
         if m.name.0 != self.loaded.folder {
             self.error(
                 Code::MisplacedFile,
-                format!("integration `{}` lies in folder `integrations/{}`", m.name.0, self.loaded.folder),
+                format!(
+                    "integration `{}` lies in folder `integrations/{}`",
+                    m.name.0, self.loaded.folder
+                ),
                 &path!["name"],
                 "name differs from its folder",
             )
@@ -339,12 +384,18 @@ impl IntegrationChecker<'_, '_> {
         for (name, flow) in &m.flows {
             self.check_trigger(&m, name, flow, &mut webhook_paths);
             let build = self.check_flow(&m, name, flow);
-            if flow.trigger.webhook.as_ref().is_some_and(|w| w.respond == Respond::Sync)
+            if flow
+                .trigger
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.respond == Respond::Sync)
                 && build.respond_steps == 0
             {
                 self.error(
                     Code::InvalidStepInput,
-                    format!("flow `{name}` answers its webhook synchronously but has no `respond` step"),
+                    format!(
+                        "flow `{name}` answers its webhook synchronously but has no `respond` step"
+                    ),
                     &path!["flows", name, "trigger", "webhook", "respond"],
                     "`sync` waits for a `respond` step",
                 )
@@ -375,17 +426,39 @@ impl IntegrationChecker<'_, '_> {
         for (name, var) in &m.config {
             let at = path!["config", name];
             if var.kind == ConfigType::Enum && var.values.as_ref().is_none_or(Vec::is_empty) {
-                self.error(Code::MissingField, "an `enum` variable needs `values`", &at, "no values listed");
+                self.error(
+                    Code::MissingField,
+                    "an `enum` variable needs `values`",
+                    &at,
+                    "no values listed",
+                );
             }
             if var.kind != ConfigType::Enum && var.values.is_some() {
-                self.error(Code::InvalidValue, "only `enum` variables take `values`", &path!["config", name, "values"], "not an enum");
+                self.error(
+                    Code::InvalidValue,
+                    "only `enum` variables take `values`",
+                    &path!["config", name, "values"],
+                    "not an enum",
+                );
             }
             if let Some(default) = &var.default {
                 if var.kind == ConfigType::Secret {
-                    self.error(Code::LiteralSecret, "a secret cannot have a default", &path!["config", name, "default"], "secrets come from each instance")
-                        .help = Some("remove the default; each instance gives `{ secret: ENV_NAME }`".into());
+                    self.error(
+                        Code::LiteralSecret,
+                        "a secret cannot have a default",
+                        &path!["config", name, "default"],
+                        "secrets come from each instance",
+                    )
+                    .help = Some(
+                        "remove the default; each instance gives `{ secret: ENV_NAME }`".into(),
+                    );
                 } else if let Err((code, message)) = check_config_value(var, default) {
-                    self.error(code, message, &path!["config", name, "default"], "default does not fit the type");
+                    self.error(
+                        code,
+                        message,
+                        &path!["config", name, "default"],
+                        "default does not fit the type",
+                    );
                 }
             }
         }
@@ -411,9 +484,17 @@ impl IntegrationChecker<'_, '_> {
             match self.ctx.components.get(&conn.component) {
                 None if self.ctx.broken_components.contains(&conn.component) => {}
                 None => {
-                    let help = did_you_mean(&conn.component, self.ctx.components.keys().map(String::as_str));
-                    self.error(Code::UnknownComponent, format!("unknown component `{}`", conn.component), &path!["connections", name, "component"], "not in components/")
-                        .help = help;
+                    let help = did_you_mean(
+                        &conn.component,
+                        self.ctx.components.keys().map(String::as_str),
+                    );
+                    self.error(
+                        Code::UnknownComponent,
+                        format!("unknown component `{}`", conn.component),
+                        &path!["connections", name, "component"],
+                        "not in components/",
+                    )
+                    .help = help;
                 }
                 Some(comp) => {
                     let c = &comp.loaded.model;
@@ -423,7 +504,10 @@ impl IntegrationChecker<'_, '_> {
                             let kinds: Vec<&str> = c.auth.keys().map(String::as_str).collect();
                             self.error(
                                 Code::ConnectionMismatch,
-                                format!("component `{}` does not accept auth `{}`", conn.component, conn.auth),
+                                format!(
+                                    "component `{}` does not accept auth `{}`",
+                                    conn.component, conn.auth
+                                ),
                                 &path!["connections", name, "auth"],
                                 "unknown auth kind",
                             )
@@ -433,18 +517,35 @@ impl IntegrationChecker<'_, '_> {
                         Some(kind) => {
                             for key in conn.with.keys() {
                                 if !kind.fields.contains_key(key) {
-                                    let help = did_you_mean(key, kind.fields.keys().map(String::as_str));
-                                    let span = self.site.key_span(&path!["connections", name, "with", key]);
+                                    let help =
+                                        did_you_mean(key, kind.fields.keys().map(String::as_str));
+                                    let span = self.site.key_span(&path![
+                                        "connections",
+                                        name,
+                                        "with",
+                                        key
+                                    ]);
                                     self.out.push(
-                                        Diagnostic::error(Code::ConnectionMismatch, format!("auth `{}` of `{}` has no field `{key}`", conn.auth, conn.component))
-                                            .at(self.loaded.file, span, "unknown field")
-                                            .help_opt(help),
+                                        Diagnostic::error(
+                                            Code::ConnectionMismatch,
+                                            format!(
+                                                "auth `{}` of `{}` has no field `{key}`",
+                                                conn.auth, conn.component
+                                            ),
+                                        )
+                                        .at(self.loaded.file, span, "unknown field")
+                                        .help_opt(help),
                                     );
                                 }
                             }
                             for (field, spec) in &kind.fields {
                                 if spec.required && !conn.with.contains_key(field) {
-                                    self.error(Code::ConnectionMismatch, format!("connection `{name}` does not set `{field}`"), &at, format!("`{field}` is required by auth `{}`", conn.auth));
+                                    self.error(
+                                        Code::ConnectionMismatch,
+                                        format!("connection `{name}` does not set `{field}`"),
+                                        &at,
+                                        format!("`{field}` is required by auth `{}`", conn.auth),
+                                    );
                                 }
                             }
                         }
@@ -482,13 +583,28 @@ impl IntegrationChecker<'_, '_> {
         if let Some(w) = &t.webhook {
             let key = (format!("{:?}", w.method), w.path.clone());
             if let Some(first) = webhook_paths.get(&key) {
-                let first_span = self.site.span(&path!["flows", first, "trigger", "webhook", "path"]);
-                let span = self.site.span(&path!["flows", name, "trigger", "webhook", "path"]);
+                let first_span = self
+                    .site
+                    .span(&path!["flows", first, "trigger", "webhook", "path"]);
+                let span = self
+                    .site
+                    .span(&path!["flows", name, "trigger", "webhook", "path"]);
                 self.out.push(
-                    Diagnostic::error(Code::DuplicateWebhookPath, format!("two webhook flows listen on `{}`", w.path))
-                        .at(self.loaded.file, span, format!("flow `{name}` listens here"))
-                        .at(self.loaded.file, first_span, format!("flow `{first}` listens here too"))
-                        .help("give each webhook flow its own path"),
+                    Diagnostic::error(
+                        Code::DuplicateWebhookPath,
+                        format!("two webhook flows listen on `{}`", w.path),
+                    )
+                    .at(
+                        self.loaded.file,
+                        span,
+                        format!("flow `{name}` listens here"),
+                    )
+                    .at(
+                        self.loaded.file,
+                        first_span,
+                        format!("flow `{first}` listens here too"),
+                    )
+                    .help("give each webhook flow its own path"),
                 );
             } else {
                 webhook_paths.insert(key, name.to_string());
@@ -504,13 +620,25 @@ impl IntegrationChecker<'_, '_> {
         }
         if let Some(s) = &t.schedule {
             if let Err(e) = s.cron.parse::<croner::Cron>() {
-                self.error(Code::InvalidSchedule, format!("invalid cron expression: {e}"), &path!["flows", name, "trigger", "schedule", "cron"], "cannot be parsed")
+                let reason = e
+                    .to_string()
+                    .trim_end_matches('.')
+                    .to_lowercase()
+                    .replace("component error: ", "");
+                self.error(Code::InvalidSchedule, format!("invalid cron expression: {reason}"), &path!["flows", name, "trigger", "schedule", "cron"], "cannot be parsed")
                     .help = Some("five fields `minute hour day month weekday` (or six, seconds first), e.g. `0 2 * * *`".into());
             }
             if s.timezone.parse::<chrono_tz::Tz>().is_err() {
-                let help = did_you_mean(&s.timezone, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
-                self.error(Code::InvalidSchedule, format!("unknown timezone `{}`", s.timezone), &path!["flows", name, "trigger", "schedule", "timezone"], "not an IANA timezone")
-                    .help = help.or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()));
+                let help =
+                    did_you_mean(&s.timezone, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+                self.error(
+                    Code::InvalidSchedule,
+                    format!("unknown timezone `{}`", s.timezone),
+                    &path!["flows", name, "trigger", "schedule", "timezone"],
+                    "not an IANA timezone",
+                )
+                .help = help
+                    .or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()));
             }
         }
         if let Some(p) = &t.poll {
@@ -529,13 +657,19 @@ impl IntegrationChecker<'_, '_> {
             wp.push(Seg::Key("with".into()));
             check_value(&self.site, &mut wp, &with, &poll_scope, &mut diags);
             if let Some(items) = &p.items {
-                let scope = Scope { vars: &["output", "cursor", "config"], ..poll_scope };
+                let scope = Scope {
+                    vars: &["output", "cursor", "config"],
+                    ..poll_scope
+                };
                 let mut ip = at.clone();
                 ip.push(Seg::Key("items".into()));
                 check_template(&self.site, &ip, items, &scope, &mut diags);
             }
             if let Some(cursor) = &p.cursor {
-                let scope = Scope { vars: &["items", "cursor", "output", "config"], ..poll_scope };
+                let scope = Scope {
+                    vars: &["items", "cursor", "output", "config"],
+                    ..poll_scope
+                };
                 let mut cp = at.clone();
                 cp.push(Seg::Key("cursor".into()));
                 check_template(&self.site, &cp, cursor, &scope, &mut diags);
@@ -545,7 +679,14 @@ impl IntegrationChecker<'_, '_> {
     }
 
     /// Checks a `uses` (step or poll): built-in, or `component.action` with a fitting connection.
-    fn check_uses(&mut self, m: &Integration, uses: &str, connection: Option<&str>, at: &[Seg], poll: bool) {
+    fn check_uses(
+        &mut self,
+        m: &Integration,
+        uses: &str,
+        connection: Option<&str>,
+        at: &[Seg],
+        poll: bool,
+    ) {
         let mut uses_path = at.to_vec();
         uses_path.push(Seg::Key("uses".into()));
         let mut conn_path = at.to_vec();
@@ -553,19 +694,36 @@ impl IntegrationChecker<'_, '_> {
         if let Some(conn) = connection {
             if !m.connections.contains_key(conn) {
                 let help = did_you_mean(conn, m.connections.keys().map(String::as_str));
-                self.error(Code::UnknownConnection, format!("unknown connection `{conn}`"), &conn_path, "not declared under `connections:`")
-                    .help = help;
+                self.error(
+                    Code::UnknownConnection,
+                    format!("unknown connection `{conn}`"),
+                    &conn_path,
+                    "not declared under `connections:`",
+                )
+                .help = help;
             } else {
                 self.connections_used.insert(conn.to_string());
             }
         }
         if builtins::get(uses).is_some() {
             if poll && !builtins::pollable(uses) {
-                self.error(Code::InvalidStepInput, format!("`{uses}` cannot be polled"), &uses_path, "not a pollable action")
-                    .help = Some("poll a component action, `http.get`, `http.request` or `file.list`".into());
+                self.error(
+                    Code::InvalidStepInput,
+                    format!("`{uses}` cannot be polled"),
+                    &uses_path,
+                    "not a pollable action",
+                )
+                .help = Some(
+                    "poll a component action, `http.get`, `http.request` or `file.list`".into(),
+                );
             }
             if connection.is_some() && !uses.starts_with("http.") {
-                self.error(Code::ConnectionMismatch, format!("`{uses}` takes no connection"), &conn_path, "not used");
+                self.error(
+                    Code::ConnectionMismatch,
+                    format!("`{uses}` takes no connection"),
+                    &conn_path,
+                    "not used",
+                );
             }
             return;
         }
@@ -573,34 +731,66 @@ impl IntegrationChecker<'_, '_> {
             let help = did_you_mean(uses, builtins::names()).unwrap_or_else(|| {
                 "use a built-in step (`transform`, `branch`, `http.request`, ...) or `<component>.<action>`".into()
             });
-            self.error(Code::UnknownComponent, format!("unknown step kind `{uses}`"), &uses_path, "neither built in nor `component.action`")
-                .help = Some(help);
+            self.error(
+                Code::UnknownComponent,
+                format!("unknown step kind `{uses}`"),
+                &uses_path,
+                "neither built in nor `component.action`",
+            )
+            .help = Some(help);
             return;
         };
         let Some(comp) = self.ctx.components.get(component) else {
             if !self.ctx.broken_components.contains(component) {
-                let candidates: Vec<String> = self.ctx.components.keys().cloned().chain(builtins::names().map(str::to_string)).collect();
-                let help = did_you_mean(component, candidates.iter().map(String::as_str)).or_else(|| did_you_mean(uses, builtins::names()));
-                self.error(Code::UnknownComponent, format!("unknown component `{component}`"), &uses_path, "not built in, nor in components/")
-                    .help = help;
+                let candidates: Vec<String> = self
+                    .ctx
+                    .components
+                    .keys()
+                    .cloned()
+                    .chain(builtins::names().map(str::to_string))
+                    .collect();
+                let help = did_you_mean(component, candidates.iter().map(String::as_str))
+                    .or_else(|| did_you_mean(uses, builtins::names()));
+                self.error(
+                    Code::UnknownComponent,
+                    format!("unknown component `{component}`"),
+                    &uses_path,
+                    "not built in, nor in components/",
+                )
+                .help = help;
             }
             return;
         };
         let c = &comp.loaded.model;
         if !c.actions.contains_key(action) {
-            let help = did_you_mean(action, c.actions.keys().map(String::as_str))
-                .or_else(|| Some(format!("`{component}` has: {}", c.actions.keys().cloned().collect::<Vec<_>>().join(", "))));
-            self.error(Code::UnknownAction, format!("component `{component}` has no action `{action}`"), &uses_path, "unknown action")
-                .help = help;
+            let help = did_you_mean(action, c.actions.keys().map(String::as_str)).or_else(|| {
+                Some(format!(
+                    "`{component}` has: {}",
+                    c.actions.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            });
+            self.error(
+                Code::UnknownAction,
+                format!("component `{component}` has no action `{action}`"),
+                &uses_path,
+                "unknown action",
+            )
+            .help = help;
             return;
         }
-        self.components_used.entry(component.to_string()).or_default().insert(action.to_string());
+        self.components_used
+            .entry(component.to_string())
+            .or_default()
+            .insert(action.to_string());
         let needs_auth = c.auth.keys().any(|k| k != "none");
         match connection.and_then(|n| m.connections.get(n).map(|conn| (n, conn))) {
             Some((n, conn)) if conn.component != component => {
                 self.error(
                     Code::ConnectionMismatch,
-                    format!("connection `{n}` is for `{}`, not `{component}`", conn.component),
+                    format!(
+                        "connection `{n}` is for `{}`, not `{component}`",
+                        conn.component
+                    ),
                     &conn_path,
                     "wrong component",
                 )
@@ -611,12 +801,23 @@ impl IntegrationChecker<'_, '_> {
                     .map(|(k, _)| format!("did you mean `{k}`?"));
             }
             None if connection.is_none() && needs_auth => {
-                let candidate = m.connections.iter().find(|(_, c)| c.component == component).map(|(k, _)| k.clone());
-                self.error(Code::ConnectionMismatch, format!("`{uses}` needs a connection"), &uses_path, format!("`{component}` requires auth"))
-                    .help = Some(match candidate {
-                        Some(k) => format!("add `connection: {k}`"),
-                        None => format!("declare a connection to `{component}` under `connections:` and add `connection: <name>`"),
-                    });
+                let candidate = m
+                    .connections
+                    .iter()
+                    .find(|(_, c)| c.component == component)
+                    .map(|(k, _)| k.clone());
+                self.error(
+                    Code::ConnectionMismatch,
+                    format!("`{uses}` needs a connection"),
+                    &uses_path,
+                    format!("`{component}` requires auth"),
+                )
+                .help = Some(match candidate {
+                    Some(k) => format!("add `connection: {k}`"),
+                    None => format!(
+                        "declare a connection to `{component}` under `connections:` and add `connection: <name>`"
+                    ),
+                });
             }
             _ => {}
         }
@@ -634,7 +835,11 @@ impl IntegrationChecker<'_, '_> {
             cases: BTreeMap::new(),
         };
         collect_ids(&flow.steps, &mut build.all_ids);
-        let trigger_label = match (&flow.trigger.webhook, &flow.trigger.schedule, &flow.trigger.poll) {
+        let trigger_label = match (
+            &flow.trigger.webhook,
+            &flow.trigger.schedule,
+            &flow.trigger.poll,
+        ) {
             (Some(w), _, _) => format!("webhook {}", w.path),
             (_, Some(s), _) => format!("schedule {}", s.cron),
             (_, _, Some(p)) => format!("poll {} every {}", p.uses, p.every.0),
@@ -647,7 +852,16 @@ impl IntegrationChecker<'_, '_> {
         });
         let base = path!["flows", name, "steps"];
         let mut visible = Vec::new();
-        self.walk(m, flow, &mut build, &flow.steps, &base, vec![(trigger, EdgeKind::Next)], &mut visible, None);
+        self.walk(
+            m,
+            flow,
+            &mut build,
+            &flow.steps,
+            &base,
+            vec![(trigger, EdgeKind::Next)],
+            &mut visible,
+            None,
+        );
         build
     }
 
@@ -674,14 +888,23 @@ impl IntegrationChecker<'_, '_> {
                 FOR_EACH => Shape::Loop,
                 _ => Shape::Step,
             };
-            let node = build.graph.add_node(GraphNode { id: step.id.clone(), label: step.uses.clone(), shape });
+            let node = build.graph.add_node(GraphNode {
+                id: step.id.clone(),
+                label: step.uses.clone(),
+                shape,
+            });
             for (p, kind) in preds.drain(..) {
                 build.graph.add_edge(p, node, kind);
             }
-            build.steps.push((node, self.plan_step(step, build.flow_name, for_each)));
+            build
+                .steps
+                .push((node, self.plan_step(step, build.flow_name, for_each)));
             match step.uses.as_str() {
                 BRANCH => {
-                    let with: Option<BranchWith> = serde_json::from_value(Value::Object(step.with.clone().into_iter().collect())).ok();
+                    let with: Option<BranchWith> = serde_json::from_value(Value::Object(
+                        step.with.clone().into_iter().collect(),
+                    ))
+                    .ok();
                     if let Some(with) = with {
                         let mut whens = Vec::new();
                         for (k, case) in with.cases.iter().enumerate() {
@@ -689,13 +912,33 @@ impl IntegrationChecker<'_, '_> {
                             let mut case_path = at.clone();
                             case_path.extend(path!["with", "cases", k, "steps"]);
                             let mut case_visible = visible.clone();
-                            preds.extend(self.walk(m, flow, build, &case.steps, &case_path, vec![(node, EdgeKind::Case(k))], &mut case_visible, for_each));
+                            preds.extend(self.walk(
+                                m,
+                                flow,
+                                build,
+                                &case.steps,
+                                &case_path,
+                                vec![(node, EdgeKind::Case(k))],
+                                &mut case_visible,
+                                for_each,
+                            ));
                         }
                         let mut default_path = at.clone();
                         default_path.extend(path!["with", "default"]);
                         let mut default_visible = visible.clone();
-                        preds.extend(self.walk(m, flow, build, &with.default, &default_path, vec![(node, EdgeKind::Default)], &mut default_visible, for_each));
-                        build.cases.insert((build.flow_name.to_string(), step.id.clone()), whens);
+                        preds.extend(self.walk(
+                            m,
+                            flow,
+                            build,
+                            &with.default,
+                            &default_path,
+                            vec![(node, EdgeKind::Default)],
+                            &mut default_visible,
+                            for_each,
+                        ));
+                        build
+                            .cases
+                            .insert((build.flow_name.to_string(), step.id.clone()), whens);
                     }
                 }
                 FOR_EACH => {
@@ -704,7 +947,16 @@ impl IntegrationChecker<'_, '_> {
                     let mut body_visible = visible.clone();
                     let body = step.steps.clone().unwrap_or_default();
                     // The body's last step ends the item's path: nothing joins the fan-out.
-                    self.walk(m, flow, build, &body, &body_path, vec![(node, EdgeKind::Body)], &mut body_visible, Some(&step.id));
+                    self.walk(
+                        m,
+                        flow,
+                        build,
+                        &body,
+                        &body_path,
+                        vec![(node, EdgeKind::Body)],
+                        &mut body_visible,
+                        Some(&step.id),
+                    );
                     preds.push((node, EdgeKind::Next));
                 }
                 _ => preds.push((node, EdgeKind::Next)),
@@ -729,10 +981,13 @@ impl IntegrationChecker<'_, '_> {
             let first_span = self.site.span(first);
             let span = self.site.span(&id_path);
             self.out.push(
-                Diagnostic::error(Code::DuplicateStepId, format!("duplicate step id `{}`", step.id))
-                    .at(self.loaded.file, span, "used again here")
-                    .at(self.loaded.file, first_span, "first used here")
-                    .help("step ids are unique in their flow, branch cases and loop bodies included"),
+                Diagnostic::error(
+                    Code::DuplicateStepId,
+                    format!("duplicate step id `{}`", step.id),
+                )
+                .at(self.loaded.file, span, "used again here")
+                .at(self.loaded.file, first_span, "first used here")
+                .help("step ids are unique in their flow, branch cases and loop bodies included"),
             );
         } else {
             build.first_seen.insert(step.id.clone(), id_path.clone());
@@ -742,8 +997,13 @@ impl IntegrationChecker<'_, '_> {
         steps_path.push(Seg::Key("steps".into()));
         match (step.uses.as_str(), &step.steps) {
             (FOR_EACH, None) => {
-                self.error(Code::MissingField, "a `for_each` step needs `steps`", at, "no loop body")
-                    .help = Some("add `steps:` with the steps to run for each item".into());
+                self.error(
+                    Code::MissingField,
+                    "a `for_each` step needs `steps`",
+                    at,
+                    "no loop body",
+                )
+                .help = Some("add `steps:` with the steps to run for each item".into());
             }
             (FOR_EACH, Some(_)) => {}
             (_, Some(_)) => {
@@ -767,11 +1027,32 @@ impl IntegrationChecker<'_, '_> {
         with_path.push(Seg::Key("with".into()));
         let skip = |v: &Value| v.as_str().is_some_and(is_template);
         if let Some(b) = builtins::get(&step.uses) {
-            let diags = validate_with(&b.validator, &b.input, self.loaded.file, &self.loaded.root, &with, &with_path, &skip);
+            let diags = validate_with(
+                &b.validator,
+                &b.input,
+                self.loaded.file,
+                &self.loaded.root,
+                &with,
+                &with_path,
+                &skip,
+            );
             self.out.extend(diags.into_iter().map(as_step_input));
         } else if let Some((component, action)) = step.uses.split_once('.') {
-            if let Some((schema, validator)) = self.ctx.components.get(component).and_then(|c| c.inputs.get(action)) {
-                let diags = validate_with(validator, schema, self.loaded.file, &self.loaded.root, &with, &with_path, &skip);
+            if let Some((schema, validator)) = self
+                .ctx
+                .components
+                .get(component)
+                .and_then(|c| c.inputs.get(action))
+            {
+                let diags = validate_with(
+                    validator,
+                    schema,
+                    self.loaded.file,
+                    &self.loaded.root,
+                    &with,
+                    &with_path,
+                    &skip,
+                );
                 self.out.extend(diags.into_iter().map(as_step_input));
             }
         }
@@ -784,7 +1065,10 @@ impl IntegrationChecker<'_, '_> {
             vars: &vars,
             config: Some(&m.config),
             connections: Some(&m.connections),
-            steps: Some(StepScope { visible, all: &build.all_ids }),
+            steps: Some(StepScope {
+                visible,
+                all: &build.all_ids,
+            }),
             flows: Some(&m.flows),
         };
         let mut diags = Vec::new();
@@ -799,7 +1083,13 @@ impl IntegrationChecker<'_, '_> {
                 }
             }
         } else {
-            check_value(&self.site, &mut with_path.clone(), &with, &scope, &mut diags);
+            check_value(
+                &self.site,
+                &mut with_path.clone(),
+                &with,
+                &scope,
+                &mut diags,
+            );
         }
         self.out.extend(diags);
         if step.uses == DISPATCH {
@@ -812,8 +1102,13 @@ impl IntegrationChecker<'_, '_> {
                     let help = did_you_mean(target, m.flows.keys().map(String::as_str));
                     let mut p = with_path.clone();
                     p.push(Seg::Key("flow".into()));
-                    self.error(Code::UnknownFlow, format!("unknown flow `{target}`"), &p, "no such flow in this integration")
-                        .help = help;
+                    self.error(
+                        Code::UnknownFlow,
+                        format!("unknown flow `{target}`"),
+                        &p,
+                        "no such flow in this integration",
+                    )
+                    .help = help;
                 }
             }
         }
@@ -829,7 +1124,10 @@ impl IntegrationChecker<'_, '_> {
         let retry = retry.map_or(base, |r| RetryPolicy {
             attempts: r.attempts,
             backoff: r.backoff,
-            initial_ms: r.initial.as_ref().map_or(base.initial_ms, |d| duration_ms(&d.0)),
+            initial_ms: r
+                .initial
+                .as_ref()
+                .map_or(base.initial_ms, |d| duration_ms(&d.0)),
             max_ms: r.max.as_ref().map_or(base.max_ms, |d| duration_ms(&d.0)),
         });
         let mut with: BTreeMap<String, Value> = step.with.clone().into_iter().collect();
@@ -842,7 +1140,9 @@ impl IntegrationChecker<'_, '_> {
                     }
                 }
             }
-            let has_default = with.remove("default").is_some_and(|d| d.as_array().is_some_and(|a| !a.is_empty()));
+            let has_default = with
+                .remove("default")
+                .is_some_and(|d| d.as_array().is_some_and(|a| !a.is_empty()));
             with.insert("has_default".into(), Value::Bool(has_default));
         }
         plan::Step {
@@ -863,13 +1163,23 @@ impl IntegrationChecker<'_, '_> {
         }
     }
 
-    fn finish_flow(&mut self, name: &str, flow: &Flow, build: FlowBuild<'_>) -> (plan::Flow, StepGraph) {
+    fn finish_flow(
+        &mut self,
+        name: &str,
+        flow: &Flow,
+        build: FlowBuild<'_>,
+    ) -> (plan::Flow, StepGraph) {
         let graph = build.graph;
         let order = topological_order(&graph);
         let order = match order {
             Some(order) => order,
             None => {
-                self.error(Code::DispatchCycle, format!("flow `{name}` has a cycle"), &path!["flows", name], "cycle");
+                self.error(
+                    Code::DispatchCycle,
+                    format!("flow `{name}` has a cycle"),
+                    &path!["flows", name],
+                    "cycle",
+                );
                 graph.node_indices().collect()
             }
         };
@@ -895,18 +1205,28 @@ impl IntegrationChecker<'_, '_> {
                 path: w.path.clone(),
                 auth: w.auth.as_ref().and_then(|a| {
                     if let Some(h) = &a.hmac_sha256 {
-                        Some(plan::WebhookAuth::HmacSha256 { secret: h.secret.clone(), header: h.header.clone() })
+                        Some(plan::WebhookAuth::HmacSha256 {
+                            secret: h.secret.clone(),
+                            header: h.header.clone(),
+                        })
                     } else if let Some(s) = &a.standard_webhooks {
-                        Some(plan::WebhookAuth::StandardWebhooks { secret: s.secret.clone() })
+                        Some(plan::WebhookAuth::StandardWebhooks {
+                            secret: s.secret.clone(),
+                        })
                     } else {
-                        a.bearer.as_ref().map(|b| plan::WebhookAuth::Bearer { token: b.token.clone() })
+                        a.bearer.as_ref().map(|b| plan::WebhookAuth::Bearer {
+                            token: b.token.clone(),
+                        })
                     }
                 }),
                 respond: w.respond,
                 timeout_ms: w.timeout.as_ref().map_or(30_000, |d| duration_ms(&d.0)),
             }
         } else if let Some(s) = &t.schedule {
-            plan::Trigger::Schedule { cron: s.cron.clone(), timezone: s.timezone.clone() }
+            plan::Trigger::Schedule {
+                cron: s.cron.clone(),
+                timezone: s.timezone.clone(),
+            }
         } else if let Some(p) = &t.poll {
             plan::Trigger::Poll {
                 every_ms: duration_ms(&p.every.0),
@@ -921,14 +1241,25 @@ impl IntegrationChecker<'_, '_> {
         };
         let entry_queue = flow.steps.first().map(|s| format!("{name}.{}", s.id));
         (
-            plan::Flow { name: name.to_string(), enabled: true, trigger, entry_queue, steps, edges },
+            plan::Flow {
+                name: name.to_string(),
+                enabled: true,
+                trigger,
+                entry_queue,
+                steps,
+                edges,
+            },
             graph,
         )
     }
 
     fn check_dispatch_cycles(&mut self, m: &Integration, edges: &[(String, String, Path)]) {
         let mut graph = petgraph::graph::DiGraph::<&str, usize>::new();
-        let nodes: BTreeMap<&str, NodeIndex> = m.flows.keys().map(|k| (k.as_str(), graph.add_node(k.as_str()))).collect();
+        let nodes: BTreeMap<&str, NodeIndex> = m
+            .flows
+            .keys()
+            .map(|k| (k.as_str(), graph.add_node(k.as_str())))
+            .collect();
         for (i, (from, to, _)) in edges.iter().enumerate() {
             graph.add_edge(nodes[from.as_str()], nodes[to.as_str()], i);
         }
@@ -942,16 +1273,25 @@ impl IntegrationChecker<'_, '_> {
             names.sort_by_key(|n| m.flows.get_index_of(*n));
             let mut diag = Diagnostic::error(
                 Code::DispatchCycle,
-                format!("flows dispatch to each other in a cycle: {}", names.join(" → ")),
+                format!(
+                    "flows dispatch to each other in a cycle: {}",
+                    names.join(" → ")
+                ),
             );
             for e in graph.edge_indices() {
                 let (a, b) = graph.edge_endpoints(e).expect("edge");
                 if members.contains(&a) && members.contains(&b) {
                     let (from, to, at) = &edges[graph[e]];
-                    diag = diag.at(self.loaded.file, self.site.span(at), format!("`{from}` dispatches to `{to}`"));
+                    diag = diag.at(
+                        self.loaded.file,
+                        self.site.span(at),
+                        format!("`{from}` dispatches to `{to}`"),
+                    );
                 }
             }
-            self.out.push(diag.help("a dispatched payload must not come back to a flow it passed through"));
+            self.out.push(
+                diag.help("a dispatched payload must not come back to a flow it passed through"),
+            );
         }
     }
 
@@ -994,7 +1334,10 @@ impl IntegrationChecker<'_, '_> {
 }
 
 fn as_step_input(mut d: Diagnostic) -> Diagnostic {
-    if matches!(d.code, Code::WrongType | Code::InvalidValue | Code::MissingField | Code::UnknownKey) {
+    if matches!(
+        d.code,
+        Code::WrongType | Code::InvalidValue | Code::MissingField | Code::UnknownKey
+    ) {
         d.code = Code::InvalidStepInput;
     }
     d
@@ -1007,7 +1350,9 @@ fn collect_ids(steps: &[Step], out: &mut BTreeSet<String>) {
             collect_ids(body, out);
         }
         if s.uses == BRANCH {
-            if let Ok(with) = serde_json::from_value::<BranchWith>(Value::Object(s.with.clone().into_iter().collect())) {
+            if let Ok(with) = serde_json::from_value::<BranchWith>(Value::Object(
+                s.with.clone().into_iter().collect(),
+            )) {
                 for case in &with.cases {
                     collect_ids(&case.steps, out);
                 }

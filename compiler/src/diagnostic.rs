@@ -88,7 +88,10 @@ impl Diagnostic {
 }
 
 /// "did you mean `x`?" for the candidate closest to `name`, when one is close enough.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(name, c);
@@ -360,7 +363,10 @@ pub fn render_github(diag: &Diagnostic, files: &[SourceFile]) -> String {
             props.push(format!("endColumn={ec}"));
         }
     }
-    props.push(format!("title={}", escape_property(&format!("weft {}", diag.code.name()))));
+    props.push(format!(
+        "title={}",
+        escape_property(&format!("weft {}", diag.code.name()))
+    ));
     out.push_str(&props.join(","));
     let mut message = diag.message.clone();
     if let Some(help) = &diag.help {
@@ -371,7 +377,9 @@ pub fn render_github(diag: &Diagnostic, files: &[SourceFile]) -> String {
 }
 
 fn escape_data(s: &str) -> String {
-    s.replace('%', "%25").replace('\r', "%0D").replace('\n', "%0A")
+    s.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 fn escape_property(s: &str) -> String {

@@ -34,9 +34,18 @@ pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
     let compose = compose(plan, project);
     let env = env_example(plan);
     let mut files = vec![
-        EmittedFile { name: "plan.json", contents: plan_json },
-        EmittedFile { name: "docker-compose.yaml", contents: compose },
-        EmittedFile { name: ".env.example", contents: env },
+        EmittedFile {
+            name: "plan.json",
+            contents: plan_json,
+        },
+        EmittedFile {
+            name: "docker-compose.yaml",
+            contents: compose,
+        },
+        EmittedFile {
+            name: ".env.example",
+            contents: env,
+        },
     ];
     let mut hasher = Sha256::new();
     let mut file_hashes = serde_json::Map::new();
@@ -45,9 +54,16 @@ pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
         hasher.update([0]);
         hasher.update(f.contents.as_bytes());
         hasher.update([0]);
-        file_hashes.insert(f.name.to_string(), json!(format!("sha256:{}", sha256_hex(f.contents.as_bytes()))));
+        file_hashes.insert(
+            f.name.to_string(),
+            json!(format!("sha256:{}", sha256_hex(f.contents.as_bytes()))),
+        );
     }
-    let content_hash: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let content_hash: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let components: serde_json::Map<String, Value> = plan
         .components
         .iter()
@@ -64,10 +80,13 @@ pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
         "components": components,
         "weft": env!("CARGO_PKG_VERSION"),
     });
-    files.insert(0, EmittedFile {
-        name: "bundle.json",
-        contents: serde_json::to_string_pretty(&bundle).expect("json") + "\n",
-    });
+    files.insert(
+        0,
+        EmittedFile {
+            name: "bundle.json",
+            contents: serde_json::to_string_pretty(&bundle).expect("json") + "\n",
+        },
+    );
     files
 }
 
@@ -128,14 +147,19 @@ pub fn compose(plan: &Plan, project: &Project) -> String {
     let mut gateway_secrets = BTreeSet::new();
     for flow in &plan.flows {
         match &flow.trigger {
-            Trigger::Webhook { auth: Some(auth), .. } => {
+            Trigger::Webhook {
+                auth: Some(auth), ..
+            } => {
                 let secret = match auth {
-                    WebhookAuth::HmacSha256 { secret, .. } | WebhookAuth::StandardWebhooks { secret } => secret,
+                    WebhookAuth::HmacSha256 { secret, .. }
+                    | WebhookAuth::StandardWebhooks { secret } => secret,
                     WebhookAuth::Bearer { token } => token,
                 };
                 secrets_read(&json!(secret), plan, &mut gateway_secrets);
             }
-            Trigger::Poll { with, connection, .. } => {
+            Trigger::Poll {
+                with, connection, ..
+            } => {
                 for v in with.values() {
                     secrets_read(v, plan, &mut gateway_secrets);
                 }

@@ -56,7 +56,11 @@ pub fn topological_order(graph: &StepGraph) -> Option<Vec<NodeIndex>> {
     (order.len() == graph.node_count()).then_some(order)
 }
 
-fn edge_label(kind: EdgeKind, cases: &dyn Fn(NodeIndex, usize) -> String, from: NodeIndex) -> String {
+fn edge_label(
+    kind: EdgeKind,
+    cases: &dyn Fn(NodeIndex, usize) -> String,
+    from: NodeIndex,
+) -> String {
     match kind {
         EdgeKind::Next => String::new(),
         EdgeKind::Case(i) => cases(from, i),
@@ -115,9 +119,16 @@ pub fn to_dot(
     flows: &[(String, &StepGraph)],
     cases: &dyn Fn(&str, NodeIndex, usize) -> String,
 ) -> String {
-    let mut out = format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n", dot_escape(name));
+    let mut out = format!(
+        "digraph \"{}\" {{\n  rankdir=TB;\n  node [fontname=\"Helvetica\"];\n",
+        dot_escape(name)
+    );
     for (i, (flow, graph)) in flows.iter().enumerate() {
-        let _ = writeln!(out, "  subgraph cluster_{i} {{\n    label=\"{}\";", dot_escape(flow));
+        let _ = writeln!(
+            out,
+            "  subgraph cluster_{i} {{\n    label=\"{}\";",
+            dot_escape(flow)
+        );
         for n in graph.node_indices() {
             let node = &graph[n];
             let shape = match node.shape {

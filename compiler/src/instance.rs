@@ -21,34 +21,63 @@ pub fn instance(
     let m = &loaded.model;
     let file = loaded.file;
     let root = &loaded.root;
-    let customer = m.customer.as_ref().map_or(loaded.folder.clone(), |c| c.0.clone());
+    let customer = m
+        .customer
+        .as_ref()
+        .map_or(loaded.folder.clone(), |c| c.0.clone());
     if m.customer.as_ref().is_some_and(|c| c.0 != loaded.folder) {
         out.push(
             Diagnostic::error(
                 Code::MisplacedFile,
-                format!("instance of customer `{customer}` lies in folder `instances/{}`", loaded.folder),
+                format!(
+                    "instance of customer `{customer}` lies in folder `instances/{}`",
+                    loaded.folder
+                ),
             )
-            .at(file, root.at(&path!["customer"]).span.clone(), "differs from the folder")
-            .help(format!("move the file to `instances/{customer}/`, or drop `customer:`")),
+            .at(
+                file,
+                root.at(&path!["customer"]).span.clone(),
+                "differs from the folder",
+            )
+            .help(format!(
+                "move the file to `instances/{customer}/`, or drop `customer:`"
+            )),
         );
     }
     if m.integration.0 != loaded.stem {
         out.push(
             Diagnostic::error(
                 Code::MisplacedFile,
-                format!("instance of `{}` is named `{}.yaml`", m.integration.0, loaded.stem),
+                format!(
+                    "instance of `{}` is named `{}.yaml`",
+                    m.integration.0, loaded.stem
+                ),
             )
-            .at(file, root.at(&path!["integration"]).span.clone(), "differs from the file name")
-            .help(format!("name the file `instances/{}/{}.yaml`", loaded.folder, m.integration.0)),
+            .at(
+                file,
+                root.at(&path!["integration"]).span.clone(),
+                "differs from the file name",
+            )
+            .help(format!(
+                "name the file `instances/{}/{}.yaml`",
+                loaded.folder, m.integration.0
+            )),
         );
     }
     let version = match m.version {
         VersionPin::Named(NamedVersion::Draft) => "draft".to_string(),
         VersionPin::Named(NamedVersion::Latest) | VersionPin::Number(_) => {
             out.push(
-                Diagnostic::error(Code::UnsupportedVersion, "published versions cannot be resolved in this build")
-                    .at(file, root.at(&path!["version"]).span.clone(), "pins a published version")
-                    .help("use `version: draft` to build the working tree"),
+                Diagnostic::error(
+                    Code::UnsupportedVersion,
+                    "published versions cannot be resolved in this build",
+                )
+                .at(
+                    file,
+                    root.at(&path!["version"]).span.clone(),
+                    "pins a published version",
+                )
+                .help("use `version: draft` to build the working tree"),
             );
             return (None, out);
         }
@@ -56,9 +85,19 @@ pub fn instance(
     let Some(integration) = integrations.get(&m.integration.0) else {
         if !known_integrations.contains(&m.integration.0) {
             out.push(
-                Diagnostic::error(Code::UnknownIntegration, format!("unknown integration `{}`", m.integration.0))
-                    .at(file, root.at(&path!["integration"]).span.clone(), "not in integrations/")
-                    .help_opt(did_you_mean(&m.integration.0, known_integrations.iter().map(String::as_str))),
+                Diagnostic::error(
+                    Code::UnknownIntegration,
+                    format!("unknown integration `{}`", m.integration.0),
+                )
+                .at(
+                    file,
+                    root.at(&path!["integration"]).span.clone(),
+                    "not in integrations/",
+                )
+                .help_opt(did_you_mean(
+                    &m.integration.0,
+                    known_integrations.iter().map(String::as_str),
+                )),
             );
         }
         // An integration with errors of its own: they are reported there.
@@ -70,11 +109,26 @@ pub fn instance(
         let key_span = root.key_span(&path!["config", key]);
         let Some(var) = integration.config.get(key) else {
             out.push(
-                Diagnostic::error(Code::UnknownConfigKey, format!("`{}` has no config variable `{key}`", integration.name))
-                    .at(file, key_span, "unknown key")
-                    .help_opt(did_you_mean(key, integration.config.keys().map(String::as_str)).or_else(|| {
-                        Some(format!("variables: {}", integration.config.keys().cloned().collect::<Vec<_>>().join(", ")))
-                    })),
+                Diagnostic::error(
+                    Code::UnknownConfigKey,
+                    format!("`{}` has no config variable `{key}`", integration.name),
+                )
+                .at(file, key_span, "unknown key")
+                .help_opt(
+                    did_you_mean(key, integration.config.keys().map(String::as_str)).or_else(
+                        || {
+                            Some(format!(
+                                "variables: {}",
+                                integration
+                                    .config
+                                    .keys()
+                                    .cloned()
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        },
+                    ),
+                ),
             );
             continue;
         };
@@ -87,11 +141,27 @@ pub fn instance(
                         "write `{key}: {{ secret: {} }}` and set that variable in the environment",
                         key.to_uppercase()
                     )),
-                    _ => var.values.as_ref().and_then(|v| did_you_mean(value.as_str().unwrap_or_default(), v.iter().map(String::as_str))),
+                    _ => var.values.as_ref().and_then(|v| {
+                        did_you_mean(
+                            value.as_str().unwrap_or_default(),
+                            v.iter().map(String::as_str),
+                        )
+                    }),
                 };
                 // A literal secret is never echoed back.
-                let label = if code == Code::LiteralSecret { "literal secret".to_string() } else { format!("`{key}` is {:?}", var.kind).to_lowercase() };
-                out.push(Diagnostic::error(code, format!("config `{key}`: {message}")).at(file, span, label).help_opt(help));
+                let label = if code == Code::LiteralSecret {
+                    "literal secret".to_string()
+                } else {
+                    format!(
+                        "declared as `type: {}`",
+                        format!("{:?}", var.kind).to_lowercase()
+                    )
+                };
+                out.push(
+                    Diagnostic::error(code, format!("config `{key}`: {message}"))
+                        .at(file, span, label)
+                        .help_opt(help),
+                );
                 continue;
             }
         }
@@ -113,16 +183,23 @@ pub fn instance(
                 config.insert(key.clone(), ConfigValue::Value(default.clone()));
             }
             None => {
-                let at = if root.entry("config").is_some() { root.key_span(&path!["config"]) } else { root.key_span(&path!["integration"]) };
+                let at = if root.entry("config").is_some() {
+                    root.key_span(&path!["config"])
+                } else {
+                    root.key_span(&path!["integration"])
+                };
                 let example = if var.kind == ConfigType::Secret {
                     format!("{{ secret: {} }}", key.to_uppercase())
                 } else {
                     "<value>".to_string()
                 };
                 out.push(
-                    Diagnostic::error(Code::MissingConfigValue, format!("config `{key}` has no value"))
-                        .at(file, at, format!("`{key}` is required (no default)"))
-                        .help(format!("add `{key}: {example}` under `config:`")),
+                    Diagnostic::error(
+                        Code::MissingConfigValue,
+                        format!("config `{key}` has no value"),
+                    )
+                    .at(file, at, format!("`{key}` is required (no default)"))
+                    .help(format!("add `{key}: {example}` under `config:`")),
                 );
             }
         }
@@ -130,9 +207,15 @@ pub fn instance(
     for name in m.flows.keys() {
         if !integration.flows.iter().any(|f| &f.name == name) {
             out.push(
-                Diagnostic::error(Code::UnknownFlow, format!("`{}` has no flow `{name}`", integration.name))
-                    .at(file, root.key_span(&path!["flows", name]), "unknown flow")
-                    .help_opt(did_you_mean(name, integration.flows.iter().map(|f| f.name.as_str()))),
+                Diagnostic::error(
+                    Code::UnknownFlow,
+                    format!("`{}` has no flow `{name}`", integration.name),
+                )
+                .at(file, root.key_span(&path!["flows", name]), "unknown flow")
+                .help_opt(did_you_mean(
+                    name,
+                    integration.flows.iter().map(|f| f.name.as_str()),
+                )),
             );
         }
     }
@@ -177,7 +260,9 @@ pub fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
             if let Ok(refs) = crate::template::references(s) {
                 for r in refs {
                     if r.name(0) == Some("config") {
-                        if let Some(ConfigValue::Secret { secret }) = r.name(1).and_then(|k| plan.config.get(k)) {
+                        if let Some(ConfigValue::Secret { secret }) =
+                            r.name(1).and_then(|k| plan.config.get(k))
+                        {
                             out.insert(secret.clone());
                         }
                     }
@@ -196,7 +281,11 @@ pub fn step_secrets(plan: &Plan, step: &plan::Step) -> BTreeSet<String> {
     for v in step.with.values() {
         secrets_read(v, plan, &mut out);
     }
-    if let Some(conn) = step.connection.as_ref().and_then(|c| plan.connections.get(c)) {
+    if let Some(conn) = step
+        .connection
+        .as_ref()
+        .and_then(|c| plan.connections.get(c))
+    {
         for v in conn.with.values() {
             secrets_read(v, plan, &mut out);
         }

@@ -63,9 +63,20 @@ pub fn compile(sources: &Sources) -> Compilation {
         let name = loaded.model.name.0.as_str();
         if let Some(first) = seen.get(name) {
             diagnostics.push(
-                Diagnostic::error(Code::DuplicateName, format!("two integrations are named `{name}`"))
-                    .at(loaded.file, loaded.root.at(&path!["name"]).span.clone(), "second definition")
-                    .at(first.file, first.root.at(&path!["name"]).span.clone(), "first definition"),
+                Diagnostic::error(
+                    Code::DuplicateName,
+                    format!("two integrations are named `{name}`"),
+                )
+                .at(
+                    loaded.file,
+                    loaded.root.at(&path!["name"]).span.clone(),
+                    "second definition",
+                )
+                .at(
+                    first.file,
+                    first.root.at(&path!["name"]).span.clone(),
+                    "first definition",
+                ),
             );
         } else {
             seen.insert(name, loaded);

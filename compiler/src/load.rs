@@ -75,7 +75,10 @@ pub fn load(sources: &Sources) -> (Repo, Vec<Diagnostic>) {
             };
             let mut diags = Vec::new();
             let loaded = load_file(kind, file, &source.text, folder.clone(), stem, &mut diags);
-            (Some(loaded.unwrap_or(AnyLoaded::Broken(kind, folder))), diags)
+            (
+                Some(loaded.unwrap_or(AnyLoaded::Broken(kind, folder))),
+                diags,
+            )
         })
         .collect();
     let mut repo = Repo::default();

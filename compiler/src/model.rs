@@ -13,7 +13,9 @@ use serde_json::Value;
 pub struct FormatVersion(pub u32);
 
 /// A name: lower-case letters, digits and `-`, starting with a letter.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 pub struct Name(#[schemars(regex(pattern = r"^[a-z][a-z0-9-]*$"))] pub String);
 
 /// A duration such as `500ms`, `30s`, `5m`, `1h` or `1h 30m`.

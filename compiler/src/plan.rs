@@ -36,7 +36,9 @@ pub struct Plan {
 #[serde(untagged)]
 pub enum ConfigValue {
     /// Read from the environment variable at run time; never stored.
-    Secret { secret: String },
+    Secret {
+        secret: String,
+    },
     Value(Value),
 }
 

@@ -66,10 +66,7 @@ pub fn read_repo(root: &Path) -> io::Result<Sources> {
     if has_project {
         read(root, "weft.yaml", &mut sources)?;
     }
-    for (folder, file) in [
-        ("components", "component"),
-        ("integrations", "integration"),
-    ] {
+    for (folder, file) in [("components", "component"), ("integrations", "integration")] {
         let dir = root.join(folder);
         if !dir.is_dir() {
             continue;

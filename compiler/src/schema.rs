@@ -7,11 +7,11 @@ use std::sync::LazyLock;
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use jsonschema::{Draft, Validator};
-use schemars::generate::SchemaSettings;
 use schemars::JsonSchema;
-use serde_json::{json, Value};
+use schemars::generate::SchemaSettings;
+use serde_json::{Value, json};
 
-use crate::diagnostic::{did_you_mean, Code, Diagnostic};
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::model::{BranchWith, Component, Instance, Integration, Project};
 use crate::source::FileId;
 use crate::yaml::{Node, NodeKind, Seg};
@@ -105,7 +105,10 @@ pub fn generate(kind: FileKind) -> Value {
             entry.as_object_mut().expect("$defs").entry(k).or_insert(v);
         }
     }
-    root["$id"] = json!(format!("https://weft.dev/schemas/v1/{}", kind.schema_file()));
+    root["$id"] = json!(format!(
+        "https://weft.dev/schemas/v1/{}",
+        kind.schema_file()
+    ));
     strip_null(&mut root);
     sort_keys(&mut root)
 }
@@ -157,9 +160,15 @@ fn strip_null(v: &mut Value) {
 fn sort_keys(v: &mut Value) -> Value {
     match v {
         Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> =
-                map.iter_mut().map(|(k, v)| (k.clone(), sort_keys(v))).collect();
-            entries.sort_by(|a, b| schema_key_rank(&a.0).cmp(&schema_key_rank(&b.0)).then(a.0.cmp(&b.0)));
+            let mut entries: Vec<(String, Value)> = map
+                .iter_mut()
+                .map(|(k, v)| (k.clone(), sort_keys(v)))
+                .collect();
+            entries.sort_by(|a, b| {
+                schema_key_rank(&a.0)
+                    .cmp(&schema_key_rank(&b.0))
+                    .then(a.0.cmp(&b.0))
+            });
             Value::Object(entries.into_iter().collect())
         }
         Value::Array(items) => Value::Array(items.iter_mut().map(sort_keys).collect()),
@@ -220,9 +229,8 @@ pub fn validate_with(
             });
         }
         let node = root.at(&path);
-        let schema_here = schema_at(schema, error.evaluation_path().as_str());
         let parent_schema = error
-            .evaluation_path()
+            .schema_path()
             .as_str()
             .rsplit_once('/')
             .map(|(parent, _)| schema_at(schema, parent))
@@ -237,26 +245,34 @@ pub fn validate_with(
                     out.push(
                         Diagnostic::error(Code::UnknownKey, format!("unknown key `{key}`"))
                             .at(file, root.key_span(&key_path), "not a known key here")
-                            .help_opt(
-                                did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
-                                    (!known.is_empty()).then(|| {
-                                        format!("known keys: {}", known.join(", "))
-                                    })
-                                }),
-                            ),
+                            .help_opt(did_you_mean(key, known.iter().map(String::as_str)).or_else(
+                                || {
+                                    (!known.is_empty())
+                                        .then(|| format!("known keys: {}", known.join(", ")))
+                                },
+                            )),
                     );
                 }
                 continue;
             }
             ValidationErrorKind::Required { property } => {
                 let name = property.as_str().unwrap_or_default();
-                let span = if path.is_empty() {
-                    0..0
-                } else {
-                    root.key_span(&path)
+                // Point at the key that holds the incomplete mapping; for list items and the
+                // document itself, at the mapping's first key.
+                let first_key = match &node.kind {
+                    NodeKind::Map(entries) => entries.first().map(|e| e.key_span.clone()),
+                    _ => None,
                 };
-                Diagnostic::error(Code::MissingField, format!("missing field `{name}`"))
-                    .at(file, span, format!("`{name}` is required here"))
+                let span = match (path.last(), first_key) {
+                    (Some(Seg::Key(_)), _) => root.key_span(&path),
+                    (_, Some(first)) => first,
+                    _ => node.span.clone(),
+                };
+                Diagnostic::error(Code::MissingField, format!("missing field `{name}`")).at(
+                    file,
+                    span,
+                    format!("`{name}` is required here"),
+                )
             }
             ValidationErrorKind::Type { kind } => {
                 let expected = format!("{kind:?}")
@@ -269,6 +285,20 @@ pub fn validate_with(
                     format!("expected {}, found {}", a_type(&expected), describe(node)),
                 )
                 .at(file, node.span.clone(), format!("expected {expected}"))
+            }
+            ValidationErrorKind::OneOfNotValid { context }
+            | ValidationErrorKind::AnyOf { context }
+                if !context.is_empty() && context.iter().all(|alt| const_of(alt).is_some()) =>
+            {
+                // An enum whose variants carry docs: `oneOf` of `const`s.
+                let choices: Vec<String> = context.iter().filter_map(|alt| const_of(alt)).collect();
+                let got = plain(error.instance());
+                Diagnostic::error(
+                    Code::InvalidValue,
+                    format!("`{got}` is not one of {}", backticked(&choices)),
+                )
+                .at(file, node.span.clone(), "not an allowed value")
+                .help_opt(did_you_mean(&got, choices.iter().map(String::as_str)))
             }
             ValidationErrorKind::Enum { options } => {
                 let choices: Vec<String> = options
@@ -287,7 +317,11 @@ pub fn validate_with(
                 Code::InvalidValue,
                 format!("expected `{}`", plain(expected_value)),
             )
-            .at(file, node.span.clone(), format!("must be `{}`", plain(expected_value))),
+            .at(
+                file,
+                node.span.clone(),
+                format!("must be `{}`", plain(expected_value)),
+            ),
             ValidationErrorKind::Pattern { pattern } => {
                 let got = plain(error.instance());
                 let (message, help) = explain_pattern(pattern);
@@ -321,22 +355,37 @@ pub fn validate_with(
                     .at(file, key_span, "this key")
                     .help(help)
             }
-            ValidationErrorKind::MinProperties { .. } | ValidationErrorKind::MaxProperties { .. }
-                if exclusive_choice(schema_here.or(parent_schema), schema).is_some() =>
+            ValidationErrorKind::MinProperties { .. }
+            | ValidationErrorKind::MaxProperties { .. }
+                if exclusive_choice(parent_schema, schema).is_some() =>
             {
-                let names = exclusive_choice(schema_here.or(parent_schema), schema).unwrap_or_default();
+                let names = exclusive_choice(parent_schema, schema).unwrap_or_default();
                 Diagnostic::error(
                     Code::InvalidValue,
                     format!("expected exactly one of {}", backticked(&names)),
                 )
                 .at(file, node.span.clone(), "set exactly one")
             }
-            _ => Diagnostic::error(Code::InvalidValue, lower_first(&error.to_string()))
-                .at(file, node.span.clone(), "invalid value"),
+            _ => Diagnostic::error(Code::InvalidValue, lower_first(&error.to_string())).at(
+                file,
+                node.span.clone(),
+                "invalid value",
+            ),
         };
         out.push(diag);
     }
     out
+}
+
+/// The value an alternative of a `oneOf` requires, when it is a single `const`.
+fn const_of(errors: &[jsonschema::ValidationError<'_>]) -> Option<String> {
+    match errors {
+        [only] => match only.kind() {
+            ValidationErrorKind::Constant { expected_value } => Some(plain(expected_value)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn lower_first(s: &str) -> String {
@@ -409,14 +458,8 @@ fn explain_pattern(pattern: &str) -> (String, String) {
             "a duration".into(),
             "write durations like `500ms`, `30s`, `5m`, `1h` or `1h 30m`".into(),
         ),
-        "^[a-z0-9][a-z0-9 _-]*$" => (
-            "a lower-case label".into(),
-            "labels are lower-case".into(),
-        ),
-        p if p.starts_with("^/") => (
-            "a path".into(),
-            "paths start with `/`".into(),
-        ),
+        "^[a-z0-9][a-z0-9 _-]*$" => ("a lower-case label".into(), "labels are lower-case".into()),
+        p if p.starts_with("^/") => ("a path".into(), "paths start with `/`".into()),
         p if p.starts_with("^[0-9]+\\.") => (
             "a semantic version".into(),
             "write versions as `MAJOR.MINOR.PATCH`, e.g. `1.2.0`".into(),
@@ -428,27 +471,17 @@ fn explain_pattern(pattern: &str) -> (String, String) {
     }
 }
 
-/// Follows a JSON pointer into a schema, resolving local `$ref`s on the way.
+/// The schema node at a canonical schema path (a JSON pointer into the root schema).
 fn schema_at<'a>(schema: &'a Value, pointer: &str) -> Option<&'a Value> {
-    let mut node = schema;
-    for raw in pointer.split('/').skip(1) {
-        let seg = raw.replace("~1", "/").replace("~0", "~");
-        if seg == "$ref" {
-            let target = node.get("$ref")?.as_str()?;
-            node = schema.pointer(target.strip_prefix('#')?)?;
-            continue;
-        }
-        node = match node {
-            Value::Object(m) => m.get(&seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(node)
+    schema.pointer(pointer)
 }
 
 fn resolve<'a>(node: &'a Value, root: &'a Value) -> &'a Value {
-    match node.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+    match node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+    {
         Some(target) => root.pointer(target).unwrap_or(node),
         None => node,
     }

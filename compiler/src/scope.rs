@@ -123,8 +123,19 @@ pub fn check_template(
             );
         }
         Ok(refs) => {
+            // `steps.big-order` parses as `steps.big - order`: one diagnostic, not two.
+            let mut hyphen_end = None;
             for r in refs {
+                if hyphen_end.is_some_and(|end| r.span.start == end + 1) {
+                    continue;
+                }
                 if let Some(d) = check_reference(site, path, text, &r, scope) {
+                    if d.help
+                        .as_deref()
+                        .is_some_and(|h| h.starts_with("ids with `-`"))
+                    {
+                        hyphen_end = Some(r.span.end);
+                    }
                     out.push(d);
                 }
             }
@@ -171,17 +182,21 @@ fn check_reference(
                     format!("unknown config variable `{second}`"),
                 )
                 .at(site.file, span, "not declared under `config:`")
-                .help_opt(did_you_mean(second, config.keys().map(String::as_str)).or_else(|| {
-                    Some(format!("declare it under `config:` of the integration"))
-                }))
+                .help_opt(
+                    did_you_mean(second, config.keys().map(String::as_str))
+                        .or_else(|| Some(format!("declare it under `config:` of the integration"))),
+                )
             })
         }
         "connections" => {
             let connections = scope.connections?;
             (!connections.contains_key(second)).then(|| {
-                Diagnostic::error(Code::UnknownConnection, format!("unknown connection `{second}`"))
-                    .at(site.file, span, "not declared under `connections:`")
-                    .help_opt(did_you_mean(second, connections.keys().map(String::as_str)))
+                Diagnostic::error(
+                    Code::UnknownConnection,
+                    format!("unknown connection `{second}`"),
+                )
+                .at(site.file, span, "not declared under `connections:`")
+                .help_opt(did_you_mean(second, connections.keys().map(String::as_str)))
             })
         }
         "steps" => {
@@ -189,7 +204,9 @@ fn check_reference(
             if steps.visible.iter().any(|s| s == second) {
                 return None;
             }
-            let hyphen = text.get(r.span.end..).is_some_and(|rest| rest.starts_with('-'));
+            let hyphen = text
+                .get(r.span.end..)
+                .is_some_and(|rest| rest.starts_with('-'));
             if steps.all.contains(second) {
                 Some(
                     Diagnostic::error(
@@ -211,9 +228,12 @@ fn check_reference(
                     None => did_you_mean(second, steps.visible.iter().map(String::as_str)),
                 };
                 Some(
-                    Diagnostic::error(Code::UnknownStep, format!("no step `{second}` in this flow"))
-                        .at(site.file, span, "unknown step")
-                        .help_opt(help),
+                    Diagnostic::error(
+                        Code::UnknownStep,
+                        format!("no step `{second}` in this flow"),
+                    )
+                    .at(site.file, span, "unknown step")
+                    .help_opt(help),
                 )
             }
         }
@@ -226,9 +246,10 @@ fn check_reference(
                         format!("`instance` has no field `{second}`"),
                     )
                     .at(site.file, span, "unknown field")
-                    .help_opt(did_you_mean(second, FIELDS.iter().copied()).or_else(|| {
-                        Some(format!("fields: {}", ticks(FIELDS)))
-                    })),
+                    .help_opt(
+                        did_you_mean(second, FIELDS.iter().copied())
+                            .or_else(|| Some(format!("fields: {}", ticks(FIELDS)))),
+                    ),
                 );
             }
             let (Some(flows), Some(flow)) = (scope.flows, r.name(2)) else {

@@ -228,13 +228,15 @@ impl Walker {
                     Some((vec![RefSeg::Name(v.id.to_string())], span))
                 }
             }
+            // minijinja's span of an attribute lookup starts late: take the start of the
+            // chain's root variable and the end of the whole lookup.
             ast::Expr::GetAttr(g) => {
-                let (mut segs, _) = self.chain(&g.expr)?;
+                let (mut segs, inner) = self.chain(&g.expr)?;
                 segs.push(RefSeg::Name(g.name.to_string()));
-                Some((segs, span))
+                Some((segs, inner.start..span.end.max(inner.end)))
             }
             ast::Expr::GetItem(g) => {
-                let (mut segs, _) = self.chain(&g.expr)?;
+                let (mut segs, inner) = self.chain(&g.expr)?;
                 match &g.subscript_expr {
                     ast::Expr::Const(c) => match c.value.as_str() {
                         Some(s) => segs.push(RefSeg::Name(s.to_string())),
@@ -245,7 +247,7 @@ impl Walker {
                         segs.push(RefSeg::Dynamic);
                     }
                 }
-                Some((segs, span))
+                Some((segs, inner.start..span.end.max(inner.end)))
             }
             _ => None,
         }
@@ -310,6 +312,11 @@ mod tests {
         assert_eq!(names(text), ["steps.contact.amount", "config.min_amount"]);
         assert_eq!(&text[refs[0].span.clone()], "steps.contact.amount");
         assert_eq!(&text[refs[1].span.clone()], "config.min_amount");
+        let text = "{{ trigger.body.customer['id'] }}";
+        assert_eq!(
+            &text[references(text).unwrap()[0].span.clone()],
+            "trigger.body.customer['id']"
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ fn every_property_has_a_description() {
     for kind in FileKind::ALL {
         walk(kind.schema_file(), &generate(kind), &mut missing);
     }
-    assert!(missing.is_empty(), "properties without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "properties without a description: {missing:#?}"
+    );
 }
 
 #[test]

@@ -1,0 +1,112 @@
+//! `weft build`: compiles every instance into `DIR/<customer>/<integration>/`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use rayon::prelude::*;
+use weft_compiler::emit;
+
+use crate::report::{self, ColorChoice, DiagnosticFormat};
+
+const EXAMPLES: &str = "\
+Examples:
+  weft build                       # writes dist/<customer>/<integration>/
+  weft build path/to/repo -o out
+  weft build --format json         # a JSON summary of the bundles on stdout";
+
+/// Compile every instance into a bundle: bundle.json, plan.json, docker-compose.yaml, .env.example.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The repository.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Output folder (relative to the current folder).
+    #[arg(short, long, default_value = "dist")]
+    pub out: PathBuf,
+    /// Output format: human (diagnostics on stderr) or json (one summary document on stdout).
+    #[arg(long, value_enum, default_value_t = DiagnosticFormat::Human)]
+    pub format: DiagnosticFormat,
+}
+
+pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let sources = super::read(&args.path)?;
+    let compilation = weft_compiler::compile(&sources);
+    let json = args.format == DiagnosticFormat::Json;
+    if !json {
+        report::print(&compilation, &sources, args.format, color);
+    }
+    if compilation.error_count() > 0 {
+        if json {
+            print_json(&compilation, &sources, &[])?;
+        } else {
+            eprintln!(
+                "build failed: {}; nothing written",
+                report::summary(&compilation)
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let written: Vec<(String, String)> = compilation
+        .plans
+        .par_iter()
+        .map(|plan| {
+            let dir = args.out.join(emit::bundle_dir(plan));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let files = emit::bundle(plan, &compilation.project);
+            let mut hash = String::new();
+            for f in &files {
+                let path = dir.join(f.name);
+                std::fs::write(&path, &f.contents)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                if f.name == "bundle.json" {
+                    hash = serde_json::from_str::<serde_json::Value>(&f.contents)?["content_hash"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                }
+            }
+            Ok((emit::bundle_dir(plan), hash))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if json {
+        print_json(&compilation, &sources, &written)?;
+    } else {
+        eprintln!(
+            "built {} bundle{} into {} in {:.2}s ({})",
+            written.len(),
+            if written.len() == 1 { "" } else { "s" },
+            args.out.display(),
+            started.elapsed().as_secs_f64(),
+            report::summary(&compilation)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(
+    compilation: &weft_compiler::Compilation,
+    sources: &weft_compiler::repo::Sources,
+    written: &[(String, String)],
+) -> anyhow::Result<()> {
+    let diagnostics: Vec<_> = compilation
+        .diagnostics
+        .iter()
+        .map(|d| weft_compiler::diagnostic::to_json(d, &sources.files))
+        .collect();
+    let bundles: Vec<_> = written
+        .iter()
+        .map(|(dir, hash)| serde_json::json!({ "path": dir, "content_hash": hash }))
+        .collect();
+    let doc = serde_json::json!({
+        "ok": compilation.error_count() == 0,
+        "diagnostics": diagnostics,
+        "bundles": bundles,
+    });
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
