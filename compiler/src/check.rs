@@ -854,7 +854,6 @@ impl IntegrationChecker<'_, '_> {
         let mut visible = Vec::new();
         self.walk(
             m,
-            flow,
             &mut build,
             &flow.steps,
             &base,
@@ -871,7 +870,6 @@ impl IntegrationChecker<'_, '_> {
     fn walk(
         &mut self,
         m: &Integration,
-        flow: &Flow,
         build: &mut FlowBuild<'_>,
         steps: &[Step],
         base: &[Seg],
@@ -914,7 +912,6 @@ impl IntegrationChecker<'_, '_> {
                             let mut case_visible = visible.clone();
                             preds.extend(self.walk(
                                 m,
-                                flow,
                                 build,
                                 &case.steps,
                                 &case_path,
@@ -928,7 +925,6 @@ impl IntegrationChecker<'_, '_> {
                         let mut default_visible = visible.clone();
                         preds.extend(self.walk(
                             m,
-                            flow,
                             build,
                             &with.default,
                             &default_path,
@@ -949,7 +945,6 @@ impl IntegrationChecker<'_, '_> {
                     // The body's last step ends the item's path: nothing joins the fan-out.
                     self.walk(
                         m,
-                        flow,
                         build,
                         &body,
                         &body_path,
@@ -1037,24 +1032,23 @@ impl IntegrationChecker<'_, '_> {
                 &skip,
             );
             self.out.extend(diags.into_iter().map(as_step_input));
-        } else if let Some((component, action)) = step.uses.split_once('.') {
-            if let Some((schema, validator)) = self
+        } else if let Some((component, action)) = step.uses.split_once('.')
+            && let Some((schema, validator)) = self
                 .ctx
                 .components
                 .get(component)
                 .and_then(|c| c.inputs.get(action))
-            {
-                let diags = validate_with(
-                    validator,
-                    schema,
-                    self.loaded.file,
-                    &self.loaded.root,
-                    &with,
-                    &with_path,
-                    &skip,
-                );
-                self.out.extend(diags.into_iter().map(as_step_input));
-            }
+        {
+            let diags = validate_with(
+                validator,
+                schema,
+                self.loaded.file,
+                &self.loaded.root,
+                &with,
+                &with_path,
+                &skip,
+            );
+            self.out.extend(diags.into_iter().map(as_step_input));
         }
         // Templates against the scope of this step.
         let mut vars = vec!["trigger", "steps", "config", "instance", "connections"];
@@ -1092,24 +1086,22 @@ impl IntegrationChecker<'_, '_> {
             );
         }
         self.out.extend(diags);
-        if step.uses == DISPATCH {
-            if let Some(target) = step.with.get("flow").and_then(Value::as_str) {
-                if m.flows.contains_key(target) {
-                    let mut p = with_path.clone();
-                    p.push(Seg::Key("flow".into()));
-                    build.dispatches.push((target.to_string(), p));
-                } else if !is_template(target) {
-                    let help = did_you_mean(target, m.flows.keys().map(String::as_str));
-                    let mut p = with_path.clone();
-                    p.push(Seg::Key("flow".into()));
-                    self.error(
-                        Code::UnknownFlow,
-                        format!("unknown flow `{target}`"),
-                        &p,
-                        "no such flow in this integration",
-                    )
-                    .help = help;
-                }
+        if step.uses == DISPATCH
+            && let Some(target) = step.with.get("flow").and_then(Value::as_str)
+        {
+            let mut p = with_path.clone();
+            p.push(Seg::Key("flow".into()));
+            if m.flows.contains_key(target) {
+                build.dispatches.push((target.to_string(), p));
+            } else {
+                let help = did_you_mean(target, m.flows.keys().map(String::as_str));
+                self.error(
+                    Code::UnknownFlow,
+                    format!("unknown flow `{target}`"),
+                    &p,
+                    "no such flow in this integration",
+                )
+                .help = help;
             }
         }
         if step.uses == RESPOND {
@@ -1349,15 +1341,15 @@ fn collect_ids(steps: &[Step], out: &mut BTreeSet<String>) {
         if let Some(body) = &s.steps {
             collect_ids(body, out);
         }
-        if s.uses == BRANCH {
-            if let Ok(with) = serde_json::from_value::<BranchWith>(Value::Object(
+        if s.uses == BRANCH
+            && let Ok(with) = serde_json::from_value::<BranchWith>(Value::Object(
                 s.with.clone().into_iter().collect(),
-            )) {
-                for case in &with.cases {
-                    collect_ids(&case.steps, out);
-                }
-                collect_ids(&with.default, out);
+            ))
+        {
+            for case in &with.cases {
+                collect_ids(&case.steps, out);
             }
+            collect_ids(&with.default, out);
         }
     }
 }

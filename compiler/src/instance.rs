@@ -259,12 +259,11 @@ pub fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
         Value::String(s) if crate::template::is_template(s) => {
             if let Ok(refs) = crate::template::references(s) {
                 for r in refs {
-                    if r.name(0) == Some("config") {
-                        if let Some(ConfigValue::Secret { secret }) =
+                    if r.name(0) == Some("config")
+                        && let Some(ConfigValue::Secret { secret }) =
                             r.name(1).and_then(|k| plan.config.get(k))
-                        {
-                            out.insert(secret.clone());
-                        }
+                    {
+                        out.insert(secret.clone());
                     }
                 }
             }

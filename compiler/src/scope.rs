@@ -183,8 +183,9 @@ fn check_reference(
                 )
                 .at(site.file, span, "not declared under `config:`")
                 .help_opt(
-                    did_you_mean(second, config.keys().map(String::as_str))
-                        .or_else(|| Some(format!("declare it under `config:` of the integration"))),
+                    did_you_mean(second, config.keys().map(String::as_str)).or_else(|| {
+                        Some("declare it under `config:` of the integration".to_string())
+                    }),
                 )
             })
         }

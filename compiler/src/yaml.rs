@@ -71,7 +71,7 @@ pub type Path = Vec<Seg>;
 /// Builds a [`Path`] from mixed keys and indices: `path!["flows", name, "steps", 2]`.
 #[macro_export]
 macro_rules! path {
-    ($($seg:expr),* $(,)?) => { vec![$($crate::yaml::Seg::from($seg)),*] };
+    ($($seg:expr),* $(,)?) => { Vec::<$crate::yaml::Seg>::from([$($crate::yaml::Seg::from($seg)),*]) };
 }
 
 /// Renders a path the way users read it: `flows.order-created.steps[2].with`.
@@ -291,29 +291,28 @@ fn scalar(value: &str, style: ScalarStyle) -> NodeKind {
         _ => {}
     }
     let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = value.parse::<i64>() {
-            return NodeKind::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = value.parse::<i64>()
+    {
+        return NodeKind::Int(i);
     }
-    if let Some(hex) = value.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return NodeKind::Int(i);
-        }
+    if let Some(hex) = value.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return NodeKind::Int(i);
     }
-    if let Some(oct) = value.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return NodeKind::Int(i);
-        }
+    if let Some(oct) = value.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return NodeKind::Int(i);
     }
     let looks_float = value
         .bytes()
         .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && value.bytes().any(|b| b.is_ascii_digit());
-    if looks_float {
-        if let Ok(f) = value.parse::<f64>() {
-            return NodeKind::Float(f);
-        }
+    if looks_float && let Ok(f) = value.parse::<f64>() {
+        return NodeKind::Float(f);
     }
     NodeKind::Str(value.to_string(), false)
 }
