@@ -452,6 +452,10 @@ impl IntegrationChecker<'_, '_> {
                     .help = Some(
                         "remove the default; each instance gives `{ secret: ENV_NAME }`".into(),
                     );
+                    let span = self.site.span(&path!["config", name, "default"]);
+                    if let Some(d) = self.out.last_mut() {
+                        d.redact.push(span);
+                    }
                 } else if let Err((code, message)) = check_config_value(var, default) {
                     self.error(
                         code,

@@ -32,6 +32,8 @@ pub struct Diagnostic {
     /// The primary label first, then context labels.
     pub labels: Vec<Label>,
     pub help: Option<String>,
+    /// Byte ranges of the primary file that are never shown (a literal secret).
+    pub redact: Vec<Span>,
 }
 
 impl Diagnostic {
@@ -42,6 +44,7 @@ impl Diagnostic {
             message: message.into(),
             labels: Vec::new(),
             help: None,
+            redact: Vec::new(),
         }
     }
 
@@ -70,6 +73,12 @@ impl Diagnostic {
         if help.is_some() {
             self.help = help;
         }
+        self
+    }
+
+    /// Hides a range of the source in rendered excerpts (same length, `*`).
+    pub fn redact(mut self, span: Span) -> Self {
+        self.redact.push(span);
         self
     }
 
@@ -249,10 +258,29 @@ pub fn render_human(diag: &Diagnostic, files: &[SourceFile], color: bool) -> Str
             None => by_file.push((label.file, vec![label])),
         }
     }
+    let primary_file = diag.labels.first().map(|l| l.file);
+    let redacted: Option<String> = (!diag.redact.is_empty()).then(|| {
+        let text = &files[primary_file.unwrap_or_default()].text;
+        let mut bytes = text.clone().into_bytes();
+        for span in &diag.redact {
+            let span = files[primary_file.unwrap_or_default()].clamp(span.clone());
+            // Replace whole characters, keeping the byte length so spans stay valid.
+            for b in &mut bytes[span] {
+                if !(*b == b'\n') {
+                    *b = b'*';
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
     let mut elements = Vec::new();
     for (i, (file, labels)) in by_file.iter().enumerate() {
         let source = &files[*file];
-        let mut snippet = Snippet::source(source.text.as_str()).path(source.path.as_str());
+        let text = match &redacted {
+            Some(r) if Some(*file) == primary_file => r.as_str(),
+            _ => source.text.as_str(),
+        };
+        let mut snippet = Snippet::source(text).path(source.path.as_str());
         for (j, label) in labels.iter().enumerate() {
             let kind = if i == 0 && j == 0 {
                 AnnotationKind::Primary

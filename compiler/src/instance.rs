@@ -157,11 +157,13 @@ pub fn instance(
                         format!("{:?}", var.kind).to_lowercase()
                     )
                 };
-                out.push(
-                    Diagnostic::error(code, format!("config `{key}`: {message}"))
-                        .at(file, span, label)
-                        .help_opt(help),
-                );
+                let mut diag = Diagnostic::error(code, format!("config `{key}`: {message}"))
+                    .at(file, span.clone(), label)
+                    .help_opt(help);
+                if var.kind == ConfigType::Secret {
+                    diag = diag.redact(span);
+                }
+                out.push(diag);
                 continue;
             }
         }
