@@ -28,8 +28,16 @@ fn sha256_hex(bytes: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The files of one instance's bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub files: Vec<EmittedFile>,
+    /// `sha256:<hex>` over every other file's name and bytes (recorded in `bundle.json`).
+    pub content_hash: String,
+}
+
 /// Emits every file of one instance's bundle.
-pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
+pub fn bundle(plan: &Plan, project: &Project) -> Bundle {
     let plan_json = serde_json::to_string_pretty(plan).expect("plans serialize") + "\n";
     let compose = compose(plan, project);
     let env = env_example(plan);
@@ -87,7 +95,10 @@ pub fn bundle(plan: &Plan, project: &Project) -> Vec<EmittedFile> {
             contents: serde_json::to_string_pretty(&bundle).expect("json") + "\n",
         },
     );
-    files
+    Bundle {
+        files,
+        content_hash: format!("sha256:{content_hash}"),
+    }
 }
 
 /// `.env.example`: the secret names this instance reads, never their values.

@@ -99,3 +99,29 @@ pub fn read_repo(root: &Path) -> io::Result<Sources> {
     sources.sort();
     Ok(sources)
 }
+
+/// Writes every instance's bundle into `out/<customer>/<integration>/`, in parallel. Returns
+/// each bundle's folder (relative to `out`) and content hash.
+pub fn write_bundles(
+    out: &Path,
+    plans: &[crate::plan::Plan],
+    project: &crate::model::Project,
+) -> io::Result<Vec<(String, String)>> {
+    use rayon::prelude::*;
+    plans
+        .par_iter()
+        .map(|plan| {
+            let rel = crate::emit::bundle_dir(plan);
+            let dir = out.join(&rel);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+            let files = crate::emit::bundle(plan, project);
+            for f in &files.files {
+                let path = dir.join(f.name);
+                std::fs::write(&path, &f.contents)
+                    .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))?;
+            }
+            Ok((rel, files.content_hash))
+        })
+        .collect()
+}

@@ -6,8 +6,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use rayon::prelude::*;
-use weft_compiler::emit;
 
 use crate::report::{self, ColorChoice, DiagnosticFormat};
 
@@ -51,28 +49,8 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let written: Vec<(String, String)> = compilation
-        .plans
-        .par_iter()
-        .map(|plan| {
-            let dir = args.out.join(emit::bundle_dir(plan));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let files = emit::bundle(plan, &compilation.project);
-            let mut hash = String::new();
-            for f in &files {
-                let path = dir.join(f.name);
-                std::fs::write(&path, &f.contents)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                if f.name == "bundle.json" {
-                    hash = serde_json::from_str::<serde_json::Value>(&f.contents)?["content_hash"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                }
-            }
-            Ok((emit::bundle_dir(plan), hash))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let written = weft_compiler::repo::write_bundles(&args.out, &compilation.plans, &compilation.project)
+        .with_context(|| format!("writing bundles into {}", args.out.display()))?;
     if json {
         print_json(&compilation, &sources, &written)?;
     } else {
