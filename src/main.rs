@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the compiler and runtime allocate many small values (YAML trees, JSON, plans);
+/// it is measurably faster than the system allocator on `weft build` (see the benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXAMPLES: &str = "\
 Examples:
   weft check                         check the repository in the current folder

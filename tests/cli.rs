@@ -11,7 +11,9 @@ fn weft() -> Command {
 }
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(name)
 }
 
 /// Copies a folder tree (to build the same sources from another place).
@@ -46,7 +48,11 @@ const BROKEN: &[(&str, &str)] = &[
 
 #[test]
 fn check_clean_repo_exits_zero() {
-    let out = weft().arg("check").arg(example("event-import")).assert().success();
+    let out = weft()
+        .arg("check")
+        .arg(example("event-import"))
+        .assert()
+        .success();
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("check ok"), "{stderr}");
     assert!(stderr.contains("no problems"), "{stderr}");
@@ -59,10 +65,19 @@ fn check_reports_every_error_with_location_and_exits_one() {
     let out = weft().arg("check").arg(dir.path()).assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     // Both problems, not only the first; rustc-style with file:line:col and a caret.
-    assert!(stderr.contains("error[unknown-key]: unknown key `stpes`"), "{stderr}");
-    assert!(stderr.contains("--> integrations/acme/integration.yaml:8:5"), "{stderr}");
+    assert!(
+        stderr.contains("error[unknown-key]: unknown key `stpes`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--> integrations/acme/integration.yaml:8:5"),
+        "{stderr}"
+    );
     assert!(stderr.contains("help: did you mean `steps`?"), "{stderr}");
-    assert!(!stderr.contains('\u{1b}'), "no colours off a terminal: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colours off a terminal: {stderr}"
+    );
 }
 
 #[test]
@@ -78,9 +93,16 @@ fn check_json_is_one_object_per_diagnostic() {
             ),
         ],
     );
-    let out = weft().args(["check", "--format", "json"]).arg(dir.path()).assert().code(1);
+    let out = weft()
+        .args(["check", "--format", "json"])
+        .arg(dir.path())
+        .assert()
+        .code(1);
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     let codes: Vec<&str> = lines.iter().map(|l| l["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["unknown-config-variable", "duplicate-step-id"]);
@@ -94,18 +116,28 @@ fn check_json_is_one_object_per_diagnostic() {
 fn check_github_annotations() {
     let dir = tempfile::tempdir().unwrap();
     write_repo(dir.path(), BROKEN);
-    let out = weft().args(["check", "--format", "github"]).arg(dir.path()).assert().code(1);
+    let out = weft()
+        .args(["check", "--format", "github"])
+        .arg(dir.path())
+        .assert()
+        .code(1);
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(
-        stdout.lines().any(|l| l.starts_with("::error file=integrations/acme/integration.yaml,line=8,col=5,")
-            && l.contains("title=weft unknown-key::unknown key `stpes`%0Ahelp: did you mean `steps`?")),
+        stdout.lines().any(|l| l
+            .starts_with("::error file=integrations/acme/integration.yaml,line=8,col=5,")
+            && l.contains(
+                "title=weft unknown-key::unknown key `stpes`%0Ahelp: did you mean `steps`?"
+            )),
         "{stdout}"
     );
 }
 
 #[test]
 fn usage_and_io_errors_exit_two() {
-    weft().args(["check", "/nonexistent/weft-repo"]).assert().code(2);
+    weft()
+        .args(["check", "/nonexistent/weft-repo"])
+        .assert()
+        .code(2);
     weft().args(["check", "--format", "xml"]).assert().code(2);
     weft().arg("frobnicate").assert().code(2);
 }
@@ -114,7 +146,10 @@ fn usage_and_io_errors_exit_two() {
 fn help_has_examples_and_exit_codes() {
     let out = weft().arg("--help").assert().success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    assert!(stdout.contains("Examples:") && stdout.contains("Exit codes:"), "{stdout}");
+    assert!(
+        stdout.contains("Examples:") && stdout.contains("Exit codes:"),
+        "{stdout}"
+    );
     for verb in ["check", "build", "graph"] {
         let out = weft().args([verb, "--help"]).assert().success();
         let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
@@ -131,7 +166,11 @@ fn read_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.push((rel, std::fs::read(&path).unwrap()));
             }
         }
@@ -146,18 +185,47 @@ fn build_is_byte_identical_wherever_the_repo_lies() {
     let b = tempfile::tempdir().unwrap();
     let repo_b = b.path().join("somewhere/else/repo");
     copy_tree(&example("event-import"), &repo_b);
-    weft().arg("build").arg(example("event-import")).arg("-o").arg(a.path().join("dist")).assert().success();
-    weft().arg("build").arg(&repo_b).arg("-o").arg(b.path().join("out")).assert().success();
+    weft()
+        .arg("build")
+        .arg(example("event-import"))
+        .arg("-o")
+        .arg(a.path().join("dist"))
+        .assert()
+        .success();
+    weft()
+        .arg("build")
+        .arg(&repo_b)
+        .arg("-o")
+        .arg(b.path().join("out"))
+        .assert()
+        .success();
     let first = read_tree(&a.path().join("dist"));
     let second = read_tree(&b.path().join("out"));
     assert!(!first.is_empty());
-    assert_eq!(first, second, "same sources must give byte-identical bundles");
+    assert_eq!(
+        first, second,
+        "same sources must give byte-identical bundles"
+    );
     let names: Vec<&str> = first.iter().map(|(p, _)| p.as_str()).collect();
-    for file in ["bundle.json", "plan.json", "docker-compose.yaml", ".env.example"] {
-        assert!(names.contains(&format!("globex/shop-orders-to-crm/{file}").as_str()), "{names:?}");
+    for file in [
+        "bundle.json",
+        "plan.json",
+        "docker-compose.yaml",
+        ".env.example",
+    ] {
+        assert!(
+            names.contains(&format!("globex/shop-orders-to-crm/{file}").as_str()),
+            "{names:?}"
+        );
     }
-    let all = first.iter().map(|(_, b)| String::from_utf8_lossy(b).to_string()).collect::<String>();
-    assert!(!all.contains(a.path().to_str().unwrap()) && !all.contains(env!("CARGO_MANIFEST_DIR")), "no absolute paths");
+    let all = first
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect::<String>();
+    assert!(
+        !all.contains(a.path().to_str().unwrap()) && !all.contains(env!("CARGO_MANIFEST_DIR")),
+        "no absolute paths"
+    );
 }
 
 #[test]
@@ -165,7 +233,13 @@ fn build_refuses_broken_sources_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     write_repo(dir.path(), BROKEN);
     let out = dir.path().join("dist");
-    weft().arg("build").arg(dir.path()).arg("-o").arg(&out).assert().code(1);
+    weft()
+        .arg("build")
+        .arg(dir.path())
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(1);
     assert!(!out.exists());
 }
 
@@ -183,7 +257,12 @@ fn build_json_lists_bundles_with_hashes() {
     assert_eq!(doc["ok"], true);
     let bundles = doc["bundles"].as_array().unwrap();
     assert_eq!(bundles.len(), 2);
-    assert!(bundles[0]["content_hash"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        bundles[0]["content_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
 }
 
 #[test]
@@ -196,13 +275,23 @@ fn graph_mermaid_shows_branches() {
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     insta::assert_snapshot!("graph_mermaid", stdout);
     let out = weft()
-        .args(["graph", "--integration", "shop-orders-to-crm", "--format", "dot"])
+        .args([
+            "graph",
+            "--integration",
+            "shop-orders-to-crm",
+            "--format",
+            "dot",
+        ])
         .arg(example("event-import"))
         .assert()
         .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     insta::assert_snapshot!("graph_dot", stdout);
-    weft().args(["graph", "--integration", "shop-orders-to-cmr"]).arg(example("event-import")).assert().code(2);
+    weft()
+        .args(["graph", "--integration", "shop-orders-to-cmr"])
+        .arg(example("event-import"))
+        .assert()
+        .code(2);
 }
 
 #[test]
@@ -211,14 +300,23 @@ fn secrets_never_reach_bundles() {
     let dir = tempfile::tempdir().unwrap();
     copy_tree(&example("event-import"), dir.path());
     let inst = dir.path().join("instances/globex/shop-orders-to-crm.yaml");
-    let text = std::fs::read_to_string(&inst).unwrap().replace("{ secret: CRM_TOKEN_GLOBEX }", "canary-s3cr3t-4242");
+    let text = std::fs::read_to_string(&inst)
+        .unwrap()
+        .replace("{ secret: CRM_TOKEN_GLOBEX }", "canary-s3cr3t-4242");
     std::fs::write(&inst, text).unwrap();
     let out = weft().arg("check").arg(dir.path()).assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("literal-secret"), "{stderr}");
-    assert!(!stderr.contains("canary-s3cr3t-4242"), "the excerpt masks the secret: {stderr}");
+    assert!(
+        !stderr.contains("canary-s3cr3t-4242"),
+        "the excerpt masks the secret: {stderr}"
+    );
     assert!(stderr.contains("crm_token: ******************"), "{stderr}");
-    let json = weft().args(["check", "--format", "json"]).arg(dir.path()).assert().code(1);
+    let json = weft()
+        .args(["check", "--format", "json"])
+        .arg(dir.path())
+        .assert()
+        .code(1);
     let stdout = String::from_utf8(json.get_output().stdout.clone()).unwrap();
     assert!(!stdout.contains("canary-s3cr3t-4242"), "{stdout}");
 }

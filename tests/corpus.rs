@@ -27,10 +27,17 @@ fn every_example_compiles_cleanly() {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    assert!(dirs.len() >= 9, "one example per integration pattern: {dirs:?}");
+    assert!(
+        dirs.len() >= 9,
+        "one example per integration pattern: {dirs:?}"
+    );
     for dir in dirs {
         let plans = assert_clean(&dir);
-        assert!(plans > 0, "{}: an example has at least one instance", dir.display());
+        assert!(
+            plans > 0,
+            "{}: an example has at least one instance",
+            dir.display()
+        );
     }
 }
 

@@ -344,10 +344,6 @@ pub fn integration(
 }
 
 impl IntegrationChecker<'_, '_> {
-    fn model(&self) -> &Integration {
-        &self.loaded.model
-    }
-
     fn error(
         &mut self,
         code: Code,
@@ -361,7 +357,8 @@ impl IntegrationChecker<'_, '_> {
     }
 
     fn run(&mut self) -> Option<CompiledIntegration> {
-        let m = self.model().clone();
+        let loaded = self.loaded;
+        let m = &loaded.model;
         if m.name.0 != self.loaded.folder {
             self.error(
                 Code::MisplacedFile,
@@ -374,16 +371,16 @@ impl IntegrationChecker<'_, '_> {
             )
             .help = Some(format!("rename the folder to `integrations/{}`", m.name.0));
         }
-        self.check_config(&m);
-        let connections = self.check_connections(&m);
+        self.check_config(m);
+        let connections = self.check_connections(m);
         let mut flows = Vec::new();
         let mut graphs = Vec::new();
         let mut cases = BTreeMap::new();
         let mut dispatch_edges: Vec<(String, String, Path)> = Vec::new();
         let mut webhook_paths: BTreeMap<(String, String), String> = BTreeMap::new();
         for (name, flow) in &m.flows {
-            self.check_trigger(&m, name, flow, &mut webhook_paths);
-            let build = self.check_flow(&m, name, flow);
+            self.check_trigger(m, name, flow, &mut webhook_paths);
+            let build = self.check_flow(m, name, flow);
             if flow
                 .trigger
                 .webhook
@@ -409,7 +406,7 @@ impl IntegrationChecker<'_, '_> {
             flows.push(plan_flow);
             graphs.push((name.clone(), graph));
         }
-        self.check_dispatch_cycles(&m, &dispatch_edges);
+        self.check_dispatch_cycles(m, &dispatch_edges);
         let components = self.plan_components();
         Some(CompiledIntegration {
             name: m.name.0.clone(),

@@ -266,7 +266,7 @@ pub fn render_human(diag: &Diagnostic, files: &[SourceFile], color: bool) -> Str
             let span = files[primary_file.unwrap_or_default()].clamp(span.clone());
             // Replace whole characters, keeping the byte length so spans stay valid.
             for b in &mut bytes[span] {
-                if !(*b == b'\n') {
+                if *b != b'\n' {
                     *b = b'*';
                 }
             }

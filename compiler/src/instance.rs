@@ -16,6 +16,7 @@ pub fn instance(
     loaded: &Loaded<Instance>,
     integrations: &BTreeMap<String, CompiledIntegration>,
     known_integrations: &BTreeSet<String>,
+    build_plan: bool,
 ) -> (Option<Plan>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let m = &loaded.model;
@@ -221,7 +222,7 @@ pub fn instance(
             );
         }
     }
-    if out.iter().any(Diagnostic::is_error) {
+    if !build_plan || out.iter().any(Diagnostic::is_error) {
         return (None, out);
     }
     let prefix = format!("weft.{customer}.{}", integration.name);

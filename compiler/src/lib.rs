@@ -54,6 +54,15 @@ impl Compilation {
 
 /// Compiles a repository's sources: checks everything and builds every instance's plan.
 pub fn compile(sources: &Sources) -> Compilation {
+    run(sources, true)
+}
+
+/// Checks a repository's sources: every diagnostic [`compile`] finds, without building plans.
+pub fn check(sources: &Sources) -> Compilation {
+    run(sources, false)
+}
+
+fn run(sources: &Sources, build_plans: bool) -> Compilation {
     let (repo, mut diagnostics) = load::load(sources);
     let ctx = check::components(&sources.files, &repo, &mut diagnostics);
 
@@ -103,7 +112,7 @@ pub fn compile(sources: &Sources) -> Compilation {
     let instances: Vec<_> = repo
         .instances
         .par_iter()
-        .map(|loaded| instance::instance(loaded, &integrations, &known))
+        .map(|loaded| instance::instance(loaded, &integrations, &known, build_plans))
         .collect();
     let mut plans = Vec::new();
     for (plan, diags) in instances {

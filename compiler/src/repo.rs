@@ -28,7 +28,8 @@ fn is_yaml(name: &str) -> bool {
     name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
-fn sorted_dir(path: &Path) -> io::Result<Vec<(String, std::path::PathBuf)>> {
+/// A folder's entries (hidden ones skipped), sorted by name, with whether each is a folder.
+fn sorted_dir(path: &Path) -> io::Result<Vec<(String, std::path::PathBuf, bool)>> {
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(path)? {
         let entry = entry?;
@@ -36,23 +37,22 @@ fn sorted_dir(path: &Path) -> io::Result<Vec<(String, std::path::PathBuf)>> {
         if name.starts_with('.') {
             continue;
         }
-        entries.push((name, entry.path()));
+        let is_dir = entry.file_type()?.is_dir();
+        entries.push((name, entry.path(), is_dir));
     }
     entries.sort();
     Ok(entries)
 }
 
-fn read(root: &Path, rel: &str, sources: &mut Sources) -> io::Result<()> {
-    let text = std::fs::read_to_string(root.join(rel))
-        .map_err(|e| io::Error::new(e.kind(), format!("reading {rel}: {e}")))?;
-    sources.add(rel, text);
-    Ok(())
+fn read(root: &Path, rel: &str) -> io::Result<String> {
+    std::fs::read_to_string(root.join(rel))
+        .map_err(|e| io::Error::new(e.kind(), format!("reading {rel}: {e}")))
 }
 
 /// Reads `weft.yaml`, `components/*/component.yaml`, `integrations/*/integration.yaml` and
 /// `instances/*/*.yaml` below `root`.
 pub fn read_repo(root: &Path) -> io::Result<Sources> {
-    let mut sources = Sources::default();
+    let mut paths: Vec<String> = Vec::new();
     let has_project = root.join("weft.yaml").is_file();
     if !has_project && !root.join("integrations").is_dir() {
         return Err(io::Error::new(
@@ -64,37 +64,46 @@ pub fn read_repo(root: &Path) -> io::Result<Sources> {
         ));
     }
     if has_project {
-        read(root, "weft.yaml", &mut sources)?;
+        paths.push("weft.yaml".into());
     }
     for (folder, file) in [("components", "component"), ("integrations", "integration")] {
         let dir = root.join(folder);
         if !dir.is_dir() {
             continue;
         }
-        for (name, path) in sorted_dir(&dir)? {
-            if !path.is_dir() {
+        for (name, _, is_dir) in sorted_dir(&dir)? {
+            if !is_dir {
                 continue;
             }
             for ext in ["yaml", "yml"] {
                 let rel = format!("{folder}/{name}/{file}.{ext}");
                 if root.join(&rel).is_file() {
-                    read(root, &rel, &mut sources)?;
+                    paths.push(rel);
                 }
             }
         }
     }
     let instances = root.join("instances");
     if instances.is_dir() {
-        for (customer, path) in sorted_dir(&instances)? {
-            if !path.is_dir() {
+        for (customer, path, is_dir) in sorted_dir(&instances)? {
+            if !is_dir {
                 continue;
             }
-            for (name, file) in sorted_dir(&path)? {
-                if file.is_file() && is_yaml(&name) {
-                    read(root, &format!("instances/{customer}/{name}"), &mut sources)?;
+            for (name, _, is_dir) in sorted_dir(&path)? {
+                if is_yaml(&name) && !is_dir {
+                    paths.push(format!("instances/{customer}/{name}"));
                 }
             }
         }
+    }
+    use rayon::prelude::*;
+    let texts: Vec<String> = paths
+        .par_iter()
+        .map(|rel| read(root, rel))
+        .collect::<io::Result<_>>()?;
+    let mut sources = Sources::default();
+    for (path, text) in paths.into_iter().zip(texts) {
+        sources.add(path, text);
     }
     sources.sort();
     Ok(sources)
@@ -113,13 +122,19 @@ pub fn write_bundles(
         .map(|plan| {
             let rel = crate::emit::bundle_dir(plan);
             let dir = out.join(&rel);
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
+            })?;
             let files = crate::emit::bundle(plan, project);
             for f in &files.files {
                 let path = dir.join(f.name);
-                std::fs::write(&path, &f.contents)
-                    .map_err(|e| io::Error::new(e.kind(), format!("writing {}: {e}", path.display())))?;
+                // Unchanged files are left alone: rebuilds are cheap and mtimes stay meaningful.
+                if std::fs::read(&path).is_ok_and(|old| old == f.contents.as_bytes()) {
+                    continue;
+                }
+                std::fs::write(&path, &f.contents).map_err(|e| {
+                    io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
+                })?;
             }
             Ok((rel, files.content_hash))
         })

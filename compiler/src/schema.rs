@@ -217,6 +217,10 @@ pub fn validate_with(
     skip: &dyn Fn(&Value) -> bool,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    // Valid files are the common case: `is_valid` short-circuits and allocates no errors.
+    if validator.is_valid(value) {
+        return out;
+    }
     for error in validator.iter_errors(value) {
         if skip(error.instance()) {
             continue;

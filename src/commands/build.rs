@@ -49,8 +49,9 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let written = weft_compiler::repo::write_bundles(&args.out, &compilation.plans, &compilation.project)
-        .with_context(|| format!("writing bundles into {}", args.out.display()))?;
+    let written =
+        weft_compiler::repo::write_bundles(&args.out, &compilation.plans, &compilation.project)
+            .with_context(|| format!("writing bundles into {}", args.out.display()))?;
     if json {
         print_json(&compilation, &sources, &written)?;
     } else {

@@ -25,7 +25,7 @@ pub struct Args {
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let sources = super::read(&args.path)?;
-    let compilation = weft_compiler::compile(&sources);
+    let compilation = weft_compiler::check(&sources);
     report::print(&compilation, &sources, args.format, color);
     if args.format == DiagnosticFormat::Human {
         let verdict = if compilation.error_count() > 0 {
@@ -34,10 +34,9 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
             "ok"
         };
         eprintln!(
-            "check {verdict}: {} files, {} integrations, {} instances; {}",
+            "check {verdict}: {} files, {} integrations; {}",
             sources.files.len(),
             compilation.integrations.len(),
-            compilation.plans.len(),
             report::summary(&compilation)
         );
     }
