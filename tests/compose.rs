@@ -11,14 +11,18 @@ fn docker_compose_accepts_every_emitted_file() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let out = tempfile::tempdir().unwrap();
     let mut checked = 0;
-    let mut dirs: Vec<_> = std::fs::read_dir(&examples).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     dirs.sort();
     for dir in dirs {
         let sources = read_repo(&dir).unwrap();
         let compilation = weft_compiler::compile(&sources);
         assert_eq!(compilation.error_count(), 0, "{}", dir.display());
         let target = out.path().join(dir.file_name().unwrap());
-        for (bundle, _) in write_bundles(&target, &compilation.plans, &compilation.project).unwrap() {
+        for (bundle, _) in write_bundles(&target, &compilation.plans, &compilation.project).unwrap()
+        {
             let bundle_dir = target.join(&bundle);
             // The secrets docker-compose interpolates, as an operator would fill them in.
             let example = std::fs::read_to_string(bundle_dir.join(".env.example")).unwrap();
@@ -29,27 +33,51 @@ fn docker_compose_accepts_every_emitted_file() {
                 .collect();
             std::fs::write(bundle_dir.join(".env"), env).unwrap();
             let output = Command::new("docker-compose")
-                .args(["--project-directory", ".", "-f", "docker-compose.yaml", "config"])
+                .args([
+                    "--project-directory",
+                    ".",
+                    "-f",
+                    "docker-compose.yaml",
+                    "config",
+                ])
                 .current_dir(&bundle_dir)
                 .output()
-                .expect("docker-compose is installed (apt-get install docker-compose; .ci/run does)");
+                .expect(
+                    "docker-compose is installed (apt-get install docker-compose; .ci/run does)",
+                );
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(output.status.success(), "{bundle}: docker-compose config failed:\n{stderr}");
+            assert!(
+                output.status.success(),
+                "{bundle}: docker-compose config failed:\n{stderr}"
+            );
             assert!(!stderr.contains("WARNING"), "{bundle}: {stderr}");
             // The resolved file has the broker, the gateway and one service per step.
-            let plan: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(bundle_dir.join("plan.json")).unwrap()).unwrap();
+            let plan: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(bundle_dir.join("plan.json")).unwrap(),
+            )
+            .unwrap();
             for flow in plan["flows"].as_array().unwrap() {
                 if flow["enabled"] == false {
                     continue;
                 }
                 for step in flow["steps"].as_array().unwrap() {
-                    let service = format!("step-{}-{}", flow["name"].as_str().unwrap(), step["id"].as_str().unwrap()).replace('_', "-");
-                    assert!(stdout.contains(&format!("  {service}:")), "{bundle}: no service {service}");
+                    let service = format!(
+                        "step-{}-{}",
+                        flow["name"].as_str().unwrap(),
+                        step["id"].as_str().unwrap()
+                    )
+                    .replace('_', "-");
+                    assert!(
+                        stdout.contains(&format!("  {service}:")),
+                        "{bundle}: no service {service}"
+                    );
                 }
             }
-            assert!(stdout.contains("  broker:") && stdout.contains("  gateway:"), "{stdout}");
+            assert!(
+                stdout.contains("  broker:") && stdout.contains("  gateway:"),
+                "{stdout}"
+            );
             checked += 1;
         }
     }
