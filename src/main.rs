@@ -19,6 +19,9 @@ Examples:
   weft check examples/sync-webhook --format json
   weft build -o dist                 compile every instance into dist/<customer>/<integration>/
   weft graph --integration acme-orders --format mermaid
+  weft run examples/event-import     run every instance on the embedded durable queue
+  weft executions --status failed    the execution history
+  weft dlq replay --all              replay dead letters after a fix
 
 Exit codes:
   0  success
@@ -29,6 +32,9 @@ Exit codes:
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, after_help = EXAMPLES, propagate_version = true)]
 struct Cli {
+    /// Log format of `weft run`: text or json.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// When to use colours: auto (only on a terminal, and not with NO_COLOR), always, never.
     #[arg(long, global = true, value_enum, default_value_t = report::ColorChoice::Auto)]
     color: report::ColorChoice,
@@ -41,15 +47,40 @@ enum Command {
     Check(commands::check::Args),
     Build(commands::build::Args),
     Graph(commands::graph::Args),
+    Run(commands::run::Args),
+    Executions(commands::executions::Args),
+    Dlq(commands::dlq::Args),
     Health(commands::health::Args),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logs(format: LogFormat, color: report::ColorChoice) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(color.stderr()).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format, cli.color);
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args, cli.color),
         Command::Build(args) => commands::build::run(args, cli.color),
         Command::Graph(args) => commands::graph::run(args, cli.color),
+        Command::Run(args) => commands::run::run(args, cli.color),
+        Command::Executions(args) => commands::executions::run(args),
+        Command::Dlq(args) => commands::dlq::run(args),
         Command::Health(args) => commands::health::run(args),
     };
     match result {

@@ -190,6 +190,7 @@ pub fn components<'r>(
                 images: Default::default(),
                 gateway: Default::default(),
                 defaults: Default::default(),
+                policy: Default::default(),
             }),
         components: resolved,
         broken_components: repo.broken_components.iter().cloned().collect(),

@@ -16,6 +16,7 @@ pub fn instance(
     loaded: &Loaded<Instance>,
     integrations: &BTreeMap<String, CompiledIntegration>,
     known_integrations: &BTreeSet<String>,
+    policy: &crate::model::Policy,
     build_plan: bool,
 ) -> (Option<Plan>, Vec<Diagnostic>) {
     let mut out = Vec::new();
@@ -252,6 +253,7 @@ pub fn instance(
         components: integration.components.clone(),
         flows,
         secrets: secrets.into_iter().collect(),
+        policy: policy.clone(),
     };
     (Some(plan), out)
 }

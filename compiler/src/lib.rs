@@ -112,7 +112,15 @@ fn run(sources: &Sources, build_plans: bool) -> Compilation {
     let instances: Vec<_> = repo
         .instances
         .par_iter()
-        .map(|loaded| instance::instance(loaded, &integrations, &known, build_plans))
+        .map(|loaded| {
+            instance::instance(
+                loaded,
+                &integrations,
+                &known,
+                &ctx.project.policy,
+                build_plans,
+            )
+        })
         .collect();
     let mut plans = Vec::new();
     for (plan, diags) in instances {

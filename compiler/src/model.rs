@@ -40,6 +40,19 @@ pub struct Project {
     /// Defaults for every step that does not set its own.
     #[serde(default)]
     pub defaults: StepDefaults,
+    /// Rules the runtime enforces for every instance.
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// Runtime policy for multi-tenant hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Refuse HTTP calls to private, loopback and link-local addresses (checked on the resolved
+    /// address, redirects included).
+    #[serde(default)]
+    pub deny_private_addresses: bool,
 }
 
 /// Container images used by `docker-compose.yaml`.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::model::{Backoff, HttpMethod, OnError, Respond};
+pub use crate::model::{Backoff, HttpMethod, OnError, Policy, Respond};
 
 /// Version of the plan format.
 pub const PLAN_FORMAT: u32 = 1;
@@ -29,6 +29,9 @@ pub struct Plan {
     pub flows: Vec<Flow>,
     /// Environment variables the instance needs at run time (sorted).
     pub secrets: Vec<String>,
+    /// The project's runtime policy.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// A config value as the runtime sees it.

@@ -2,8 +2,11 @@
 
 pub mod build;
 pub mod check;
+pub mod dlq;
+pub mod executions;
 pub mod graph;
 pub mod health;
+pub mod run;
 
 use std::path::Path;
 

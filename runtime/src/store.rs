@@ -1,0 +1,505 @@
+//! The embedded durable store: SQLite in WAL mode, written by one thread that groups every
+//! pending request into one transaction (group commit), so durability costs one fsync per batch,
+//! not per message. Messages, executions, step runs, dead letters and trigger state (poll
+//! cursors, last schedule runs) live in one file and change together, atomically.
+//!
+//! Why SQLite: one transaction can take a message off one queue, put its successors on the next
+//! queues and record the step's run — the "write the output, then acknowledge the input" promise
+//! in a single atomic commit — and the execution history stays queryable for `weft executions`.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// A message to add to a queue.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub queue: String,
+    pub execution: String,
+    /// Unix milliseconds before which the message is not delivered (retries with backoff).
+    pub visible_at: i64,
+    pub attempt: u32,
+    /// The envelope (context and routing), JSON.
+    pub body: String,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub queue: String,
+    pub execution: String,
+    pub visible_at: i64,
+    pub attempt: u32,
+    pub body: String,
+}
+
+/// A step's run, for the execution history (already redacted).
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    pub execution: String,
+    pub step: String,
+    pub attempt: u32,
+    pub status: &'static str,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub started_at: i64,
+    pub duration_ms: i64,
+}
+
+/// A new execution.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    pub id: String,
+    pub instance: String,
+    pub flow: String,
+    pub trigger: String,
+    pub started_at: i64,
+}
+
+/// One change; a request holds several, applied in order in one transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    StartExecution(NewExecution),
+    Enqueue(NewMessage),
+    /// Acknowledge (delete) a delivered message.
+    Ack(i64),
+    /// Put a delivered message back with a later delivery time and a higher attempt.
+    Reschedule {
+        id: i64,
+        visible_at: i64,
+        attempt: u32,
+    },
+    DeadLetter {
+        id: i64,
+        step: String,
+        error: String,
+        at: i64,
+    },
+    RecordStep(StepRun),
+    /// Adjust an execution's count of messages in flight; at zero it is finished.
+    Pending {
+        execution: String,
+        delta: i64,
+        at: i64,
+    },
+    FailExecution {
+        execution: String,
+        error: String,
+    },
+    SetState {
+        key: String,
+        value: String,
+    },
+    /// Claims a key once: fails the whole request if it was claimed before (de-duplication).
+    Claim {
+        key: String,
+    },
+    /// Move a dead letter back onto its queue.
+    Replay {
+        dead_letter: i64,
+        at: i64,
+    },
+    /// Ask the running runtime to replay a dead letter (it applies [`Op::Replay`]).
+    RequestReplay {
+        dead_letter: i64,
+    },
+    /// Drop executions beyond the newest `keep`, and those older than `before`.
+    Prune {
+        keep: i64,
+        before: i64,
+    },
+}
+
+/// What a committed request produced: the messages it enqueued (with their ids).
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub enqueued: Vec<StoredMessage>,
+    pub finished: Vec<(String, String)>,
+}
+
+type Reply = oneshot::Sender<Result<Committed, String>>;
+
+struct Request {
+    ops: Vec<Op>,
+    reply: Reply,
+}
+
+/// Called on the writer thread after each commit with everything the batch enqueued.
+pub type OnCommit = Box<dyn Fn(&[StoredMessage]) + Send + 'static>;
+
+/// Handle to the store: writes go to the writer thread; reads open their own connection.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Request>,
+    path: std::path::PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    execution TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    pending INTEGER NOT NULL DEFAULT 0,
+    trigger TEXT,
+    error TEXT,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS executions_started ON executions(started_at);
+CREATE TABLE IF NOT EXISTS step_runs (
+    id INTEGER PRIMARY KEY,
+    execution TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    started_at INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS step_runs_execution ON step_runs(execution);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    execution TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    error TEXT NOT NULL,
+    failed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS replay_requests (
+    dead_letter INTEGER PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+";
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: an acknowledged write survives power loss, not only a process crash. Group commit
+    // keeps this at one fsync per batch.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(path: &Path, on_commit: OnCommit) -> Result<Store, String> {
+        let conn = open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| format!("creating tables in {}: {e}", path.display()))?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("weft-store-writer".into())
+            .spawn(move || writer(conn, rx, on_commit))
+            .map_err(|e| e.to_string())?;
+        Ok(Store {
+            tx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Applies `ops` in one transaction (grouped with concurrent requests); returns once durable.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { ops, reply })
+            .map_err(|_| "the store is closed".to_string())?;
+        rx.await
+            .map_err(|_| "the store writer stopped".to_string())?
+    }
+
+    /// A read-only connection for queries (history, dead letters, state, recovery).
+    pub fn reader(&self) -> Result<Connection, String> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| e.to_string())?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        Ok(conn)
+    }
+
+    /// Every message waiting in the store (at start: what was in flight at the last stop).
+    pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(StoredMessage {
+                    id: r.get(0)?,
+                    queue: r.get(1)?,
+                    execution: r.get(2)?,
+                    visible_at: r.get(3)?,
+                    attempt: r.get(4)?,
+                    body: r.get(5)?,
+                })
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    /// Dead letters whose replay was requested (by `weft dlq replay`, possibly from another process).
+    pub fn replay_requests(&self) -> Result<Vec<i64>, String> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare_cached("SELECT dead_letter FROM replay_requests ORDER BY dead_letter")
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([], |r| r.get(0))
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+
+    pub fn state(&self, key: &str) -> Result<Option<String>, String> {
+        let conn = self.reader()?;
+        conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| e.to_string())
+    }
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, on_commit: OnCommit) {
+    const MAX_BATCH: usize = 4096;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let results = apply_batch(&mut conn, &batch);
+        match results {
+            Ok(per_request) => {
+                let all: Vec<StoredMessage> = per_request
+                    .iter()
+                    .flat_map(|c| c.enqueued.iter().cloned())
+                    .collect();
+                on_commit(&all);
+                for (req, committed) in batch.into_iter().zip(per_request) {
+                    let _ = req.reply.send(Ok(committed));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // One bad request must not fail its neighbours: retry each on its own.
+                for req in batch {
+                    let single = apply_batch(&mut conn, std::slice::from_ref(&req));
+                    match single {
+                        Ok(mut c) => {
+                            let committed = c.pop().unwrap_or_default();
+                            on_commit(&committed.enqueued);
+                            let _ = req.reply.send(Ok(committed));
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed>, String> {
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(batch.len());
+    for req in batch {
+        let mut committed = Committed::default();
+        for op in &req.ops {
+            apply(&tx, op, &mut committed).map_err(|e| format!("store: {e}"))?;
+        }
+        out.push(committed);
+    }
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
+    match op {
+        Op::StartExecution(e) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?5)",
+            )?
+            .execute(params![e.id, e.instance, e.flow, e.trigger, e.started_at])?;
+        }
+        Op::Enqueue(m) => {
+            tx.prepare_cached(
+                "INSERT INTO messages (queue, execution, visible_at, attempt, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![m.queue, m.execution, m.visible_at, m.attempt, m.body])?;
+            committed.enqueued.push(StoredMessage {
+                id: tx.last_insert_rowid(),
+                queue: m.queue.clone(),
+                execution: m.execution.clone(),
+                visible_at: m.visible_at,
+                attempt: m.attempt,
+                body: m.body.clone(),
+            });
+        }
+        Op::Ack(id) => {
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Op::Reschedule {
+            id,
+            visible_at,
+            attempt,
+        } => {
+            let row: Option<(String, String, String)> = tx
+                .prepare_cached("SELECT queue, execution, body FROM messages WHERE id = ?1")?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            tx.prepare_cached("UPDATE messages SET visible_at = ?2, attempt = ?3 WHERE id = ?1")?
+                .execute(params![id, visible_at, attempt])?;
+            if let Some((queue, execution, body)) = row {
+                committed.enqueued.push(StoredMessage {
+                    id: *id,
+                    queue,
+                    execution,
+                    visible_at: *visible_at,
+                    attempt: *attempt,
+                    body,
+                });
+            }
+        }
+        Op::DeadLetter {
+            id,
+            step,
+            error,
+            at,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO dead_letters (queue, execution, step, attempt, body, error, failed_at)
+                 SELECT queue, execution, ?2, attempt, body, ?3, ?4 FROM messages WHERE id = ?1",
+            )?
+            .execute(params![id, step, error, at])?;
+            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
+                .execute([id])?;
+        }
+        Op::RecordStep(s) => {
+            tx.prepare_cached(
+                "INSERT INTO step_runs (execution, step, attempt, status, input, output, error, started_at, duration_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                s.execution, s.step, s.attempt, s.status, s.input, s.output, s.error, s.started_at, s.duration_ms
+            ])?;
+        }
+        Op::Pending {
+            execution,
+            delta,
+            at,
+        } => {
+            tx.prepare_cached("UPDATE executions SET pending = pending + ?2 WHERE id = ?1")?
+                .execute(params![execution, delta])?;
+            let finished: Option<String> = tx
+                .prepare_cached(
+                    "UPDATE executions SET status = CASE WHEN status = 'running' THEN 'succeeded' ELSE status END, finished_at = ?2
+                     WHERE id = ?1 AND pending <= 0 AND finished_at IS NULL RETURNING status",
+                )?
+                .query_row(params![execution, at], |r| r.get(0))
+                .optional()?;
+            if let Some(status) = finished {
+                committed.finished.push((execution.clone(), status));
+            }
+        }
+        Op::FailExecution { execution, error } => {
+            tx.prepare_cached("UPDATE executions SET status = 'failed', error = ?2 WHERE id = ?1")?
+                .execute(params![execution, error])?;
+        }
+        Op::SetState { key, value } => {
+            tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![key, value])?;
+        }
+        Op::Claim { key } => {
+            tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, '1')")?
+                .execute([key])?;
+        }
+        Op::RequestReplay { dead_letter } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO replay_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1")?
+                .execute([dead_letter])?;
+        }
+        Op::Replay { dead_letter, at } => {
+            tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
+                .execute([dead_letter])?;
+            let row: Option<(String, String, String)> = tx
+                .prepare_cached("SELECT queue, execution, body FROM dead_letters WHERE id = ?1")?
+                .query_row([dead_letter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            if let Some((queue, execution, body)) = row {
+                apply(
+                    tx,
+                    &Op::Enqueue(NewMessage {
+                        queue,
+                        execution: execution.clone(),
+                        visible_at: *at,
+                        attempt: 1,
+                        body,
+                    }),
+                    committed,
+                )?;
+                tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                    .execute([dead_letter])?;
+                tx.prepare_cached(
+                    "UPDATE executions SET status = 'running', pending = pending + 1, finished_at = NULL, error = NULL WHERE id = ?1",
+                )?
+                .execute([&execution])?;
+            }
+        }
+        Op::Prune { keep, before } => {
+            tx.execute(
+                "DELETE FROM executions WHERE finished_at IS NOT NULL AND (started_at < ?2 OR id NOT IN (SELECT id FROM executions ORDER BY started_at DESC LIMIT ?1))",
+                params![keep, before],
+            )?;
+            tx.execute(
+                "DELETE FROM step_runs WHERE execution NOT IN (SELECT id FROM executions)",
+                [],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses a stored body back to JSON.
+pub fn body_json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}

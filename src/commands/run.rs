@@ -1,0 +1,211 @@
+//! `weft run`: compiles a repository (or loads built bundles) and runs every enabled flow of
+//! every instance in this process, on the embedded durable queue.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use weft_compiler::plan::Plan;
+
+use crate::report::{self, ColorChoice, DiagnosticFormat};
+
+const EXAMPLES: &str = "\
+Examples:
+  CRM_TOKEN_GLOBEX=... SHOP_WEBHOOK_SECRET_GLOBEX=... weft run examples/event-import
+  weft run dist/ --port 9000 --data-dir /var/lib/weft
+  weft run . --log-format json --deny-private-addresses
+
+Webhooks are served at POST http://<listen>/hooks/<customer>/<integration><path>;
+/healthz and /metrics (Prometheus) on the same port. Ctrl-C or SIGTERM drains in-flight work.";
+
+/// Run every enabled flow of every instance on the embedded durable queue.
+#[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// A repository (compiled first), a bundle folder (with plan.json) or a `weft build` output folder.
+    #[arg(default_value = ".")]
+    pub path: PathBuf,
+    /// Gateway port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: IpAddr,
+    /// Where the queue, execution history and dead letters are kept.
+    #[arg(long, default_value = ".weft", env = "WEFT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Base URL callers reach the gateway at (default: http://<listen>:<port>).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Refuse HTTP calls to private, loopback and link-local addresses (multi-tenant hosts).
+    #[arg(long)]
+    pub deny_private_addresses: bool,
+    /// Largest accepted webhook body in bytes (default: weft.yaml's gateway.max_body, else 10 MB).
+    #[arg(long)]
+    pub max_body: Option<usize>,
+    /// Messages each step works on at once.
+    #[arg(long, default_value_t = 64)]
+    pub step_concurrency: usize,
+    /// Seconds to let in-flight steps finish after Ctrl-C/SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout: u64,
+    /// Executions kept in the history.
+    #[arg(long, default_value_t = 10_000)]
+    pub keep_executions: i64,
+    /// Days executions are kept in the history.
+    #[arg(long, default_value_t = 7)]
+    pub keep_days: i64,
+}
+
+/// `10MB`, `512KiB`, `100B`.
+fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let n: usize = t[..split].parse().ok()?;
+    let unit = t[split..].trim();
+    Some(match unit {
+        "B" => n,
+        "KB" => n * 1000,
+        "MB" => n * 1000 * 1000,
+        "KiB" => n * 1024,
+        "MiB" => n * 1024 * 1024,
+        _ => return None,
+    })
+}
+
+fn load_plans(
+    path: &Path,
+    color: ColorChoice,
+) -> anyhow::Result<Result<(Vec<Plan>, Option<usize>), ExitCode>> {
+    let read_plan = |p: &Path| -> anyhow::Result<Plan> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a weft plan", p.display()))
+    };
+    if path.join("plan.json").is_file() {
+        return Ok(Ok((vec![read_plan(&path.join("plan.json"))?], None)));
+    }
+    if !path.join("weft.yaml").is_file() && !path.join("integrations").is_dir() {
+        // A `weft build` output folder: <customer>/<integration>/plan.json.
+        let mut plans = Vec::new();
+        for customer in
+            std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
+        {
+            let customer = customer?.path();
+            if !customer.is_dir() {
+                continue;
+            }
+            for integration in std::fs::read_dir(&customer)? {
+                let plan = integration?.path().join("plan.json");
+                if plan.is_file() {
+                    plans.push(read_plan(&plan)?);
+                }
+            }
+        }
+        if plans.is_empty() {
+            bail!("{} holds no weft repository and no bundles", path.display());
+        }
+        plans.sort_by(|a, b| (&a.customer, &a.integration).cmp(&(&b.customer, &b.integration)));
+        return Ok(Ok((plans, None)));
+    }
+    let sources = super::read(path)?;
+    let compilation = weft_compiler::compile(&sources);
+    if compilation.error_count() > 0 {
+        report::print(&compilation, &sources, DiagnosticFormat::Human, color);
+        eprintln!(
+            "run failed: {}; nothing started",
+            report::summary(&compilation)
+        );
+        return Ok(Err(ExitCode::from(1)));
+    }
+    let max_body = parse_size(&compilation.project.gateway.max_body);
+    Ok(Ok((compilation.plans, max_body)))
+}
+
+pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    let (plans, project_max_body) = match load_plans(&args.path, color)? {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    if plans.is_empty() {
+        bail!(
+            "{} has no instances to run (add instances/<customer>/<integration>.yaml)",
+            args.path.display()
+        );
+    }
+    let secrets = weft_runtime::resolve_secrets(&plans, &|name| std::env::var(name).ok())
+        .map_err(anyhow::Error::msg)?;
+    let listen = SocketAddr::new(args.listen, args.port);
+    let options = weft_runtime::Options {
+        data_dir: args.data_dir.clone(),
+        listen,
+        public_url: args
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{listen}")),
+        max_body: args
+            .max_body
+            .or(project_max_body)
+            .unwrap_or(10 * 1024 * 1024),
+        deny_private: args.deny_private_addresses
+            || plans.iter().any(|p| p.policy.deny_private_addresses),
+        step_concurrency: args.step_concurrency.max(1),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
+        keep_executions: args.keep_executions,
+        keep_days: args.keep_days,
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
+    runtime.block_on(async move {
+        let instances = plans.len();
+        let flows: usize = plans
+            .iter()
+            .map(|p| p.flows.iter().filter(|f| f.enabled).count())
+            .sum();
+        let rt = weft_runtime::start(plans, options, secrets)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            "running {flows} flow(s) of {instances} instance(s); data in {}",
+            args.data_dir.display()
+        );
+        weft_runtime::serve(rt, shutdown_signal())
+            .await
+            .map_err(anyhow::Error::msg)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::parse_size("10MB"), Some(10_000_000));
+        assert_eq!(super::parse_size("512 KiB"), Some(512 * 1024));
+        assert_eq!(super::parse_size("lots"), None);
+    }
+}
