@@ -388,7 +388,7 @@ impl Engine {
                         },
                         Op::RecordStep(run),
                     ];
-                    self.commit_or_requeue(ops, queue, message).await;
+                    self.commit_or_requeue(ops, queue, message, None).await;
                     return;
                 }
                 run.status = "failed";
@@ -423,7 +423,7 @@ impl Engine {
                             delta: -1,
                             at,
                         });
-                        self.commit_or_requeue(ops, queue, message).await;
+                        self.commit_or_requeue(ops, queue, message, None).await;
                         return;
                     }
                 }
@@ -534,12 +534,8 @@ impl Engine {
             at,
         });
         let execution = message.execution.clone();
-        if self.commit_or_requeue(ops, queue, message).await
-            && let Some(reply) = reply
-            && let Some(waiter) = self.waiters.lock().expect("waiters").remove(&execution)
-        {
-            let _ = waiter.send(reply);
-        }
+        self.commit_or_requeue(ops, queue, message, reply.map(|r| (execution, r)))
+            .await;
     }
 
     /// Commits; on a store failure the message goes back to its queue after a pause (it is still
@@ -549,9 +545,16 @@ impl Engine {
         ops: Vec<Op>,
         queue: &WorkQueue,
         message: StoredMessage,
+        reply: Option<(String, Reply)>,
     ) -> bool {
         match self.store.commit(ops).await {
             Ok(committed) => {
+                // The `respond` step's reply goes first: its commit may also finish the execution.
+                if let Some((execution, reply)) = reply
+                    && let Some(waiter) = self.waiters.lock().expect("waiters").remove(&execution)
+                {
+                    let _ = waiter.send(reply);
+                }
                 for (execution, status) in committed.finished {
                     // A sync webhook whose flow ended without a reply.
                     if let Some(waiter) = self.waiters.lock().expect("waiters").remove(&execution) {

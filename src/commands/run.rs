@@ -75,10 +75,10 @@ fn parse_size(text: &str) -> Option<usize> {
     })
 }
 
-fn load_plans(
-    path: &Path,
-    color: ColorChoice,
-) -> anyhow::Result<Result<(Vec<Plan>, Option<usize>), ExitCode>> {
+/// The plans to run and the project's body limit; `Err(code)` when the sources have errors.
+type Loaded = Result<(Vec<Plan>, Option<usize>), ExitCode>;
+
+fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
     let read_plan = |p: &Path| -> anyhow::Result<Plan> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

@@ -1,0 +1,549 @@
+//! End-to-end tests of the runtime: real HTTP servers on 127.0.0.1, a real store on disk, the
+//! compiler producing the plans. No mock of weft itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use weft_compiler::repo::Sources;
+use weft_runtime::{Options, auth, history};
+
+/// A local HTTP server that records what it receives and answers with programmed statuses.
+#[derive(Clone, Default)]
+struct Sink {
+    received: Arc<Mutex<Vec<(HeaderMap, Value)>>>,
+    /// Statuses to answer with, in order; 200 when empty (or `always` when set).
+    script: Arc<Mutex<VecDeque<u16>>>,
+    always: Arc<Mutex<Option<u16>>>,
+}
+
+impl Sink {
+    async fn start() -> (Sink, SocketAddr) {
+        let sink = Sink::default();
+        async fn handle(
+            State(sink): State<Sink>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> (StatusCode, String) {
+            let status = sink
+                .script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .or(*sink.always.lock().unwrap())
+                .unwrap_or(200);
+            if status < 300 {
+                let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                sink.received.lock().unwrap().push((headers, v));
+            }
+            (
+                StatusCode::from_u16(status).unwrap(),
+                "{\"ok\":true}".into(),
+            )
+        }
+        let app = Router::new()
+            .fallback(post(handle))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (sink, addr)
+    }
+
+    fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, n: usize) {
+        for _ in 0..400 {
+            if self.count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the sink received {} of {n} messages", self.count());
+    }
+}
+
+const SECRET: &str = "canary-hook-secret-7c1d";
+const TOKEN: &str = "canary-crm-token-93ab";
+
+fn repo(sink: SocketAddr, extra_flows: &str) -> Sources {
+    let mut s = Sources::default();
+    s.add("weft.yaml", "weft: 1\n");
+    s.add(
+        "integrations/orders/integration.yaml",
+        format!(
+            r#"weft: 1
+name: orders
+config:
+  sink_url: {{ type: url, default: "http://{sink}" }}
+  hook_secret: {{ type: secret }}
+  token: {{ type: secret }}
+  min_amount: {{ type: integer, default: 10 }}
+flows:
+  order-created:
+    trigger:
+      webhook:
+        path: /orders
+        auth: {{ hmac_sha256: {{ secret: "{{{{ config.hook_secret }}}}", header: X-Signature }} }}
+    steps:
+      - id: contact
+        uses: transform
+        with:
+          value: {{ id: "{{{{ trigger.body.id }}}}", amount: "{{{{ trigger.body.amount_cents / 100 }}}}" }}
+      - id: big-enough
+        uses: branch
+        with:
+          cases:
+            - when: "{{{{ steps.contact.amount >= config.min_amount }}}}"
+              steps:
+                - id: push
+                  uses: http.post
+                  with:
+                    url: "{{{{ config.sink_url }}}}/customers"
+                    headers: {{ Authorization: "Bearer {{{{ config.token }}}}" }}
+                    body: "{{{{ steps.contact }}}}"
+                  retry: {{ attempts: 3, initial: 50ms, max: 200ms }}
+                  on_error: dead_letter
+          default:
+            - {{ id: skip, uses: log, with: {{ message: "skipped {{{{ trigger.body.id }}}}" }} }}
+{extra_flows}"#
+        ),
+    );
+    s.add(
+        "instances/acme/orders.yaml",
+        "weft: 1\nintegration: orders\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n",
+    );
+    s.sort();
+    s
+}
+
+struct Running {
+    url: String,
+    dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    client: reqwest::Client,
+}
+
+impl Running {
+    async fn start(sources: &Sources, dir: Option<tempfile::TempDir>) -> Running {
+        let compilation = weft_compiler::compile(sources);
+        let rendered: Vec<String> = compilation
+            .diagnostics
+            .iter()
+            .map(|d| weft_compiler::diagnostic::render_human(d, &sources.files, false))
+            .collect();
+        assert_eq!(compilation.error_count(), 0, "{}", rendered.join("\n"));
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let options = Options {
+            data_dir: dir.path().to_path_buf(),
+            listen: addr,
+            public_url: format!("http://{addr}"),
+            max_body: 1024 * 1024,
+            drain_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let runtime = weft_runtime::start(compilation.plans, options, secrets)
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            weft_runtime::serve_on(runtime, listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        Running {
+            url: format!("http://{addr}"),
+            dir,
+            stop: Some(tx),
+            task,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+        self.dir
+    }
+
+    async fn post_order(&self, body: &Value) -> reqwest::Response {
+        let raw = serde_json::to_vec(body).unwrap();
+        self.client
+            .post(format!("{}/hooks/acme/orders/orders", self.url))
+            .header("content-type", "application/json")
+            .header("X-Signature", auth::sign_hmac(SECRET.as_bytes(), &raw))
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn executions(&self) -> Vec<history::Execution> {
+        let conn = history::open(self.dir.path()).unwrap();
+        history::executions(&conn, None, None, 1000).unwrap()
+    }
+
+    async fn wait_finished(&self, n: usize) {
+        for _ in 0..400 {
+            let done = self
+                .executions()
+                .iter()
+                .filter(|e| e.finished_at.is_some())
+                .count();
+            if done >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "executions did not finish: {:?}",
+            self.executions()
+                .iter()
+                .map(|e| &e.status)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_event_runs_through_transform_branch_and_post() {
+    let (sink, addr) = Sink::start().await;
+    let rt = Running::start(&repo(addr, ""), None).await;
+    let r = rt
+        .post_order(&json!({ "id": "o-1", "amount_cents": 2500 }))
+        .await;
+    assert_eq!(r.status(), 202);
+    let execution = r.json::<Value>().await.unwrap()["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sink.wait_for(1).await;
+    let (headers, body) = sink.received.lock().unwrap()[0].clone();
+    assert_eq!(body, json!({ "id": "o-1", "amount": 25.0 }));
+    assert_eq!(headers["authorization"], format!("Bearer {TOKEN}"));
+    assert_eq!(headers["idempotency-key"], format!("{execution}:push"));
+    // Below the minimum: the default case runs, nothing is posted.
+    assert_eq!(
+        rt.post_order(&json!({ "id": "o-2", "amount_cents": 100 }))
+            .await
+            .status(),
+        202
+    );
+    rt.wait_finished(2).await;
+    assert_eq!(sink.count(), 1);
+    let conn = history::open(rt.dir.path()).unwrap();
+    let detail = history::execution(&conn, &execution).unwrap().unwrap();
+    assert_eq!(detail.execution.status, "succeeded");
+    let steps: Vec<&str> = detail.steps.iter().map(|s| s.step.as_str()).collect();
+    assert_eq!(steps, ["contact", "big-enough", "push"]);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_nothing_is_enqueued() {
+    let (sink, addr) = Sink::start().await;
+    let rt = Running::start(&repo(addr, ""), None).await;
+    let url = format!("{}/hooks/acme/orders/orders", rt.url);
+    // Bad signature.
+    let r = rt
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("X-Signature", "sha256=00ff")
+        .body("{\"id\":1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // No signature.
+    let r = rt.client.post(&url).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Malformed JSON, correctly signed.
+    let raw = b"{\"id\": ".to_vec();
+    let r = rt
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("X-Signature", auth::sign_hmac(SECRET.as_bytes(), &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("malformed JSON"));
+    // 50 MB: refused with 413 before it is buffered (the limit here is 1 MB).
+    let big = vec![b'x'; 50 * 1024 * 1024];
+    let r = rt
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("X-Signature", "sha256=00")
+        .body(big)
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => panic!("expected 413, got {e}"),
+    }
+    // Unknown path.
+    assert_eq!(
+        rt.client
+            .post(format!("{}/hooks/acme/orders/nope", rt.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert!(rt.executions().is_empty(), "nothing was enqueued");
+    assert_eq!(sink.count(), 0);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_is_retried_until_it_recovers() {
+    let (sink, addr) = Sink::start().await;
+    sink.script.lock().unwrap().extend([503, 500]);
+    let rt = Running::start(&repo(addr, ""), None).await;
+    let r = rt
+        .post_order(&json!({ "id": "o-3", "amount_cents": 5000 }))
+        .await;
+    let execution = r.json::<Value>().await.unwrap()["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sink.wait_for(1).await;
+    rt.wait_finished(1).await;
+    let conn = history::open(rt.dir.path()).unwrap();
+    let detail = history::execution(&conn, &execution).unwrap().unwrap();
+    let push: Vec<(u32, &str)> = detail
+        .steps
+        .iter()
+        .filter(|s| s.step == "push")
+        .map(|s| (s.attempt, s.status.as_str()))
+        .collect();
+    assert_eq!(push, [(1, "retrying"), (2, "retrying"), (3, "succeeded")]);
+    assert_eq!(detail.execution.status, "succeeded");
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_sink_dead_letters_then_replays_after_a_fix() {
+    let (sink, addr) = Sink::start().await;
+    *sink.always.lock().unwrap() = Some(503);
+    let rt = Running::start(&repo(addr, ""), None).await;
+    rt.post_order(&json!({ "id": "o-4", "amount_cents": 5000 }))
+        .await;
+    rt.wait_finished(1).await;
+    let conn = history::open(rt.dir.path()).unwrap();
+    let letters = history::dead_letters(&conn).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].step, "push");
+    assert!(letters[0].error.contains("503"), "{}", letters[0].error);
+    assert_eq!(rt.executions()[0].status, "failed");
+    // The fix: the sink recovers; the dead letter is replayed (as `weft dlq replay` does).
+    *sink.always.lock().unwrap() = None;
+    let store =
+        weft_runtime::store::Store::open(&rt.dir.path().join("weft.db"), Box::new(|_| {})).unwrap();
+    store
+        .commit(vec![weft_runtime::store::Op::RequestReplay {
+            dead_letter: letters[0].id,
+        }])
+        .await
+        .unwrap();
+    sink.wait_for(1).await;
+    for _ in 0..200 {
+        if rt.executions()[0].status == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(rt.executions()[0].status, "succeeded");
+    assert!(history::dead_letters(&conn).unwrap().is_empty());
+    rt.stop().await;
+}
+
+const SYNC_FLOWS: &str = r#"  lookup:
+    trigger: { webhook: { path: /lookup, respond: sync, timeout: 2s } }
+    steps:
+      - id: found
+        uses: transform
+        with: { value: { sku: "{{ trigger.body.sku }}", stock: 7 } }
+      - id: answer
+        uses: respond
+        with: { status: 200, body: { sku: "{{ steps.found.sku }}", in_stock: "{{ steps.found.stock }}" } }
+  slow:
+    trigger: { webhook: { path: /slow, respond: sync, timeout: 300ms } }
+    steps:
+      - { id: wait, uses: delay, with: { duration: 1s } }
+      - { id: answer, uses: respond, with: { status: 200, body: late } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_webhooks_answer_with_the_respond_step_or_time_out() {
+    let (_sink, addr) = Sink::start().await;
+    let rt = Running::start(&repo(addr, SYNC_FLOWS), None).await;
+    let r = rt
+        .client
+        .post(format!("{}/hooks/acme/orders/lookup", rt.url))
+        .json(&json!({ "sku": "A-1" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-weft-execution-id"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({ "sku": "A-1", "in_stock": 7 })
+    );
+    let r = rt
+        .client
+        .post(format!("{}/hooks/acme/orders/slow", rt.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let execution = r.json::<Value>().await.unwrap()["execution_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The execution keeps running after the timeout.
+    for _ in 0..200 {
+        let conn = history::open(rt.dir.path()).unwrap();
+        if history::execution(&conn, &execution)
+            .unwrap()
+            .is_some_and(|d| d.execution.status == "succeeded")
+        {
+            rt.stop().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the slow execution did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_appear_only_where_they_are_used() {
+    let (sink, addr) = Sink::start().await;
+    *sink.always.lock().unwrap() = Some(500);
+    let extra = r#"  leaky:
+    trigger: { webhook: { path: /leaky } }
+    steps:
+      - { id: say, uses: log, with: { message: "token is {{ config.token }}" } }
+      - { id: fail, uses: http.post, with: { url: "{{ config.sink_url }}/x?t={{ config.token }}", body: "{{ config.token }}" }, retry: { attempts: 2, initial: 10ms }, on_error: dead_letter }
+      - { id: never, uses: transform, with: { value: "{{ config.nope_missing }}" } }
+"#;
+    let mut sources = repo(addr, extra);
+    // `config.nope_missing` is a compile error; keep the template failure for run time instead.
+    for f in &mut sources.files {
+        f.text = f.text.replace(
+            "{{ config.nope_missing }}",
+            "{{ trigger.body.missing.deeper }}",
+        );
+    }
+    let sources = {
+        let mut s = Sources::default();
+        for f in sources.files {
+            s.add(f.path, f.text);
+        }
+        s
+    };
+    let rt = Running::start(&sources, None).await;
+    rt.client
+        .post(format!("{}/hooks/acme/orders/leaky", rt.url))
+        .json(&json!({ "secret_echo": TOKEN }))
+        .send()
+        .await
+        .unwrap();
+    rt.wait_finished(1).await;
+    let dir = rt.stop().await;
+    // Everything the runtime wrote down: history, dead letters, the database file itself.
+    let conn = history::open(dir.path()).unwrap();
+    let mut written = String::new();
+    for e in history::executions(&conn, None, None, 100).unwrap() {
+        written
+            .push_str(&serde_json::to_string(&history::execution(&conn, &e.id).unwrap()).unwrap());
+    }
+    written.push_str(&serde_json::to_string(&history::dead_letters(&conn).unwrap()).unwrap());
+    assert!(written.contains("***"), "secrets are masked: {written}");
+    for canary in [TOKEN, SECRET] {
+        assert!(
+            !written.contains(canary),
+            "{canary} leaked into the history: {written}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_standard_webhook_id_is_enqueued_once() {
+    let (_sink, addr) = Sink::start().await;
+    let extra = r#"  std:
+    trigger: { webhook: { path: /std, auth: { standard_webhooks: { secret: "{{ config.hook_secret }}" } } } }
+    steps:
+      - { id: note, uses: log, with: { message: "{{ trigger.body.n }}" } }
+"#;
+    let rt = Running::start(&repo(addr, extra), None).await;
+    let body = br#"{"n":1}"#;
+    let ts = chrono::Utc::now().timestamp();
+    let sig = auth::sign_standard(&auth::standard_key(SECRET), "msg_1", ts, body);
+    let send = || {
+        rt.client
+            .post(format!("{}/hooks/acme/orders/std", rt.url))
+            .header("content-type", "application/json")
+            .header("webhook-id", "msg_1")
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig.clone())
+            .body(body.to_vec())
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202);
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["status"], "duplicate");
+    // An old timestamp is refused.
+    let old = auth::sign_standard(&auth::standard_key(SECRET), "msg_2", ts - 600, body);
+    let r = rt
+        .client
+        .post(format!("{}/hooks/acme/orders/std", rt.url))
+        .header("webhook-id", "msg_2")
+        .header("webhook-timestamp", (ts - 600).to_string())
+        .header("webhook-signature", old)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    rt.wait_finished(1).await;
+    assert_eq!(rt.executions().len(), 1);
+    rt.stop().await;
+}
+
+#[test]
+fn missing_secrets_are_named_before_anything_starts() {
+    let sources = repo("127.0.0.1:9".parse().unwrap(), "");
+    let plans = weft_compiler::compile(&sources).plans;
+    let err = weft_runtime::resolve_secrets(&plans, &|_| None).unwrap_err();
+    assert!(
+        err.contains("HOOK_SECRET") && err.contains("CRM_TOKEN"),
+        "{err}"
+    );
+}
