@@ -1,0 +1,205 @@
+//! Shared pieces of the process-level tests and the benchmark: the reference flow (signed
+//! webhook → transform → branch → HTTP POST), a counting sink, and a `weft run` child process.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+
+pub const HOOK_SECRET: &str = "bench-hook-secret-5d3e";
+pub const TOKEN: &str = "bench-crm-token-8f2a";
+
+/// Writes the reference repository; the sink is at `sink`.
+pub fn reference_repo(dir: &Path, sink: SocketAddr) {
+    let files = [
+        ("weft.yaml", "weft: 1\nname: reference\n".to_string()),
+        (
+            "integrations/reference/integration.yaml",
+            format!(
+                r#"weft: 1
+name: reference
+description: "The reference flow: signed webhook, transform, branch, HTTP POST"
+config:
+  sink_url: {{ type: url, default: "http://{sink}" }}
+  hook_secret: {{ type: secret }}
+  token: {{ type: secret }}
+flows:
+  orders:
+    trigger:
+      webhook:
+        path: /orders
+        auth: {{ hmac_sha256: {{ secret: "{{{{ config.hook_secret }}}}", header: X-Signature }} }}
+    steps:
+      - id: shape
+        uses: transform
+        with:
+          value: {{ id: "{{{{ trigger.body.id }}}}", amount: "{{{{ trigger.body.amount_cents / 100 }}}}", sent: "{{{{ trigger.body.sent }}}}" }}
+      - id: route
+        uses: branch
+        with:
+          cases:
+            - when: "{{{{ steps.shape.amount >= 0 }}}}"
+              steps:
+                - id: deliver
+                  uses: http.post
+                  with:
+                    url: "{{{{ config.sink_url }}}}/orders"
+                    headers: {{ Authorization: "Bearer {{{{ config.token }}}}" }}
+                    body: "{{{{ steps.shape }}}}"
+                  retry: {{ attempts: 10, initial: 100ms, max: 2s }}
+"#
+            ),
+        ),
+        ("instances/acme/reference.yaml", "weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n".to_string()),
+    ];
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+/// A sink that records, per event id, how many times it arrived and when (first arrival).
+#[derive(Clone, Default)]
+pub struct CountingSink {
+    pub seen: Arc<Mutex<HashMap<String, (usize, Instant)>>>,
+}
+
+impl CountingSink {
+    pub async fn start() -> (CountingSink, SocketAddr) {
+        let sink = CountingSink::default();
+        async fn handle(State(sink): State<CountingSink>, body: Bytes) -> &'static str {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let id = v["id"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["id"].to_string());
+            let mut seen = sink.seen.lock().unwrap();
+            seen.entry(id)
+                .and_modify(|(n, _)| *n += 1)
+                .or_insert((1, Instant::now()));
+            "{}"
+        }
+        let app = Router::new()
+            .route("/orders", post(handle))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (sink, addr)
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `weft run` as a child process.
+pub struct WeftProcess {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl WeftProcess {
+    pub fn spawn(
+        binary: &Path,
+        repo: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+    ) -> WeftProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(binary)
+            .args(["run"])
+            .arg(repo)
+            .args(["--port", &port.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("HOOK_SECRET", HOOK_SECRET)
+            .env("CRM_TOKEN", TOKEN)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("weft runs");
+        WeftProcess { child, port }
+    }
+
+    pub async fn wait_healthy(&self) {
+        let client = http_client(Duration::from_secs(2));
+        for _ in 0..400 {
+            if client
+                .get(format!("http://127.0.0.1:{}/healthz", self.port))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("weft run did not become healthy");
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL: no drain, no cleanup — the crash the durability promise is about.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for WeftProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for the tests (installs rustls' ring provider first, as the runtime does).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    let _ = weft_runtime::http::client(false);
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+pub fn sign(body: &[u8]) -> String {
+    weft_runtime::auth::sign_hmac(HOOK_SECRET.as_bytes(), body)
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weft"))
+}
