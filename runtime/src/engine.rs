@@ -152,6 +152,9 @@ pub struct InstanceRt {
     pub config: Value,
     /// `instance` as templates see it.
     pub instance_value: Value,
+    /// `config` and `instance` converted for templates once.
+    pub config_template: minijinja::Value,
+    pub instance_template: minijinja::Value,
     pub connections: HashMap<String, Compiled>,
     pub flows: HashMap<String, FlowRt>,
 }
@@ -291,18 +294,20 @@ impl Engine {
         }
     }
 
-    fn context(&self, instance: &InstanceRt, env: &Envelope) -> Value {
-        let mut ctx = json!({
-            "trigger": env.trigger,
-            "steps": env.steps,
-            "config": instance.config,
-            "instance": instance.instance_value,
-        });
+    /// The template context of a message. Config and `instance` are converted once per
+    /// instance; only the message's own parts are converted here.
+    fn context(&self, instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
+        use minijinja::value::Serde;
+        let mut ctx = std::collections::BTreeMap::new();
+        ctx.insert("trigger", minijinja::Value::from(Serde(&env.trigger)));
+        ctx.insert("steps", minijinja::Value::from(Serde(&env.steps)));
+        ctx.insert("config", instance.config_template.clone());
+        ctx.insert("instance", instance.instance_template.clone());
         if let Some(item) = &env.item {
-            ctx["item"] = item.clone();
-            ctx["index"] = json!(env.index.unwrap_or(0));
+            ctx.insert("item", minijinja::Value::from(Serde(item)));
+            ctx.insert("index", minijinja::Value::from(env.index.unwrap_or(0)));
         }
-        ctx
+        minijinja::Value::from(ctx)
     }
 
     async fn handle(
@@ -335,7 +340,8 @@ impl Engine {
         };
         let started_at = now_ms();
         let clock = Instant::now();
-        let mut ctx_json = self.context(instance, &envelope);
+        let ctx = self.context(instance, &envelope);
+        let mut input_seen = Value::Null;
         let connection = step
             .step
             .connection
@@ -347,7 +353,8 @@ impl Engine {
                 step,
                 &envelope,
                 &message,
-                &mut ctx_json,
+                &ctx,
+                &mut input_seen,
                 connection,
             )
             .await;
@@ -356,7 +363,7 @@ impl Engine {
             .step_seconds
             .get_or_create(&step.labels)
             .observe(elapsed.as_secs_f64());
-        let input_record = Some(self.redactor.json(&ctx_json["__input"]));
+        let input_record = Some(self.redactor.json(&input_seen));
         let at = now_ms();
         let mut run = StepRun {
             execution: message.execution.clone(),
@@ -618,21 +625,21 @@ impl Engine {
         step: &StepRt,
         envelope: &Envelope,
         message: &StoredMessage,
-        ctx_json: &mut Value,
+        ctx: &minijinja::Value,
+        input_seen: &mut Value,
         connection: Option<(&String, &plan::Connection)>,
     ) -> Result<StepResult, StepError> {
-        let ctx = render::context(ctx_json);
         if step.step.uses == "branch" {
             for (i, case) in step.cases.iter().enumerate() {
-                let v = render::render(case, &ctx).map_err(StepError::permanent)?;
+                let v = render::render(case, ctx).map_err(StepError::permanent)?;
                 if render::truthy(&v) {
                     return Ok(StepResult::Branch(Some(i)));
                 }
             }
             return Ok(StepResult::Branch(None));
         }
-        let input = render::render(&step.with, &ctx).map_err(StepError::permanent)?;
-        ctx_json["__input"] = input.clone();
+        let input = render::render(&step.with, ctx).map_err(StepError::permanent)?;
+        *input_seen = input.clone();
         let connection = match connection {
             Some((name, plan)) => {
                 let compiled = instance

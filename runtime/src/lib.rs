@@ -284,12 +284,15 @@ pub async fn start(
                 },
             );
         }
+        let config = Value::Object(config);
         instances.insert(
             key.clone(),
             Arc::new(InstanceRt {
                 key,
                 plan: plan.clone(),
-                config: Value::Object(config),
+                config_template: render::context(&config),
+                instance_template: render::context(&instance_value),
+                config,
                 instance_value,
                 connections,
                 flows,

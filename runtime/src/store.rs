@@ -137,7 +137,8 @@ pub type OnCommit = Box<dyn Fn(&[StoredMessage]) + Send + 'static>;
 #[derive(Clone)]
 pub struct Store {
     tx: mpsc::Sender<Request>,
-    path: std::path::PathBuf,
+    /// One read connection, reused (WAL lets it read while the writer writes).
+    read: std::sync::Arc<std::sync::Mutex<Connection>>,
 }
 
 const SCHEMA: &str = "
@@ -215,9 +216,10 @@ impl Store {
             .name("weft-store-writer".into())
             .spawn(move || writer(conn, rx, on_commit))
             .map_err(|e| e.to_string())?;
+        let read = open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
         Ok(Store {
             tx,
-            path: path.to_path_buf(),
+            read: std::sync::Arc::new(std::sync::Mutex::new(read)),
         })
     }
 
@@ -231,21 +233,9 @@ impl Store {
             .map_err(|_| "the store writer stopped".to_string())?
     }
 
-    /// A read-only connection for queries (history, dead letters, state, recovery).
-    pub fn reader(&self) -> Result<Connection, String> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| e.to_string())?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| e.to_string())?;
-        Ok(conn)
-    }
-
     /// Every message waiting in the store (at start: what was in flight at the last stop).
     pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
-        let conn = self.reader()?;
+        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
         let mut stmt = conn
             .prepare(
                 "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
@@ -268,7 +258,7 @@ impl Store {
 
     /// Dead letters whose replay was requested (by `weft dlq replay`, possibly from another process).
     pub fn replay_requests(&self) -> Result<Vec<i64>, String> {
-        let conn = self.reader()?;
+        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
         let mut stmt = conn
             .prepare_cached("SELECT dead_letter FROM replay_requests ORDER BY dead_letter")
             .map_err(|e| e.to_string())?;
@@ -279,7 +269,7 @@ impl Store {
     }
 
     pub fn state(&self, key: &str) -> Result<Option<String>, String> {
-        let conn = self.reader()?;
+        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
         conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
             r.get(0)
         })
