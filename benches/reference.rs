@@ -27,14 +27,26 @@ struct Figures {
 }
 
 /// Sends `events` signed events with `concurrency` senders; waits for every delivery.
-async fn load(url: &str, sink: &CountingSink, prefix: &str, events: usize, concurrency: usize) -> Figures {
+async fn load(
+    url: &str,
+    sink: &CountingSink,
+    prefix: &str,
+    events: usize,
+    concurrency: usize,
+) -> Figures {
     let client = http_client(Duration::from_secs(30));
     let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, sent_at, next, url, prefix) = (client.clone(), sent_at.clone(), next.clone(), url.to_string(), prefix.to_string());
+        let (client, sent_at, next, url, prefix) = (
+            client.clone(),
+            sent_at.clone(),
+            next.clone(),
+            url.to_string(),
+            prefix.to_string(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut accepted = 0usize;
             loop {
@@ -43,10 +55,19 @@ async fn load(url: &str, sink: &CountingSink, prefix: &str, events: usize, concu
                     return accepted;
                 }
                 let id = format!("{prefix}-{i}");
-                let body = serde_json::to_vec(&serde_json::json!({ "id": id, "amount_cents": 1000 + i, "sent": 0 })).unwrap();
+                let body = serde_json::to_vec(
+                    &serde_json::json!({ "id": id, "amount_cents": 1000 + i, "sent": 0 }),
+                )
+                .unwrap();
                 let signature = sign(&body);
                 sent_at.lock().unwrap().insert(id, Instant::now());
-                let r = client.post(&url).header("content-type", "application/json").header("X-Signature", signature).body(body).send().await;
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("X-Signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
                 if r.is_ok_and(|r| r.status().is_success()) {
                     accepted += 1;
                 }
@@ -61,7 +82,13 @@ async fn load(url: &str, sink: &CountingSink, prefix: &str, events: usize, concu
     let deadline = Instant::now() + Duration::from_secs(120);
     let prefix_dash = format!("{prefix}-");
     loop {
-        let delivered = sink.seen.lock().unwrap().keys().filter(|k| k.starts_with(&prefix_dash)).count();
+        let delivered = sink
+            .seen
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(&prefix_dash))
+            .count();
         if delivered >= accepted || Instant::now() > deadline {
             break;
         }
@@ -78,7 +105,12 @@ async fn load(url: &str, sink: &CountingSink, prefix: &str, events: usize, concu
         }
     }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     Figures {
         accepted_per_sec: accepted as f64 / accept_time.as_secs_f64(),
         delivered_per_sec: latencies.len() as f64 / last.duration_since(start).as_secs_f64(),
@@ -95,22 +127,38 @@ async fn handwritten(sink: SocketAddr) -> SocketAddr {
         sink: String,
     }
     async fn handle(State(s): State<S>, headers: HeaderMap, body: Bytes) -> StatusCode {
-        let sig = headers.get("x-signature").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let sig = headers
+            .get("x-signature")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         if support::sign(&body) != sig {
             return StatusCode::UNAUTHORIZED;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { return StatusCode::BAD_REQUEST };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return StatusCode::BAD_REQUEST;
+        };
         let shaped = serde_json::json!({ "id": v["id"], "amount": v["amount_cents"].as_f64().unwrap_or(0.0) / 100.0, "sent": v["sent"] });
         if shaped["amount"].as_f64().unwrap_or(0.0) >= 0.0 {
-            let r = s.client.post(&s.sink).bearer_auth(support::TOKEN).json(&shaped).send().await;
+            let r = s
+                .client
+                .post(&s.sink)
+                .bearer_auth(support::TOKEN)
+                .json(&shaped)
+                .send()
+                .await;
             if !r.is_ok_and(|r| r.status().is_success()) {
                 return StatusCode::BAD_GATEWAY;
             }
         }
         StatusCode::ACCEPTED
     }
-    let state = S { client: http_client(Duration::from_secs(10)), sink: format!("http://{sink}/orders") };
-    let app = axum::Router::new().route("/hooks/acme/reference/orders", post(handle)).with_state(state);
+    let state = S {
+        client: http_client(Duration::from_secs(10)),
+        sink: format!("http://{sink}/orders"),
+    };
+    let app = axum::Router::new()
+        .route("/hooks/acme/reference/orders", post(handle))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -118,8 +166,15 @@ async fn handwritten(sink: SocketAddr) -> SocketAddr {
 }
 
 fn main() {
-    let events: usize = std::env::var("WEFT_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let events: usize = std::env::var("WEFT_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let (sink, sink_addr) = CountingSink::start().await;
         let dir = tempfile::tempdir().unwrap();

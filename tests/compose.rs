@@ -62,12 +62,10 @@ fn docker_compose_accepts_every_emitted_file() {
                     continue;
                 }
                 for step in flow["steps"].as_array().unwrap() {
-                    let service = format!(
-                        "step-{}-{}",
+                    let service = weft_compiler::emit::service_name(
                         flow["name"].as_str().unwrap(),
-                        step["id"].as_str().unwrap()
-                    )
-                    .replace('_', "-");
+                        step["id"].as_str().unwrap(),
+                    );
                     assert!(
                         stdout.contains(&format!("  {service}:")),
                         "{bundle}: no service {service}"

@@ -116,8 +116,9 @@ pub fn env_example(plan: &Plan) -> String {
 const BROKER_URL: &str = "nats://broker:4222";
 const HEALTH_PORT: u16 = 9090;
 
-fn service_name(flow: &str, step: &str) -> String {
-    format!("step-{flow}-{step}").replace('_', "-")
+/// `step.<flow>.<step>`: neither names nor ids contain dots, so service names never collide.
+pub fn service_name(flow: &str, step: &str) -> String {
+    format!("step.{flow}.{step}")
 }
 
 fn environment(secrets: &BTreeSet<String>) -> Value {

@@ -662,6 +662,42 @@ mod tests {
         assert_eq!(parse_duration("5x"), None);
     }
 
+    #[tokio::test]
+    async fn the_egress_policy_refuses_private_addresses() {
+        let plan: weft_compiler::plan::Plan = serde_json::from_value(json!({
+            "format": 1, "integration": "x", "customer": "c", "version": "draft", "config": {},
+            "connections": {}, "components": {}, "flows": [], "secrets": []
+        }))
+        .unwrap();
+        let client = crate::http::client(true);
+        let redactor = crate::redact::Redactor::default();
+        let env = StepEnv {
+            http: &client,
+            redactor: &redactor,
+            deny_private: true,
+            idempotency_key: "k",
+            timeout: Duration::from_secs(2),
+            plan: &plan,
+            connection: None,
+            action: None,
+        };
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://localhost:9/x",
+            "http://[::1]:9/",
+        ] {
+            let err = run("http.get", json!({ "url": url }), &env)
+                .await
+                .unwrap_err();
+            assert!(
+                err.message.contains("private") || err.message.contains("egress"),
+                "{url}: {}",
+                err.message
+            );
+        }
+    }
+
     #[test]
     fn csv_round_trip() {
         let rows = csv_parse(&json!({ "text": "sku,qty\nA,1\nB,\"2,5\"\n" })).unwrap();

@@ -235,7 +235,10 @@ impl Store {
 
     /// Every message waiting in the store (at start: what was in flight at the last stop).
     pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
-        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
+        let conn = self
+            .read
+            .lock()
+            .map_err(|_| "store reader poisoned".to_string())?;
         let mut stmt = conn
             .prepare(
                 "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
@@ -258,7 +261,10 @@ impl Store {
 
     /// Dead letters whose replay was requested (by `weft dlq replay`, possibly from another process).
     pub fn replay_requests(&self) -> Result<Vec<i64>, String> {
-        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
+        let conn = self
+            .read
+            .lock()
+            .map_err(|_| "store reader poisoned".to_string())?;
         let mut stmt = conn
             .prepare_cached("SELECT dead_letter FROM replay_requests ORDER BY dead_letter")
             .map_err(|e| e.to_string())?;
@@ -269,7 +275,10 @@ impl Store {
     }
 
     pub fn state(&self, key: &str) -> Result<Option<String>, String> {
-        let conn = self.read.lock().map_err(|_| "store reader poisoned".to_string())?;
+        let conn = self
+            .read
+            .lock()
+            .map_err(|_| "store reader poisoned".to_string())?;
         conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
             r.get(0)
         })

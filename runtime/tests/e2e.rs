@@ -1,7 +1,7 @@
 //! End-to-end tests of the runtime: real HTTP servers on 127.0.0.1, a real store on disk, the
 //! compiler producing the plans. No mock of weft itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -546,4 +546,196 @@ fn missing_secrets_are_named_before_anything_starts() {
         err.contains("HOOK_SECRET") && err.contains("CRM_TOKEN"),
         "{err}"
     );
+}
+
+/// An API with `total` orders, listed after a cursor: `GET /orders?after=N` → up to 5 orders.
+async fn orders_api(total: usize) -> (SocketAddr, Arc<Mutex<usize>>) {
+    let calls = Arc::new(Mutex::new(0usize));
+    let counter = calls.clone();
+    let app = Router::new().route(
+        "/orders",
+        axum::routing::get(
+            move |axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| {
+                let counter = counter.clone();
+                async move {
+                    *counter.lock().unwrap() += 1;
+                    let after: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                    let items: Vec<Value> = (after + 1..=total.min(after + 5))
+                        .map(|n| json!({ "n": n }))
+                        .collect();
+                    axum::Json(json!({ "orders": items }))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_cursor_survives_a_restart_without_double_or_gap() {
+    let (sink, sink_addr) = Sink::start().await;
+    let (api, _) = orders_api(12).await;
+    let extra = format!(
+        r#"  poll-orders:
+    trigger:
+      poll:
+        every: 100ms
+        uses: http.get
+        with: {{ url: "http://{api}/orders", query: {{ after: "{{{{ cursor | default(0) }}}}" }} }}
+        items: "{{{{ output.orders }}}}"
+        cursor: "{{{{ (items | map(attribute='n') | max) }}}}"
+    steps:
+      - {{ id: deliver, uses: http.post, with: {{ url: "{{{{ config.sink_url }}}}/seen", body: {{ id: "{{{{ trigger.item.n }}}}" }} }} }}
+"#
+    );
+    let sources = repo(sink_addr, &extra);
+    let rt = Running::start(&sources, None).await;
+    // Let it take a page or two, then stop mid-way.
+    for _ in 0..200 {
+        if sink.count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dir = rt.stop().await;
+    let before = sink.count();
+    let rt = Running::start(&sources, Some(dir)).await;
+    sink.wait_for(12).await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // more polls: nothing new must arrive
+    let ids: Vec<String> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b["id"].to_string())
+        .collect();
+    let distinct: HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 12, "no gap: {ids:?}");
+    assert_eq!(ids.len(), 12, "no double (stopped after {before}): {ids:?}");
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_runs_once_per_occurrence_across_restarts() {
+    let (_sink, sink_addr) = Sink::start().await;
+    let extra = r#"  every-second:
+    trigger: { schedule: { cron: "* * * * * *", timezone: Europe/Berlin } }
+    steps:
+      - { id: tick, uses: log, with: { message: "tick {{ trigger.time }}" } }
+"#;
+    let sources = repo(sink_addr, extra);
+    let rt = Running::start(&sources, None).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let dir = rt.stop().await;
+    let rt = Running::start(&sources, Some(dir)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let conn = history::open(rt.dir.path()).unwrap();
+    let runs = history::executions(&conn, Some("every-second"), None, 100).unwrap();
+    let mut times: Vec<String> = runs
+        .iter()
+        .map(|e| {
+            history::execution(&conn, &e.id).unwrap().unwrap().trigger["scheduled_at"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let total = times.len();
+    times.sort();
+    times.dedup();
+    assert_eq!(times.len(), total, "an occurrence ran twice: {times:?}");
+    assert!(
+        total >= 3,
+        "the schedule ran before and after the restart: {times:?}"
+    );
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_fan_out_and_dispatch_starts_the_sibling_flow() {
+    let (sink, sink_addr) = Sink::start().await;
+    let extra = r#"  lines:
+    trigger: { webhook: { path: /lines } }
+    steps:
+      - id: each
+        uses: for_each
+        with: { items: "{{ trigger.body.lines }}" }
+        steps:
+          - { id: line, uses: http.post, with: { url: "{{ config.sink_url }}/lines", body: { sku: "{{ item.sku }}", position: "{{ index }}" } } }
+      - { id: hand-over, uses: dispatch, with: { flow: audit, payload: { count: "{{ steps.each.count }}" } } }
+  audit:
+    trigger: { webhook: { path: /audit } }
+    steps:
+      - { id: record, uses: http.post, with: { url: "{{ config.sink_url }}/audit", body: { lines: "{{ trigger.body.count }}" } } }
+"#;
+    let rt = Running::start(&repo(sink_addr, extra), None).await;
+    let r = rt
+        .client
+        .post(format!("{}/hooks/acme/orders/lines", rt.url))
+        .json(&json!({ "lines": [{ "sku": "A" }, { "sku": "B" }, { "sku": "C" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    sink.wait_for(4).await;
+    let bodies: Vec<Value> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    for sku in ["A", "B", "C"] {
+        assert!(bodies.iter().any(|b| b["sku"] == sku), "{bodies:?}");
+    }
+    assert!(bodies.contains(&json!({ "lines": 3 })), "{bodies:?}");
+    // Each loop item has its own idempotency key.
+    let keys: HashSet<String> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _)| h["idempotency-key"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 4);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_are_served() {
+    let (sink, addr) = Sink::start().await;
+    let rt = Running::start(&repo(addr, ""), None).await;
+    rt.post_order(&json!({ "id": "m-1", "amount_cents": 5000 }))
+        .await;
+    sink.wait_for(1).await;
+    assert_eq!(
+        rt.client
+            .get(format!("{}/healthz", rt.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = rt
+        .client
+        .get(format!("{}/metrics", rt.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "weft_queue_depth",
+        "weft_step_duration_seconds_bucket",
+        "weft_webhook_requests_total",
+        "weft_executions_started_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    rt.stop().await;
 }
