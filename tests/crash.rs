@@ -86,11 +86,13 @@ async fn accepted_events_survive_kill_9() {
     let weft = WeftProcess::spawn(&binary(), &repo, &data, port, &log);
     weft.wait_healthy().await;
     for _ in 0..1200 {
-        let seen = sink.seen.lock().unwrap();
-        if accepted.iter().all(|id| seen.contains_key(id)) {
+        let all_delivered = {
+            let seen = sink.seen.lock().unwrap();
+            accepted.iter().all(|id| seen.contains_key(id))
+        };
+        if all_delivered {
             break;
         }
-        drop(seen);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let seen = sink.seen.lock().unwrap().clone();

@@ -342,21 +342,15 @@ impl Engine {
         let clock = Instant::now();
         let ctx = self.context(instance, &envelope);
         let mut input_seen = Value::Null;
+        // The idempotency key: one per execution, step and loop position.
+        let key = format!("{}:{}{}", message.execution, step.step.id, envelope.path);
         let connection = step
             .step
             .connection
             .as_ref()
             .and_then(|c| instance.plan.connections.get(c).map(|plan| (c, plan)));
         let result = self
-            .run_step(
-                instance,
-                step,
-                &envelope,
-                &message,
-                &ctx,
-                &mut input_seen,
-                connection,
-            )
+            .run_step(instance, step, &key, &ctx, &mut input_seen, connection)
             .await;
         let elapsed = clock.elapsed();
         self.metrics
@@ -440,62 +434,29 @@ impl Engine {
         let mut ops = vec![Op::Ack(message.id)];
         let mut next = Vec::new();
         let mut reply = None;
-        let output = match outcome {
-            StepResult::Output(v) => {
-                next.extend(self.follow(
-                    instance,
-                    step,
-                    &envelope,
-                    &message,
-                    EdgeKind::Next,
-                    &v,
-                    None,
-                ));
-                v
+        // What the step produced, and which of its edges carry it on (with a loop item each).
+        let (output, routes): (Value, Vec<Route>) = match outcome {
+            StepResult::Output(v) | StepResult::Outcome(Outcome::Output(v)) => {
+                (v, vec![(EdgeKind::Next, None)])
             }
-            StepResult::Branch(choice) => {
-                let out = json!({ "case": choice.map_or(json!("default"), |c| json!(c)) });
-                let kind = choice.map_or(EdgeKind::Default, EdgeKind::Case);
-                next.extend(self.follow(instance, step, &envelope, &message, kind, &out, None));
-                out
-            }
+            StepResult::Branch(choice) => (
+                json!({ "case": choice.map_or(json!("default"), |c| json!(c)) }),
+                vec![(choice.map_or(EdgeKind::Default, EdgeKind::Case), None)],
+            ),
             StepResult::Outcome(Outcome::FanOut(items)) => {
                 let out = json!({ "count": items.len() });
-                for (i, item) in items.into_iter().enumerate() {
-                    next.extend(self.follow(
-                        instance,
-                        step,
-                        &envelope,
-                        &message,
-                        EdgeKind::Body,
-                        &out,
-                        Some((i, item)),
-                    ));
-                }
-                next.extend(self.follow(
-                    instance,
-                    step,
-                    &envelope,
-                    &message,
-                    EdgeKind::Next,
-                    &out,
-                    None,
-                ));
-                out
+                let mut routes: Vec<_> = items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| (EdgeKind::Body, Some((i, item))))
+                    .collect();
+                routes.push((EdgeKind::Next, None));
+                (out, routes)
             }
             StepResult::Outcome(Outcome::Respond(r)) => {
                 let out = json!({ "status": r.status, "body": r.body });
                 reply = Some(r);
-                next.extend(self.follow(
-                    instance,
-                    step,
-                    &envelope,
-                    &message,
-                    EdgeKind::Next,
-                    &out,
-                    None,
-                ));
-                out
+                (out, vec![(EdgeKind::Next, None)])
             }
             StepResult::Outcome(Outcome::Dispatch { flow, payload }) => {
                 let id = ulid::Ulid::new().to_string();
@@ -504,31 +465,15 @@ impl Engine {
                     Ok(start) => ops.extend(start),
                     Err(e) => tracing::error!("dispatch to `{flow}`: {e}"),
                 }
-                let out = json!({ "execution": id, "flow": flow });
-                next.extend(self.follow(
-                    instance,
-                    step,
-                    &envelope,
-                    &message,
-                    EdgeKind::Next,
-                    &out,
-                    None,
-                ));
-                out
-            }
-            StepResult::Outcome(Outcome::Output(v)) => {
-                next.extend(self.follow(
-                    instance,
-                    step,
-                    &envelope,
-                    &message,
-                    EdgeKind::Next,
-                    &v,
-                    None,
-                ));
-                v
+                (
+                    json!({ "execution": id, "flow": flow }),
+                    vec![(EdgeKind::Next, None)],
+                )
             }
         };
+        for (kind, item) in routes {
+            next.extend(self.follow(instance, step, &envelope, &message, kind, &output, item));
+        }
         if run.status == "succeeded" {
             run.output = Some(self.redactor.json(&output));
         }
@@ -623,8 +568,7 @@ impl Engine {
         &self,
         instance: &InstanceRt,
         step: &StepRt,
-        envelope: &Envelope,
-        message: &StoredMessage,
+        key: &str,
         ctx: &minijinja::Value,
         input_seen: &mut Value,
         connection: Option<(&String, &plan::Connection)>,
@@ -646,7 +590,7 @@ impl Engine {
                     .connections
                     .get(name)
                     .ok_or_else(|| StepError::permanent(format!("unknown connection `{name}`")))?;
-                let fields = render::render(compiled, &ctx).map_err(StepError::permanent)?;
+                let fields = render::render(compiled, ctx).map_err(StepError::permanent)?;
                 Some((plan, fields.as_object().cloned().unwrap_or_default()))
             }
             None => None,
@@ -679,13 +623,12 @@ impl Engine {
             }
             None => None,
         };
-        let key = format!("{}:{}{}", message.execution, step.step.id, envelope.path);
         let timeout = Duration::from_millis(step.step.timeout_ms);
         let env = StepEnv {
             http: &self.http,
             redactor: &self.redactor,
             deny_private: self.deny_private,
-            idempotency_key: &key,
+            idempotency_key: key,
             timeout,
             plan: &instance.plan,
             connection,
@@ -702,6 +645,9 @@ impl Engine {
         }
     }
 }
+
+/// An edge kind to follow, with the loop item it carries (for `for_each` bodies).
+type Route = (EdgeKind, Option<(usize, Value)>);
 
 /// What running a step produced, before routing.
 enum StepResult {

@@ -77,15 +77,15 @@ async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
         .into_response()
 }
 
+fn count(state: &GatewayState, status: StatusCode) {
+    let labels = crate::metrics::StatusLabels {
+        status: status.as_u16().to_string(),
+    };
+    state.engine.metrics.webhooks.get_or_create(&labels).inc();
+}
+
 fn reply(state: &GatewayState, status: StatusCode, body: Value) -> Response {
-    state
-        .engine
-        .metrics
-        .webhooks
-        .get_or_create(&crate::metrics::StatusLabels {
-            status: status.as_u16().to_string(),
-        })
-        .inc();
+    count(state, status);
     (status, axum::Json(body)).into_response()
 }
 
@@ -257,14 +257,7 @@ async fn webhook(
     match tokio::time::timeout(hook.timeout, waiter).await {
         Ok(Ok(r)) => {
             let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
-            state
-                .engine
-                .metrics
-                .webhooks
-                .get_or_create(&crate::metrics::StatusLabels {
-                    status: status.as_u16().to_string(),
-                })
-                .inc();
+            count(&state, status);
             let mut response = match r.body {
                 Value::String(s) => (status, s).into_response(),
                 other => (status, axum::Json(other)).into_response(),

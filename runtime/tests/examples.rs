@@ -91,10 +91,10 @@ async fn answer(
 fn loopback_ports(value: &Value, out: &mut HashSet<u16>) {
     match value {
         Value::String(s) => {
-            if let Some(rest) = s.strip_prefix("http://127.0.0.1:") {
-                if let Ok(port) = rest.split(['/', '?']).next().unwrap_or_default().parse() {
-                    out.insert(port);
-                }
+            if let Some(rest) = s.strip_prefix("http://127.0.0.1:")
+                && let Ok(port) = rest.split(['/', '?']).next().unwrap_or_default().parse()
+            {
+                out.insert(port);
             }
         }
         Value::Array(items) => items.iter().for_each(|v| loopback_ports(v, out)),
