@@ -17,7 +17,7 @@ use crate::metrics::{Metrics, StepLabels};
 use crate::redact::Redactor;
 use crate::render::{self, Compiled, Renderer};
 use crate::steps::{self, ActionCall, Outcome, RenderedHttp, Reply, StepEnv, StepError};
-use crate::store::{NewExecution, NewMessage, Op, StepRun, Store, StoredMessage};
+use crate::store::{NewExecution, NewMessage, Op, Queue, StepRun, StoredMessage};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -161,7 +161,8 @@ pub struct InstanceRt {
 
 /// Everything the workers share.
 pub struct Engine {
-    pub store: Store,
+    /// The durable queue: the embedded store, or another backend behind the same trait.
+    pub store: Arc<dyn Queue>,
     pub dispatch: Arc<Dispatch>,
     pub instances: HashMap<String, Arc<InstanceRt>>,
     pub renderer: Renderer,

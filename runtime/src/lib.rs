@@ -312,7 +312,7 @@ pub async fn start(
     };
     let store = Store::open(&options.data_dir.join("weft.db"), on_commit)?;
     let engine = Arc::new(Engine {
-        store: store.clone(),
+        store: Arc::new(store.clone()),
         dispatch: dispatch.clone(),
         instances: instances.clone(),
         renderer,

@@ -130,6 +130,45 @@ struct Request {
     reply: Reply,
 }
 
+/// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it; the
+/// NATS JetStream backend of the container deployment maps the same operations onto streams:
+/// `Enqueue` → publish to the step's subject, `Ack` → ack, `Reschedule` → nak with a delay,
+/// `DeadLetter` → publish to the dead-letter stream then terminate, trigger state → a KV bucket.
+/// Where a backend cannot make a commit atomic, it publishes successors before acknowledging,
+/// so a crash can only duplicate work in flight — never lose it.
+pub trait Queue: Send + Sync + 'static {
+    /// Applies `ops` durably; resolves once they survive a crash.
+    fn commit(
+        &self,
+        ops: Vec<Op>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, String>> + Send + '_>>;
+    /// Messages waiting at start (what was in flight at the last stop).
+    fn pending_messages(&self) -> Result<Vec<StoredMessage>, String>;
+    /// Trigger state: poll cursors, last schedule runs, deploy hashes.
+    fn state(&self, key: &str) -> Result<Option<String>, String>;
+    /// Dead letters whose replay was requested.
+    fn replay_requests(&self) -> Result<Vec<i64>, String>;
+}
+
+impl Queue for Store {
+    fn commit(
+        &self,
+        ops: Vec<Op>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, String>> + Send + '_>>
+    {
+        Box::pin(Store::commit(self, ops))
+    }
+    fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
+        Store::pending_messages(self)
+    }
+    fn state(&self, key: &str) -> Result<Option<String>, String> {
+        Store::state(self, key)
+    }
+    fn replay_requests(&self) -> Result<Vec<i64>, String> {
+        Store::replay_requests(self)
+    }
+}
+
 /// Called on the writer thread after each commit with everything the batch enqueued.
 pub type OnCommit = Box<dyn Fn(&[StoredMessage]) + Send + 'static>;
 
