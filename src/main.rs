@@ -19,6 +19,7 @@ Examples:
   weft check examples/sync-webhook --format json
   weft build -o dist                 compile every instance into dist/<customer>/<integration>/
   weft graph --integration acme-orders --format mermaid
+  weft diff --format markdown        what a pull request changes, per integration and customer
   weft run examples/event-import     run every instance on the embedded durable queue
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
@@ -47,6 +48,7 @@ enum Command {
     Check(commands::check::Args),
     Build(commands::build::Args),
     Graph(commands::graph::Args),
+    Diff(commands::diff::Args),
     Run(commands::run::Args),
     Executions(commands::executions::Args),
     Dlq(commands::dlq::Args),
@@ -78,6 +80,7 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check::run(args, cli.color),
         Command::Build(args) => commands::build::run(args, cli.color),
         Command::Graph(args) => commands::graph::run(args, cli.color),
+        Command::Diff(args) => commands::diff::run(args, cli.color),
         Command::Run(args) => commands::run::run(args, cli.color),
         Command::Executions(args) => commands::executions::run(args),
         Command::Dlq(args) => commands::dlq::run(args),

@@ -7,7 +7,9 @@
 pub mod builtins;
 pub mod check;
 pub mod diagnostic;
+pub mod diff;
 pub mod emit;
+pub mod git;
 pub mod graph;
 pub mod instance;
 pub mod load;

@@ -155,7 +155,9 @@ pub struct InstanceRt {
     /// `config` and `instance` converted for templates once.
     pub config_template: minijinja::Value,
     pub instance_template: minijinja::Value,
-    pub connections: HashMap<String, Compiled>,
+    /// Connection fields, rendered once at start (they read only `config`).
+    pub connections: HashMap<String, Map<String, Value>>,
+    pub connections_template: minijinja::Value,
     pub flows: HashMap<String, FlowRt>,
 }
 
@@ -304,6 +306,7 @@ impl Engine {
         ctx.insert("steps", minijinja::Value::from(Serde(&env.steps)));
         ctx.insert("config", instance.config_template.clone());
         ctx.insert("instance", instance.instance_template.clone());
+        ctx.insert("connections", instance.connections_template.clone());
         if let Some(item) = &env.item {
             ctx.insert("item", minijinja::Value::from(Serde(item)));
             ctx.insert("index", minijinja::Value::from(env.index.unwrap_or(0)));
@@ -587,12 +590,11 @@ impl Engine {
         *input_seen = input.clone();
         let connection = match connection {
             Some((name, plan)) => {
-                let compiled = instance
+                let fields = instance
                     .connections
                     .get(name)
                     .ok_or_else(|| StepError::permanent(format!("unknown connection `{name}`")))?;
-                let fields = render::render(compiled, ctx).map_err(StepError::permanent)?;
-                Some((plan, fields.as_object().cloned().unwrap_or_default()))
+                Some((plan, fields.clone()))
             }
             None => None,
         };

@@ -38,6 +38,8 @@ pub struct GatewayState {
     pub hooks: HashMap<(String, String, String), Hook>,
     /// Above this many messages waiting, new calls get 503 (backpressure at the edge).
     pub max_pending: usize,
+    /// Largest accepted webhook body, in bytes.
+    pub max_body: usize,
 }
 
 pub fn app(state: Arc<GatewayState>, max_body: usize) -> Router {
@@ -45,6 +47,7 @@ pub fn app(state: Arc<GatewayState>, max_body: usize) -> Router {
         .route("/hooks/{customer}/{integration}/{*path}", any(webhook))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        // The webhook handler enforces the limit itself (413 before reading); this bounds the rest.
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -95,8 +98,36 @@ async fn webhook(
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    // Refuse an oversized body from its Content-Length, before reading any of it; a body
+    // without one is cut off at the limit while it streams in.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.max_body) {
+        let mut r = reply(
+            &state,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            json!({ "error": format!("the body exceeds {} bytes", state.max_body) }),
+        );
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
+    let body: Bytes = match axum::body::to_bytes(request.into_body(), state.max_body).await {
+        Ok(b) => b,
+        Err(_) => {
+            return reply(
+                &state,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({ "error": format!("the body exceeds {} bytes", state.max_body) }),
+            );
+        }
+    };
     let key = (customer, integration, format!("/{path}"));
     let Some(hook) = state.hooks.get(&key) else {
         return reply(

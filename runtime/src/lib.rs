@@ -172,11 +172,17 @@ pub async fn start(
             })
             .collect();
         let instance_value = json!({ "customer": plan.customer, "integration": plan.integration, "version": plan.version, "flows": flow_urls });
+        // Connection fields read only `config`: render them once.
+        let config_ctx = render::context(&json!({ "config": Value::Object(config.clone()) }));
         let mut connections = HashMap::new();
         for (name, c) in &plan.connections {
+            let compiled =
+                renderer.compile(&serde_json::to_value(&c.with).map_err(|e| e.to_string())?)?;
+            let fields = render::render(&compiled, &config_ctx)
+                .map_err(|e| format!("{key}: connection `{name}`: {e}"))?;
             connections.insert(
                 name.clone(),
-                renderer.compile(&serde_json::to_value(&c.with).map_err(|e| e.to_string())?)?,
+                fields.as_object().cloned().unwrap_or_default(),
             );
         }
         let mut flows = HashMap::new();
@@ -291,6 +297,9 @@ pub async fn start(
                 key,
                 plan: plan.clone(),
                 config_template: render::context(&config),
+                connections_template: render::context(
+                    &serde_json::to_value(&connections).unwrap_or_default(),
+                ),
                 instance_template: render::context(&instance_value),
                 config,
                 instance_value,
@@ -453,6 +462,7 @@ pub async fn start(
         engine: engine.clone(),
         hooks,
         max_pending: options.max_pending,
+        max_body: options.max_body,
     });
     Ok(Runtime {
         engine,

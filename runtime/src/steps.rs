@@ -330,11 +330,20 @@ async fn send(
         Some(v) => req = req.json(v),
     }
     let response = req.send().await.map_err(|e| {
-        let detail = if e.is_timeout() {
-            "timed out".to_string()
-        } else {
-            std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string())
-        };
+        if e.is_timeout() {
+            return StepError::retryable(format!("{url}: timed out"));
+        }
+        // The innermost causes say what happened (refused, DNS, TLS, egress policy).
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
+        if detail.contains("egress policy") {
+            return StepError::permanent(format!("{url}: {detail}"));
+        }
         StepError::retryable(format!("{url}: {detail}"))
     })?;
     let status = response.status().as_u16();
@@ -434,7 +443,7 @@ async fn component_action(
                 .ok()
                 .and_then(|m| m.as_str().map(str::to_string))
                 .unwrap_or_else(|| "GET".into());
-            send(
+            let response = send(
                 env,
                 &method,
                 &url,
@@ -445,7 +454,9 @@ async fn component_action(
                 env.timeout,
                 Some(&apply_auth),
             )
-            .await
+            .await?;
+            // A component action's output is the API's answer (parsed JSON, or text).
+            Ok(response.get("body").cloned().unwrap_or(Value::Null))
         }
         None => {
             // Custom code: the component's container answers POST /actions/<action>.

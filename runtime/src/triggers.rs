@@ -120,11 +120,8 @@ async fn poll_once(
                 .connections
                 .get(name)
                 .ok_or_else(|| format!("no connection `{name}`"))?;
-            let fields = render::render(
-                instance.connections.get(name).ok_or("connection")?,
-                &render::context(&base),
-            )?;
-            Some((plan, fields.as_object().cloned().unwrap_or_default()))
+            let fields = instance.connections.get(name).ok_or("connection")?;
+            Some((plan, fields.clone()))
         }
         None => None,
     };

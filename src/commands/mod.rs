@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod check;
+pub mod diff;
 pub mod dlq;
 pub mod executions;
 pub mod graph;
