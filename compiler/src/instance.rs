@@ -27,6 +27,26 @@ pub fn instance(
         .customer
         .as_ref()
         .map_or(loaded.folder.clone(), |c| c.0.clone());
+    let valid_name = |n: &str| {
+        n.starts_with(|c: char| c.is_ascii_lowercase())
+            && n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if m.customer.is_none() && !valid_name(&loaded.folder) {
+        // The folder names the customer, and the customer names queues and bundle folders.
+        out.push(
+            Diagnostic::error(
+                Code::InvalidValue,
+                format!("`instances/{}` is not a valid customer name", loaded.folder),
+            )
+            .at(
+                file,
+                root.key_span(&path!["integration"]),
+                "the instance's customer comes from its folder",
+            )
+            .help("customer names use lower-case letters, digits and `-`, and start with a letter"),
+        );
+    }
     if m.customer.as_ref().is_some_and(|c| c.0 != loaded.folder) {
         out.push(
             Diagnostic::error(
