@@ -20,6 +20,7 @@ Examples:
   weft build -o dist                 compile every instance into dist/<customer>/<integration>/
   weft graph --integration acme-orders --format mermaid
   weft diff --format markdown        what a pull request changes, per integration and customer
+  weft publish                       tag changed integrations as new versions (CI on main)
   weft run examples/event-import     run every instance on the embedded durable queue
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
@@ -49,6 +50,11 @@ enum Command {
     Build(commands::build::Args),
     Graph(commands::graph::Args),
     Diff(commands::diff::Args),
+    Publish(commands::publish::Args),
+    Versions(commands::versions::Args),
+    List(commands::catalog::ListArgs),
+    Catalog(commands::catalog::CatalogArgs),
+    New(commands::catalog::NewArgs),
     Run(commands::run::Args),
     Executions(commands::executions::Args),
     Dlq(commands::dlq::Args),
@@ -81,6 +87,11 @@ fn main() -> ExitCode {
         Command::Build(args) => commands::build::run(args, cli.color),
         Command::Graph(args) => commands::graph::run(args, cli.color),
         Command::Diff(args) => commands::diff::run(args, cli.color),
+        Command::Publish(args) => commands::publish::run(args, cli.color),
+        Command::Versions(args) => commands::versions::run(args),
+        Command::List(args) => commands::catalog::list(args),
+        Command::Catalog(args) => commands::catalog::catalog(args),
+        Command::New(args) => commands::catalog::new(args),
         Command::Run(args) => commands::run::run(args, cli.color),
         Command::Executions(args) => commands::executions::run(args),
         Command::Dlq(args) => commands::dlq::run(args),

@@ -38,6 +38,42 @@ pub struct CompiledIntegration {
     pub cases: BTreeMap<(String, String), Vec<String>>,
 }
 
+impl CompiledIntegration {
+    /// `sha256:…` of what the integration compiles to, independent of comments, formatting,
+    /// key order and flow order: what `weft publish` compares to decide on a new version.
+    pub fn content_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut flows: Vec<&plan::Flow> = self.flows.iter().collect();
+        flows.sort_by(|a, b| a.name.cmp(&b.name));
+        let value = serde_json::json!({
+            "config": self.config,
+            "connections": self.connections,
+            "components": self.components,
+            "flows": flows,
+        });
+        let bytes = serde_json::to_vec(&canonical(value)).unwrap_or_default();
+        let digest: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256:{digest}")
+    }
+}
+
+/// A JSON value with every object's keys sorted.
+fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> =
+                map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
 /// A component with its action input schemas compiled.
 pub struct ResolvedComponent<'r> {
     pub loaded: &'r Loaded<Component>,

@@ -238,10 +238,14 @@ codes! {
         "Flows dispatch to each other in a cycle.";
         "A message would travel around the cycle forever.";
         "flow a dispatches to b, and b to a";
-    UnsupportedVersion = "unsupported-version":
-        "An instance pins a published version, which this build cannot resolve yet.";
-        "Published versions are read from git tags; this build compiles the working tree.";
-        "version: 3";
+    UnknownVersion = "unknown-version":
+        "An instance pins a published version that cannot be found: no such tag, or no git repository to read tags from.";
+        "Published versions are git tags `<integration>/v<N>` made by `weft publish`.";
+        "version: 7 # but only v1..v3 are published";
+    UnavailableVersion = "unavailable-version":
+        "An instance pins a version its integration marks unavailable in `versions.yaml`.";
+        "A withdrawn version must not be deployed again; pin another one.";
+        "version: 3 # with `unavailable: [3]` in integrations/acme/versions.yaml";
 }
 
 /// Renders diagnostics the way a person reads them: rustc-style with the source line and a caret.

@@ -82,7 +82,7 @@ pub fn bundle(plan: &Plan, project: &Project) -> Bundle {
         "integration": plan.integration,
         "customer": plan.customer,
         "version": plan.version,
-        "commit": Value::Null,
+        "commit": plan.commit,
         "content_hash": format!("sha256:{content_hash}"),
         "files": file_hashes,
         "components": components,

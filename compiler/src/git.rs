@@ -116,3 +116,125 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
     sources.sort();
     Ok(sources)
 }
+
+/// A published version: the annotated tag `<integration>/v<N>`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Published {
+    pub version: u32,
+    pub tag: String,
+    pub commit: String,
+    pub date: String,
+    /// `sha256:…` of the compiled integration, from the tag message.
+    pub hash: Option<String>,
+    pub notes: String,
+}
+
+/// The message of a version tag.
+pub fn tag_message(integration: &str, version: u32, hash: &str, notes: &str) -> String {
+    format!("weft: {integration} v{version}\nplan-hash: {hash}\n\n{notes}")
+}
+
+fn parse_message(message: &str) -> (Option<String>, String) {
+    let hash = message
+        .lines()
+        .find_map(|l| l.strip_prefix("plan-hash: "))
+        .map(|h| h.trim().to_string());
+    let notes = message
+        .split_once("\n\n")
+        .map(|(_, n)| n.trim().to_string())
+        .unwrap_or_default();
+    (hash, notes)
+}
+
+/// Published versions of every integration, read from the tags of the git repository.
+pub struct GitVersions {
+    dir: std::path::PathBuf,
+    pub tags: std::collections::BTreeMap<String, std::collections::BTreeMap<u32, Published>>,
+}
+
+impl GitVersions {
+    /// Reads the version tags; fails when `dir` is not in a git checkout.
+    pub fn load(dir: &Path) -> io::Result<GitVersions> {
+        let out = git(
+            dir,
+            &[
+                "for-each-ref",
+                "refs/tags",
+                "--format=%(refname:short)%00%(*objectname)%00%(objectname)%00%(creatordate:iso-strict)%00%(contents)%1e",
+            ],
+        )?;
+        let mut tags: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<u32, Published>,
+        > = Default::default();
+        for record in out.split('\u{1e}') {
+            let fields: Vec<&str> = record.trim_start_matches('\n').splitn(5, '\0').collect();
+            let [name, peeled, object, date, message] = fields.as_slice() else {
+                continue;
+            };
+            let Some((integration, version)) = name.rsplit_once("/v") else {
+                continue;
+            };
+            let Ok(version) = version.parse::<u32>() else {
+                continue;
+            };
+            let (hash, notes) = parse_message(message);
+            let commit = if peeled.is_empty() { object } else { peeled };
+            tags.entry(integration.to_string()).or_default().insert(
+                version,
+                Published {
+                    version,
+                    tag: name.to_string(),
+                    commit: commit.to_string(),
+                    date: date.to_string(),
+                    hash,
+                    notes,
+                },
+            );
+        }
+        Ok(GitVersions {
+            dir: dir.to_path_buf(),
+            tags,
+        })
+    }
+
+    pub fn of(&self, integration: &str) -> Vec<&Published> {
+        self.tags
+            .get(integration)
+            .map(|m| m.values().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl crate::Versions for GitVersions {
+    fn latest(&self, integration: &str) -> Option<u32> {
+        self.tags
+            .get(integration)
+            .and_then(|m| m.keys().next_back().copied())
+    }
+
+    fn sources_at(&self, integration: &str, version: u32) -> Result<(Sources, String), String> {
+        let published = self
+            .tags
+            .get(integration)
+            .and_then(|m| m.get(&version))
+            .ok_or_else(|| {
+                let known: Vec<String> = self
+                    .of(integration)
+                    .iter()
+                    .map(|p| format!("v{}", p.version))
+                    .collect();
+                format!(
+                    "`{integration}` has no published version {version} ({})",
+                    if known.is_empty() {
+                        "none is published".to_string()
+                    } else {
+                        format!("published: {}", known.join(", "))
+                    }
+                )
+            })?;
+        let sources = read_at(&self.dir, &published.commit)
+            .map_err(|e| format!("reading {}: {e}", published.tag))?;
+        Ok((sources, published.commit.clone()))
+    }
+}

@@ -7,9 +7,27 @@ use serde_json::Value;
 use crate::check::{CompiledIntegration, check_config_value};
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
 use crate::load::Loaded;
-use crate::model::{ConfigType, Instance, NamedVersion, VersionPin};
+use crate::model::{ConfigType, Instance};
 use crate::path;
 use crate::plan::{self, ConfigValue, PLAN_FORMAT, Plan};
+
+/// Which version of its integration an instance runs, as resolved by the caller.
+pub enum Resolved<'a> {
+    /// The working tree.
+    Draft,
+    /// A published version, compiled from its tag's commit.
+    Published {
+        version: u32,
+        integration: &'a CompiledIntegration,
+        commit: &'a str,
+    },
+    /// The pin cannot be honoured.
+    Failed {
+        code: Code,
+        message: String,
+        help: String,
+    },
+}
 
 /// Checks an instance; returns its plan when it has no errors.
 pub fn instance(
@@ -18,6 +36,7 @@ pub fn instance(
     known_integrations: &BTreeSet<String>,
     policy: &crate::model::Policy,
     build_plan: bool,
+    resolved: Resolved<'_>,
 ) -> (Option<Plan>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let m = &loaded.model;
@@ -86,25 +105,36 @@ pub fn instance(
             )),
         );
     }
-    let version = match m.version {
-        VersionPin::Named(NamedVersion::Draft) => "draft".to_string(),
-        VersionPin::Named(NamedVersion::Latest) | VersionPin::Number(_) => {
+    let (version, commit, published) = match resolved {
+        Resolved::Draft => ("draft".to_string(), None, None),
+        Resolved::Published {
+            version,
+            integration,
+            commit,
+        } => (
+            format!("v{version}"),
+            Some(commit.to_string()),
+            Some(integration),
+        ),
+        Resolved::Failed {
+            code,
+            message,
+            help,
+        } => {
+            let at = if root.entry("version").is_some() {
+                path!["version"]
+            } else {
+                path!["integration"]
+            };
             out.push(
-                Diagnostic::error(
-                    Code::UnsupportedVersion,
-                    "published versions cannot be resolved in this build",
-                )
-                .at(
-                    file,
-                    root.at(&path!["version"]).span.clone(),
-                    "pins a published version",
-                )
-                .help("use `version: draft` to build the working tree"),
+                Diagnostic::error(code, message)
+                    .at(file, root.at(&at).span.clone(), "pinned here")
+                    .help(help),
             );
             return (None, out);
         }
     };
-    let Some(integration) = integrations.get(&m.integration.0) else {
+    let Some(integration) = published.or_else(|| integrations.get(&m.integration.0)) else {
         if !known_integrations.contains(&m.integration.0) {
             out.push(
                 Diagnostic::error(
@@ -268,6 +298,7 @@ pub fn instance(
         integration: integration.name.clone(),
         customer,
         version,
+        commit,
         config,
         connections: integration.connections.clone(),
         components: integration.components.clone(),

@@ -54,17 +54,117 @@ impl Compilation {
     }
 }
 
+/// Published versions of integrations, read (from git tags) by the caller: the compiler itself
+/// does no IO.
+pub trait Versions: Sync {
+    /// The newest published version of an integration.
+    fn latest(&self, integration: &str) -> Option<u32>;
+    /// The repository's sources at a published version's commit, and that commit.
+    fn sources_at(&self, integration: &str, version: u32) -> Result<(Sources, String), String>;
+}
+
+/// No published versions: the repository is not read from git.
+pub struct NoVersions;
+
+impl Versions for NoVersions {
+    fn latest(&self, _: &str) -> Option<u32> {
+        None
+    }
+    fn sources_at(&self, integration: &str, version: u32) -> Result<(Sources, String), String> {
+        Err(format!(
+            "version {version} of `{integration}` cannot be read: published versions are git tags, and this repository is not read from git"
+        ))
+    }
+}
+
 /// Compiles a repository's sources: checks everything and builds every instance's plan.
 pub fn compile(sources: &Sources) -> Compilation {
-    run(sources, true)
+    run(sources, true, &NoVersions)
+}
+
+/// Like [`compile`], resolving instances that pin published versions through `versions`.
+pub fn compile_with(sources: &Sources, versions: &dyn Versions) -> Compilation {
+    run(sources, true, versions)
 }
 
 /// Checks a repository's sources: every diagnostic [`compile`] finds, without building plans.
 pub fn check(sources: &Sources) -> Compilation {
-    run(sources, false)
+    run(sources, false, &NoVersions)
 }
 
-fn run(sources: &Sources, build_plans: bool) -> Compilation {
+/// Like [`check`], resolving pinned versions through `versions`.
+pub fn check_with(sources: &Sources, versions: &dyn Versions) -> Compilation {
+    run(sources, false, versions)
+}
+
+/// The sources one integration needs: the project, the components and its own folder.
+pub fn integration_sources(sources: &Sources, integration: &str) -> Sources {
+    let own = format!("integrations/{integration}/");
+    let mut out = Sources::default();
+    for f in &sources.files {
+        if f.path == "weft.yaml" || f.path.starts_with("components/") || f.path.starts_with(&own) {
+            out.add(f.path.clone(), f.text.clone());
+        }
+    }
+    out
+}
+
+type PinKey = (String, u32);
+/// Why a pin cannot be honoured: code, message, help.
+type PinError = (diagnostic::Code, String, String);
+/// A pinned version compiled from its commit, or why it could not be.
+type Pinned = Result<(CompiledIntegration, String), PinError>;
+
+/// Compiles each published version that instances pin, once.
+fn resolve_pins(repo: &load::Repo, versions: &dyn Versions) -> BTreeMap<PinKey, Pinned> {
+    use model::{NamedVersion, VersionPin};
+    let mut wanted = BTreeSet::new();
+    for i in &repo.instances {
+        let name = &i.model.integration.0;
+        match i.model.version {
+            VersionPin::Number(n) => {
+                wanted.insert((name.clone(), n));
+            }
+            VersionPin::Named(NamedVersion::Latest) => {
+                if let Some(n) = versions.latest(name) {
+                    wanted.insert((name.clone(), n));
+                }
+            }
+            VersionPin::Named(NamedVersion::Draft) => {}
+        }
+    }
+    wanted
+        .into_par_iter()
+        .map(|(name, n)| {
+            let unavailable = repo.versions.iter().any(|v| v.folder == name && v.model.unavailable.contains(&n));
+            let result = if unavailable {
+                Err((
+                    Code::UnavailableVersion,
+                    format!("version {n} of `{name}` is marked unavailable"),
+                    format!("pin another version; see integrations/{name}/versions.yaml and `weft versions {name}`"),
+                ))
+            } else {
+                match versions.sources_at(&name, n) {
+                    Err(e) => Err((Code::UnknownVersion, e, format!("see `weft versions {name}`, or use `version: draft`"))),
+                    Ok((snapshot, commit)) => {
+                        let mut compiled = compile(&integration_sources(&snapshot, &name));
+                        match compiled.integrations.remove(&name) {
+                            Some(ci) => Ok((ci, commit)),
+                            None => Err((
+                                Code::UnknownVersion,
+                                format!("version {n} of `{name}` does not compile with today's weft ({} at {})", compiled.error_count(), &commit[..commit.len().min(10)]),
+                                "pin another version, or publish a fixed one".to_string(),
+                            )),
+                        }
+                    }
+                }
+            };
+            ((name, n), result)
+        })
+        .collect()
+}
+
+fn run(sources: &Sources, build_plans: bool, versions: &dyn Versions) -> Compilation {
     let (repo, mut diagnostics) = load::load(sources);
     let ctx = check::components(&sources.files, &repo, &mut diagnostics);
 
@@ -111,16 +211,46 @@ fn run(sources: &Sources, build_plans: bool) -> Compilation {
         .map(|i| i.model.name.0.clone())
         .chain(repo.broken_integrations.iter().cloned())
         .collect();
+    let pins = resolve_pins(&repo, versions);
     let instances: Vec<_> = repo
         .instances
         .par_iter()
         .map(|loaded| {
+            use model::{NamedVersion, VersionPin};
+            let name = &loaded.model.integration.0;
+            let number = match loaded.model.version {
+                VersionPin::Number(n) => Some(Ok(n)),
+                VersionPin::Named(NamedVersion::Latest) => Some(versions.latest(name).ok_or(())),
+                VersionPin::Named(NamedVersion::Draft) => None,
+            };
+            let resolved = match number {
+                None => instance::Resolved::Draft,
+                Some(Err(())) => instance::Resolved::Failed {
+                    code: Code::UnknownVersion,
+                    message: format!("`{name}` has no published version"),
+                    help: "publish one with `weft publish`, or use `version: draft`".into(),
+                },
+                Some(Ok(n)) => match pins.get(&(name.clone(), n)) {
+                    Some(Ok((ci, commit))) => instance::Resolved::Published {
+                        version: n,
+                        integration: ci,
+                        commit,
+                    },
+                    Some(Err((code, message, help))) => instance::Resolved::Failed {
+                        code: *code,
+                        message: message.clone(),
+                        help: help.clone(),
+                    },
+                    None => instance::Resolved::Draft,
+                },
+            };
             instance::instance(
                 loaded,
                 &integrations,
                 &known,
                 &ctx.project.policy,
                 build_plans,
+                resolved,
             )
         })
         .collect();

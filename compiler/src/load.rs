@@ -4,7 +4,7 @@ use rayon::prelude::*;
 use serde::de::DeserializeOwned;
 
 use crate::diagnostic::{Code, Diagnostic};
-use crate::model::{Component, Instance, Integration, Project};
+use crate::model::{Component, Instance, Integration, Project, VersionsFile};
 use crate::repo::Sources;
 use crate::schema::{self, FileKind};
 use crate::source::FileId;
@@ -30,6 +30,8 @@ pub struct Repo {
     pub components: Vec<Loaded<Component>>,
     pub integrations: Vec<Loaded<Integration>>,
     pub instances: Vec<Loaded<Instance>>,
+    /// `integrations/<name>/versions.yaml`, by folder.
+    pub versions: Vec<Loaded<VersionsFile>>,
     /// Folder names of components and integrations that failed to load.
     pub broken_components: Vec<String>,
     pub broken_integrations: Vec<String>,
@@ -51,6 +53,9 @@ pub fn classify(path: &str) -> Option<(FileKind, String, String)> {
         ["integrations", folder, file] if stem(file) == "integration" => {
             Some((FileKind::Integration, folder.to_string(), stem(file)))
         }
+        ["integrations", folder, file] if stem(file) == "versions" => {
+            Some((FileKind::Versions, folder.to_string(), stem(file)))
+        }
         ["instances", folder, file] => Some((FileKind::Instance, folder.to_string(), stem(file))),
         _ => None,
     }
@@ -61,6 +66,7 @@ enum AnyLoaded {
     Component(Loaded<Component>),
     Integration(Loaded<Integration>),
     Instance(Loaded<Instance>),
+    Versions(Loaded<VersionsFile>),
     Broken(FileKind, String),
 }
 
@@ -90,6 +96,7 @@ pub fn load(sources: &Sources) -> (Repo, Vec<Diagnostic>) {
             Some(AnyLoaded::Component(c)) => repo.components.push(c),
             Some(AnyLoaded::Integration(i)) => repo.integrations.push(i),
             Some(AnyLoaded::Instance(i)) => repo.instances.push(i),
+            Some(AnyLoaded::Versions(v)) => repo.versions.push(v),
             Some(AnyLoaded::Broken(FileKind::Component, folder)) => {
                 repo.broken_components.push(folder)
             }
@@ -168,6 +175,13 @@ fn load_file(
             stem,
         }),
         FileKind::Instance => AnyLoaded::Instance(Loaded {
+            model: typed(value, file, &root, diags)?,
+            file,
+            root,
+            folder,
+            stem,
+        }),
+        FileKind::Versions => AnyLoaded::Versions(Loaded {
             model: typed(value, file, &root, diags)?,
             file,
             root,

@@ -596,3 +596,15 @@ pub struct FlowSetting {
     #[serde(default = "yes")]
     pub enabled: bool,
 }
+
+/// `integrations/<name>/versions.yaml`: which published versions may still be pinned.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "weft integration versions")]
+pub struct VersionsFile {
+    /// Format version of this file: always `1`.
+    pub weft: FormatVersion,
+    /// Published versions instances may no longer pin (withdrawn, like a marketplace toggle).
+    #[serde(default)]
+    pub unavailable: Vec<u32>,
+}

@@ -20,6 +20,9 @@ pub struct Plan {
     pub customer: String,
     /// `draft` or `v<N>`.
     pub version: String,
+    /// The git commit the integration was compiled from (`None` for a working tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     /// Resolved config: literal values, secrets as environment variable names only.
     pub config: BTreeMap<String, ConfigValue>,
     pub connections: BTreeMap<String, Connection>,

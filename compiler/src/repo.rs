@@ -75,10 +75,17 @@ pub fn read_repo(root: &Path) -> io::Result<Sources> {
             if !is_dir {
                 continue;
             }
-            for ext in ["yaml", "yml"] {
-                let rel = format!("{folder}/{name}/{file}.{ext}");
-                if root.join(&rel).is_file() {
-                    paths.push(rel);
+            let names: &[&str] = if folder == "integrations" {
+                &[file, "versions"]
+            } else {
+                &[file]
+            };
+            for file in names {
+                for ext in ["yaml", "yml"] {
+                    let rel = format!("{folder}/{name}/{file}.{ext}");
+                    if root.join(&rel).is_file() {
+                        paths.push(rel);
+                    }
                 }
             }
         }

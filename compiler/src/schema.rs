@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Value, json};
 
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
-use crate::model::{BranchWith, Component, Instance, Integration, Project};
+use crate::model::{BranchWith, Component, Instance, Integration, Project, VersionsFile};
 use crate::source::FileId;
 use crate::yaml::{Node, NodeKind, Seg};
 
@@ -23,14 +23,16 @@ pub enum FileKind {
     Component,
     Integration,
     Instance,
+    Versions,
 }
 
 impl FileKind {
-    pub const ALL: [FileKind; 4] = [
+    pub const ALL: [FileKind; 5] = [
         FileKind::Project,
         FileKind::Component,
         FileKind::Integration,
         FileKind::Instance,
+        FileKind::Versions,
     ];
 
     /// The schema's file name in `schemas/`.
@@ -40,6 +42,7 @@ impl FileKind {
             FileKind::Component => "component.schema.json",
             FileKind::Integration => "integration.schema.json",
             FileKind::Instance => "instance.schema.json",
+            FileKind::Versions => "versions.schema.json",
         }
     }
 
@@ -50,6 +53,7 @@ impl FileKind {
             FileKind::Component => include_str!("../../schemas/component.schema.json"),
             FileKind::Integration => include_str!("../../schemas/integration.schema.json"),
             FileKind::Instance => include_str!("../../schemas/instance.schema.json"),
+            FileKind::Versions => include_str!("../../schemas/versions.schema.json"),
         }
     }
 
@@ -93,6 +97,7 @@ pub fn generate(kind: FileKind) -> Value {
             root
         }
         FileKind::Instance => root_for::<Instance>(&mut generator),
+        FileKind::Versions => root_for::<VersionsFile>(&mut generator),
     };
     let defs = generator.take_definitions(true);
     if !defs.is_empty() {

@@ -13,7 +13,8 @@ const EXAMPLES: &str = "\
 Examples:
   weft build                       # writes dist/<customer>/<integration>/
   weft build path/to/repo -o out
-  weft build --format json         # a JSON summary of the bundles on stdout";
+  weft build --format json         # a JSON summary of the bundles on stdout
+  weft build --rev main -o dist    # any commit, without checking it out";
 
 /// Compile every instance into a bundle: bundle.json, plan.json, docker-compose.yaml, .env.example.
 #[derive(Debug, clap::Args)]
@@ -25,6 +26,10 @@ pub struct Args {
     /// Output folder (relative to the current folder).
     #[arg(short, long, default_value = "dist")]
     pub out: PathBuf,
+    /// Build this git revision (a commit, branch or tag) instead of the working tree, without
+    /// checking it out; bundle.json records the commit.
+    #[arg(long)]
+    pub rev: Option<String>,
     /// Output format: human (diagnostics on stderr) or json (one summary document on stdout).
     #[arg(long, value_enum, default_value_t = DiagnosticFormat::Human)]
     pub format: DiagnosticFormat,
@@ -32,8 +37,25 @@ pub struct Args {
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let sources = super::read(&args.path)?;
-    let compilation = weft_compiler::compile(&sources);
+    let (sources, commit) = match &args.rev {
+        Some(rev) => {
+            let commit = weft_compiler::git::resolve(&args.path, rev)
+                .with_context(|| format!("resolving {rev}"))?;
+            (
+                weft_compiler::git::read_at(&args.path, &commit)
+                    .with_context(|| format!("reading {rev}"))?,
+                Some(commit),
+            )
+        }
+        None => (super::read(&args.path)?, None),
+    };
+    let mut compilation =
+        weft_compiler::compile_with(&sources, super::versions(&args.path).as_ref());
+    for plan in &mut compilation.plans {
+        if plan.commit.is_none() {
+            plan.commit = commit.clone();
+        }
+    }
     let json = args.format == DiagnosticFormat::Json;
     if !json {
         report::print(&compilation, &sources, args.format, color);

@@ -25,7 +25,7 @@ pub struct Args {
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let sources = super::read(&args.path)?;
-    let compilation = weft_compiler::check(&sources);
+    let compilation = weft_compiler::check_with(&sources, super::versions(&args.path).as_ref());
     report::print(&compilation, &sources, args.format, color);
     if args.format == DiagnosticFormat::Human {
         let verdict = if compilation.error_count() > 0 {

@@ -42,7 +42,7 @@ pub struct Args {
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let sources = super::read(&args.path)?;
-    let compilation = weft_compiler::compile(&sources);
+    let compilation = weft_compiler::compile_with(&sources, super::versions(&args.path).as_ref());
     let Some(integration) = compilation.integrations.get(&args.integration) else {
         report::print(&compilation, &sources, DiagnosticFormat::Human, color);
         if compilation.error_count() > 0 {

@@ -111,7 +111,7 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
         return Ok(Ok((plans, None)));
     }
     let sources = super::read(path)?;
-    let compilation = weft_compiler::compile(&sources);
+    let compilation = weft_compiler::compile_with(&sources, super::versions(path).as_ref());
     if compilation.error_count() > 0 {
         report::print(&compilation, &sources, DiagnosticFormat::Human, color);
         eprintln!(
