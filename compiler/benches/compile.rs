@@ -91,6 +91,50 @@ fn time(runs: usize, mut f: impl FnMut()) -> Duration {
     )
 }
 
+/// `weft diff` as the CLI does it: the base from git objects, the head from the working tree,
+/// both compiled (in parallel), then the semantic diff.
+fn time_diff(root: &Path, runs: usize) -> Duration {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "bench")
+            .env("GIT_AUTHOR_EMAIL", "bench@example.invalid")
+            .env("GIT_COMMITTER_NAME", "bench")
+            .env("GIT_COMMITTER_EMAIL", "bench@example.invalid")
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "generated"]);
+    let file = root.join("integrations/integration-7/integration.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("step: 4 }", "step: 44 }");
+    std::fs::write(&file, text).unwrap();
+    time(runs, || {
+        let base = weft_compiler::git::read_at(root, "HEAD").unwrap();
+        let head = read_repo(root).unwrap();
+        let (old, new) = rayon::join(|| compile(&base), || compile(&head));
+        let d = weft_compiler::diff::diff(&old, &new);
+        let changed: Vec<&str> = d.integrations.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            changed,
+            ["integration-7"],
+            "one integration changed; base {} files, {} errors",
+            base.files.len(),
+            old.error_count()
+        );
+    })
+}
+
 fn main() {
     let integrations: usize = std::env::var("WEFT_BENCH_INTEGRATIONS")
         .ok()
@@ -145,6 +189,7 @@ fn main() {
         let c = compile(&sources);
         write_bundles(&out, &c.plans, &c.project).unwrap();
     });
+    let diff = time_diff(&root, runs);
     let ratio = |d: Duration| d.as_secs_f64() / parse.as_secs_f64();
     println!("parse only (read + YAML): {:>8.3} s", parse.as_secs_f64());
     println!(
@@ -163,5 +208,9 @@ fn main() {
         "build, unchanged output:  {:>8.3} s  ({:.2}× parse-only)",
         rebuild.as_secs_f64(),
         ratio(rebuild)
+    );
+    println!(
+        "diff, HEAD … working tree, one integration changed: {:>6.3} s",
+        diff.as_secs_f64()
     );
 }

@@ -365,8 +365,13 @@ pub fn diff(old: &Compilation, new: &Compilation) -> RepoDiff {
     let olds: BTreeMap<_, &Plan> = old.plans.iter().map(|p| (key(p), p)).collect();
     let news: BTreeMap<_, &Plan> = new.plans.iter().map(|p| (key(p), p)).collect();
     let keys: BTreeSet<_> = olds.keys().chain(news.keys()).cloned().collect();
+    let same_project =
+        serde_json::to_value(&old.project).ok() == serde_json::to_value(&new.project).ok();
     for k in keys {
         let (a, b) = (olds.get(&k), news.get(&k));
+        if same_project && a.is_some() && a == b {
+            continue; // same plan, same project: same compose file
+        }
         let compose = |p: Option<&&Plan>, c: &Compilation| {
             p.map(|p| emit::compose(p, &c.project)).unwrap_or_default()
         };

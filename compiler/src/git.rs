@@ -76,6 +76,39 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
         .filter_map(|full| full.strip_prefix(&prefix).map(str::to_string))
         .filter(|rel| classify(rel).is_some())
         .collect();
+    // Two `cat-file --batch` processes, each reading half the blobs.
+    let half = paths.len().div_ceil(2).max(1);
+    let chunks: Vec<&[String]> = paths.chunks(half).collect();
+    let texts: Vec<io::Result<Vec<(String, String)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .iter()
+            .map(|chunk| s.spawn(|| cat_files(dir, &commit, &prefix, chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("git reader panicked")))
+            })
+            .collect()
+    });
+    let mut sources = Sources::default();
+    for chunk in texts {
+        for (path, text) in chunk? {
+            sources.add(path, text);
+        }
+    }
+    sources.sort();
+    Ok(sources)
+}
+
+/// Reads blobs `<commit>:<prefix><path>` through one `git cat-file --batch`.
+fn cat_files(
+    dir: &Path,
+    commit: &str,
+    prefix: &str,
+    paths: &[String],
+) -> io::Result<Vec<(String, String)>> {
     let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -91,8 +124,8 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
         .collect();
     let writer = std::thread::spawn(move || stdin.write_all(requests.as_bytes()));
     let mut reader = BufReader::new(child.stdout.take().expect("piped"));
-    let mut sources = Sources::default();
-    for path in &paths {
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
         let mut header = String::new();
         reader.read_line(&mut header)?;
         let size: usize = header
@@ -107,14 +140,13 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
         let mut blob = vec![0; size + 1]; // the blob and its trailing newline
         reader.read_exact(&mut blob)?;
         blob.pop();
-        sources.add(path.clone(), String::from_utf8_lossy(&blob).into_owned());
+        out.push((path.clone(), String::from_utf8_lossy(&blob).into_owned()));
     }
     writer
         .join()
         .map_err(|_| io::Error::other("git cat-file writer panicked"))??;
     child.wait()?;
-    sources.sort();
-    Ok(sources)
+    Ok(out)
 }
 
 /// A published version: the annotated tag `<integration>/v<N>`.
