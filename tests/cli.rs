@@ -1,33 +1,16 @@
 //! End-to-end tests of the `weft` binary: exit codes, output formats, reproducible builds.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use assert_cmd::Command;
+use support::{copy_tree, example};
 
 fn weft() -> Command {
     let mut cmd = Command::cargo_bin("weft").unwrap();
     cmd.env("NO_COLOR", "1");
     cmd
-}
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
-/// Copies a folder tree (to build the same sources from another place).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn write_repo(dir: &Path, files: &[(&str, &str)]) {

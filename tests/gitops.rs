@@ -1,29 +1,13 @@
 //! GitOps end to end, on real git repositories in temporary folders: publishing versions,
 //! pinning them, semantic diffs of pull requests, and reproducible builds of any commit.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::Command as Process;
 
 use assert_cmd::Command;
-
-fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(name)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+use support::{copy_tree, example};
 
 const IDENTITY: [(&str, &str); 4] = [
     ("GIT_AUTHOR_NAME", "Test"),

@@ -1059,24 +1059,17 @@ impl IntegrationChecker<'_, '_> {
         let mut with_path = at.to_vec();
         with_path.push(Seg::Key("with".into()));
         let skip = |v: &Value| v.as_str().is_some_and(is_template);
-        if let Some(b) = builtins::get(&step.uses) {
-            let diags = validate_with(
-                &b.validator,
-                &b.input,
-                self.loaded.file,
-                &self.loaded.root,
-                &with,
-                &with_path,
-                &skip,
-            );
-            self.out.extend(diags.into_iter().map(as_step_input));
-        } else if let Some((component, action)) = step.uses.split_once('.')
-            && let Some((schema, validator)) = self
-                .ctx
-                .components
-                .get(component)
-                .and_then(|c| c.inputs.get(action))
-        {
+        let input_schema = match builtins::get(&step.uses) {
+            Some(b) => Some((&b.input, &b.validator)),
+            None => step.uses.split_once('.').and_then(|(component, action)| {
+                self.ctx
+                    .components
+                    .get(component)
+                    .and_then(|c| c.inputs.get(action))
+                    .map(|(s, v)| (s, v))
+            }),
+        };
+        if let Some((schema, validator)) = input_schema {
             let diags = validate_with(
                 validator,
                 schema,

@@ -301,26 +301,14 @@ pub fn validate_with(
             {
                 // An enum whose variants carry docs: `oneOf` of `const`s.
                 let choices: Vec<String> = context.iter().filter_map(|alt| const_of(alt)).collect();
-                let got = plain(error.instance());
-                Diagnostic::error(
-                    Code::InvalidValue,
-                    format!("`{got}` is not one of {}", backticked(&choices)),
-                )
-                .at(file, node.span.clone(), "not an allowed value")
-                .help_opt(did_you_mean(&got, choices.iter().map(String::as_str)))
+                not_one_of(file, node, error.instance(), &choices)
             }
             ValidationErrorKind::Enum { options } => {
                 let choices: Vec<String> = options
                     .as_array()
                     .map(|a| a.iter().map(plain).collect())
                     .unwrap_or_default();
-                let got = plain(error.instance());
-                Diagnostic::error(
-                    Code::InvalidValue,
-                    format!("`{got}` is not one of {}", backticked(&choices)),
-                )
-                .at(file, node.span.clone(), "not an allowed value")
-                .help_opt(did_you_mean(&got, choices.iter().map(String::as_str)))
+                not_one_of(file, node, error.instance(), &choices)
             }
             ValidationErrorKind::Constant { expected_value } => Diagnostic::error(
                 Code::InvalidValue,
@@ -384,6 +372,17 @@ pub fn validate_with(
         out.push(diag);
     }
     out
+}
+
+/// "`x` is not one of `a`, `b`", with a suggestion.
+fn not_one_of(file: FileId, node: &Node, got: &Value, choices: &[String]) -> Diagnostic {
+    let got = plain(got);
+    Diagnostic::error(
+        Code::InvalidValue,
+        format!("`{got}` is not one of {}", backticked(choices)),
+    )
+    .at(file, node.span.clone(), "not an allowed value")
+    .help_opt(did_you_mean(&got, choices.iter().map(String::as_str)))
 }
 
 /// The value an alternative of a `oneOf` requires, when it is a single `const`.
