@@ -170,6 +170,8 @@ pub struct Engine {
     pub renderer: Renderer,
     pub http: reqwest::Client,
     pub deny_private: bool,
+    /// Base URLs of custom components' containers, by component.
+    pub component_urls: HashMap<String, String>,
     pub redactor: Redactor,
     pub metrics: Metrics,
     /// Sync webhooks waiting for their `respond` step, by execution.
@@ -636,6 +638,7 @@ impl Engine {
             plan: &instance.plan,
             connection,
             action,
+            component_urls: &self.component_urls,
         };
         let uses = step.step.uses.clone();
         // The step runs under the step's time limit; a panic is a failed attempt, never a dead worker.

@@ -50,6 +50,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     pub keep_executions: i64,
     pub keep_days: i64,
+    /// Base URLs of custom components (`image:`), by component name.
+    pub component_urls: HashMap<String, String>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(10),
             keep_executions: 10_000,
             keep_days: 7,
+            component_urls: HashMap::new(),
         }
     }
 }
@@ -327,6 +330,7 @@ pub async fn start(
         renderer,
         http: http::client(options.deny_private),
         deny_private: options.deny_private,
+        component_urls: options.component_urls.clone(),
         redactor,
         metrics: Metrics::new(),
         waiters: Default::default(),

@@ -70,6 +70,8 @@ pub struct StepEnv<'a> {
     pub connection: Option<(&'a plan::Connection, Map<String, Value>)>,
     /// The rendered request of a component action (`http` templates over input and connection).
     pub action: Option<ActionCall>,
+    /// Base URLs of custom components' containers, by component.
+    pub component_urls: &'a std::collections::HashMap<String, String>,
 }
 
 /// A component action ready to send.
@@ -460,12 +462,13 @@ async fn component_action(
         }
         None => {
             // Custom code: the component's container answers POST /actions/<action>.
-            let var = format!(
-                "WEFT_COMPONENT_URL_{}",
-                call.component.to_uppercase().replace('-', "_")
-            );
-            let base =
-                std::env::var(&var).unwrap_or_else(|_| format!("http://{}:8080", call.component));
+            // Where it listens: `--component-url NAME=URL` (or WEFT_COMPONENT_URL_<NAME>),
+            // else the compose service of the same name.
+            let base = env
+                .component_urls
+                .get(&call.component)
+                .cloned()
+                .unwrap_or_else(|| format!("http://{}:8080", call.component));
             let url = format!("{}/actions/{}", base.trim_end_matches('/'), call.action);
             let body = json!({ "input": input, "connection": Value::Object(fields.clone()) });
             let out = send(

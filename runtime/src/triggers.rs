@@ -168,6 +168,7 @@ async fn poll_once(
         plan: &instance.plan,
         connection,
         action,
+        component_urls: &engine.component_urls,
     };
     let output = match steps::run(&poll.uses, input, &env)
         .await

@@ -136,6 +136,14 @@ struct Running {
 
 impl Running {
     async fn start(sources: &Sources, dir: Option<tempfile::TempDir>) -> Running {
+        Running::start_with(sources, dir, HashMap::new()).await
+    }
+
+    async fn start_with(
+        sources: &Sources,
+        dir: Option<tempfile::TempDir>,
+        component_urls: HashMap<String, String>,
+    ) -> Running {
         let compilation = weft_compiler::compile(sources);
         let rendered: Vec<String> = compilation
             .diagnostics
@@ -152,6 +160,7 @@ impl Running {
             public_url: format!("http://{addr}"),
             max_body: 1024 * 1024,
             drain_timeout: Duration::from_secs(2),
+            component_urls,
             ..Default::default()
         };
         let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
@@ -742,5 +751,89 @@ async fn health_and_metrics_are_served() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_components_run_over_http() {
+    // The component's container: POST /actions/<action> with {input, connection} → {output}.
+    let calls: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let seen = calls.clone();
+    let app = Router::new().route(
+        "/actions/{action}",
+        post(
+            move |axum::extract::Path(action): axum::extract::Path<String>,
+                  axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push(json!({ "action": action, "body": body }));
+                    if body["input"]["sku"] == "unknown" {
+                        return (
+                            StatusCode::NOT_FOUND,
+                            axum::Json(json!({ "error": "no such sku" })),
+                        );
+                    }
+                    (
+                        StatusCode::OK,
+                        axum::Json(
+                            json!({ "output": { "score": 42, "sku": body["input"]["sku"] } }),
+                        ),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let component_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (sink, sink_addr) = Sink::start().await;
+    let extra = r#"  score:
+    trigger: { webhook: { path: /score } }
+    steps:
+      - { id: rate, uses: scorer.rate, connection: scoring, with: { sku: "{{ trigger.body.sku }}" }, on_error: fail }
+      - { id: keep, uses: http.post, with: { url: "{{ config.sink_url }}/scores", body: "{{ steps.rate }}" } }
+"#;
+    let mut sources = repo(sink_addr, extra);
+    for f in &mut sources.files {
+        if f.path == "integrations/orders/integration.yaml" {
+            f.text = f.text.replacen("flows:\n", "connections:\n  scoring: { component: scorer, auth: api_key, with: { key: \"{{ config.token }}\" } }\nflows:\n", 1);
+        }
+    }
+    sources.add(
+        "components/scorer/component.yaml",
+        "weft: 1\nname: scorer\nimage: registry.example/scorer:1\nauth:\n  api_key: { fields: { key: { type: secret } } }\nactions:\n  rate:\n    input: { type: object, required: [sku], properties: { sku: { type: string } } }\n",
+    );
+    sources.sort();
+    let urls = HashMap::from([("scorer".to_string(), format!("http://{component_addr}"))]);
+    let rt = Running::start_with(&sources, None, urls).await;
+    rt.client
+        .post(format!("{}/hooks/acme/orders/score", rt.url))
+        .json(&json!({ "sku": "A-1" }))
+        .send()
+        .await
+        .unwrap();
+    sink.wait_for(1).await;
+    assert_eq!(
+        sink.received.lock().unwrap()[0].1,
+        json!({ "score": 42, "sku": "A-1" })
+    );
+    let first = calls.lock().unwrap()[0].clone();
+    assert_eq!(first["action"], "rate");
+    assert_eq!(
+        first["body"]["connection"]["key"], TOKEN,
+        "the connection's fields go to the component"
+    );
+    // A 4xx from the component is a permanent failure: no retry, the execution fails.
+    rt.client
+        .post(format!("{}/hooks/acme/orders/score", rt.url))
+        .json(&json!({ "sku": "unknown" }))
+        .send()
+        .await
+        .unwrap();
+    rt.wait_finished(2).await;
+    assert_eq!(calls.lock().unwrap().len(), 2, "not retried");
+    assert!(rt.executions().iter().any(|e| e.status == "failed"));
     rt.stop().await;
 }

@@ -57,6 +57,10 @@ pub struct Args {
     /// Days executions are kept in the history.
     #[arg(long, default_value_t = 7)]
     pub keep_days: i64,
+    /// Where a custom component's container listens: NAME=URL (repeatable). Also read from
+    /// WEFT_COMPONENT_URL_<NAME> variables; the default is http://<name>:8080.
+    #[arg(long = "component-url", value_name = "NAME=URL")]
+    pub component_urls: Vec<String>,
 }
 
 /// `10MB`, `512KiB`, `100B`.
@@ -155,6 +159,7 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         keep_executions: args.keep_executions,
         keep_days: args.keep_days,
+        component_urls: component_urls(&args.component_urls)?,
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -179,6 +184,22 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
             .map_err(anyhow::Error::msg)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn component_urls(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut urls = std::collections::HashMap::new();
+    for (key, value) in std::env::vars() {
+        if let Some(name) = key.strip_prefix("WEFT_COMPONENT_URL_") {
+            urls.insert(name.to_lowercase().replace('_', "-"), value);
+        }
+    }
+    for flag in flags {
+        let Some((name, url)) = flag.split_once('=') else {
+            bail!("--component-url takes NAME=URL, not `{flag}`");
+        };
+        urls.insert(name.to_string(), url.to_string());
+    }
+    Ok(urls)
 }
 
 async fn shutdown_signal() {
