@@ -685,6 +685,7 @@ mod tests {
         .unwrap();
         let client = crate::http::client(true);
         let redactor = crate::redact::Redactor::default();
+        let urls = std::collections::HashMap::new();
         let env = StepEnv {
             http: &client,
             redactor: &redactor,
@@ -694,6 +695,7 @@ mod tests {
             plan: &plan,
             connection: None,
             action: None,
+            component_urls: &urls,
         };
         for url in [
             "http://127.0.0.1:9/x",
