@@ -142,7 +142,7 @@ async fn paged_api(total: usize) -> std::net::SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poll_cursor_survives_kill_9_without_gap_or_double_run() {
+async fn poll_cursor_and_schedule_survive_kill_9_without_gap_or_double_run() {
     let (sink, sink_addr) = CountingSink::start().await;
     let api = paged_api(400).await;
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +164,10 @@ async fn a_poll_cursor_survives_kill_9_without_gap_or_double_run() {
       - id: deliver
         uses: http.post
         with: {{ url: "{{{{ config.sink_url }}}}/orders", body: {{ id: "item-{{{{ trigger.item.n }}}}" }} }}
+  tick:
+    trigger: {{ schedule: {{ cron: "* * * * * *" }} }}
+    steps:
+      - {{ id: note, uses: log, with: {{ message: "tick {{{{ trigger.time }}}}" }} }}
 "#
         );
     std::fs::write(&integration, text).unwrap();
