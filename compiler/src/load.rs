@@ -130,14 +130,23 @@ fn load_file(
         diags.extend(errors);
         return None;
     }
+    /// The typed model of a file that passed its schema.
     fn typed<T: DeserializeOwned>(
         value: serde_json::Value,
         file: FileId,
-        root: &Node,
+        root: Node,
+        folder: String,
+        stem: String,
         diags: &mut Vec<Diagnostic>,
-    ) -> Option<T> {
+    ) -> Option<Loaded<T>> {
         match serde_json::from_value(value) {
-            Ok(model) => Some(model),
+            Ok(model) => Some(Loaded {
+                file,
+                root,
+                model,
+                folder,
+                stem,
+            }),
             Err(e) => {
                 // The schema accepted what the model rejects: a drift the schema tests guard
                 // against; still a diagnostic, never a panic.
@@ -153,41 +162,13 @@ fn load_file(
         }
     }
     let loaded = match kind {
-        FileKind::Project => AnyLoaded::Project(Loaded {
-            model: typed(value, file, &root, diags)?,
-            file,
-            root,
-            folder,
-            stem,
-        }),
-        FileKind::Component => AnyLoaded::Component(Loaded {
-            model: typed(value, file, &root, diags)?,
-            file,
-            root,
-            folder,
-            stem,
-        }),
-        FileKind::Integration => AnyLoaded::Integration(Loaded {
-            model: typed(value, file, &root, diags)?,
-            file,
-            root,
-            folder,
-            stem,
-        }),
-        FileKind::Instance => AnyLoaded::Instance(Loaded {
-            model: typed(value, file, &root, diags)?,
-            file,
-            root,
-            folder,
-            stem,
-        }),
-        FileKind::Versions => AnyLoaded::Versions(Loaded {
-            model: typed(value, file, &root, diags)?,
-            file,
-            root,
-            folder,
-            stem,
-        }),
+        FileKind::Project => AnyLoaded::Project(typed(value, file, root, folder, stem, diags)?),
+        FileKind::Component => AnyLoaded::Component(typed(value, file, root, folder, stem, diags)?),
+        FileKind::Integration => {
+            AnyLoaded::Integration(typed(value, file, root, folder, stem, diags)?)
+        }
+        FileKind::Instance => AnyLoaded::Instance(typed(value, file, root, folder, stem, diags)?),
+        FileKind::Versions => AnyLoaded::Versions(typed(value, file, root, folder, stem, diags)?),
     };
     Some(loaded)
 }
