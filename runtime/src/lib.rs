@@ -75,6 +75,8 @@ impl Default for Options {
 /// A started runtime.
 pub struct Runtime {
     pub engine: Arc<Engine>,
+    /// Held for the life of the runtime: the data folder's lock.
+    pub lock: Arc<std::fs::File>,
     pub gateway: Arc<GatewayState>,
     pub options: Options,
 }
@@ -314,6 +316,16 @@ pub async fn start(
 
     std::fs::create_dir_all(&options.data_dir)
         .map_err(|e| format!("creating {}: {e}", options.data_dir.display()))?;
+    // One process per data folder: two would both run the same messages.
+    let lock_path = options.data_dir.join("weft.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("creating {}: {e}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        format!(
+            "another `weft run` is using {}; give this one its own --data-dir",
+            options.data_dir.display()
+        )
+    })?;
     let dispatch = Arc::new(Dispatch::new(
         queues.clone(),
         tokio::runtime::Handle::current(),
@@ -472,6 +484,7 @@ pub async fn start(
         engine,
         gateway,
         options,
+        lock: Arc::new(lock),
     })
 }
 

@@ -837,3 +837,25 @@ async fn custom_components_run_over_http() {
     assert!(rt.executions().iter().any(|e| e.status == "failed"));
     rt.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_runtime_per_data_folder() {
+    let (_sink, addr) = Sink::start().await;
+    let sources = repo(addr, "");
+    let rt = Running::start(&sources, None).await;
+    let plans = weft_compiler::compile(&sources).plans;
+    let options = Options {
+        data_dir: rt.dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let err = weft_runtime::start(plans, options, secrets)
+        .await
+        .err()
+        .expect("a second runtime is refused");
+    assert!(err.contains("another `weft run`"), "{err}");
+    rt.stop().await;
+}
