@@ -123,6 +123,16 @@ pub fn write_bundles(
     plans: &[crate::plan::Plan],
     project: &crate::model::Project,
 ) -> io::Result<Vec<(String, String)>> {
+    write_bundles_with_progress(out, plans, project, &|| {})
+}
+
+/// [`write_bundles`], calling `written` after each bundle (for a progress bar).
+pub fn write_bundles_with_progress(
+    out: &Path,
+    plans: &[crate::plan::Plan],
+    project: &crate::model::Project,
+    written: &(dyn Fn() + Sync),
+) -> io::Result<Vec<(String, String)>> {
     use rayon::prelude::*;
     plans
         .par_iter()
@@ -143,6 +153,7 @@ pub fn write_bundles(
                     io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
                 })?;
             }
+            written();
             Ok((rel, files.content_hash))
         })
         .collect()

@@ -71,9 +71,23 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let written =
-        weft_compiler::repo::write_bundles(&args.out, &compilation.plans, &compilation.project)
-            .with_context(|| format!("writing bundles into {}", args.out.display()))?;
+    // A progress bar on a terminal only (indicatif hides itself otherwise).
+    let progress = if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(compilation.plans.len() as u64).with_style(
+            indicatif::ProgressStyle::with_template("  writing bundles {bar:30} {pos}/{len}")
+                .expect("template"),
+        )
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let written = weft_compiler::repo::write_bundles_with_progress(
+        &args.out,
+        &compilation.plans,
+        &compilation.project,
+        &|| progress.inc(1),
+    )
+    .with_context(|| format!("writing bundles into {}", args.out.display()))?;
+    progress.finish_and_clear();
     if json {
         print_json(&compilation, &sources, &written)?;
     } else {
