@@ -7,6 +7,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use jsonschema::Validator;
 use petgraph::graph::NodeIndex;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::builtins::{self, BRANCH, DISPATCH, FOR_EACH, RESPOND};
@@ -937,10 +938,7 @@ impl IntegrationChecker<'_, '_> {
                 .push((node, self.plan_step(step, build.flow_name, for_each)));
             match step.uses.as_str() {
                 BRANCH => {
-                    let with: Option<BranchWith> = serde_json::from_value(Value::Object(
-                        step.with.clone().into_iter().collect(),
-                    ))
-                    .ok();
+                    let with = BranchWith::deserialize(&step.with).ok();
                     if let Some(with) = with {
                         let mut whens = Vec::new();
                         for (k, case) in with.cases.iter().enumerate() {
@@ -1055,7 +1053,7 @@ impl IntegrationChecker<'_, '_> {
             _ => {}
         }
         // Inputs against the action's schema; template values are checked at run time.
-        let with = Value::Object(step.with.clone().into_iter().collect());
+        let with = &step.with;
         let mut with_path = at.to_vec();
         with_path.push(Seg::Key("with".into()));
         let skip = |v: &Value| v.as_str().is_some_and(is_template);
@@ -1153,7 +1151,11 @@ impl IntegrationChecker<'_, '_> {
                 .map_or(base.initial_ms, |d| duration_ms(&d.0)),
             max_ms: r.max.as_ref().map_or(base.max_ms, |d| duration_ms(&d.0)),
         });
-        let mut with: BTreeMap<String, Value> = step.with.clone().into_iter().collect();
+        let mut with: BTreeMap<String, Value> = step
+            .with
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default();
         if step.uses == BRANCH {
             // Case steps become nodes of the graph; the plan keeps the conditions.
             if let Some(Value::Array(cases)) = with.get_mut("cases") {
@@ -1373,9 +1375,7 @@ fn collect_ids(steps: &[Step], out: &mut BTreeSet<String>) {
             collect_ids(body, out);
         }
         if s.uses == BRANCH
-            && let Ok(with) = serde_json::from_value::<BranchWith>(Value::Object(
-                s.with.clone().into_iter().collect(),
-            ))
+            && let Ok(with) = BranchWith::deserialize(&s.with)
         {
             for case in &with.cases {
                 collect_ids(&case.steps, out);

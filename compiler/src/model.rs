@@ -369,8 +369,9 @@ pub struct Step {
     /// The connection a component action authenticates with.
     pub connection: Option<String>,
     /// The step's input: literal values and templates.
-    #[serde(default)]
-    pub with: IndexMap<String, Value>,
+    #[serde(default = "empty_object")]
+    #[schemars(with = "IndexMap<String, Value>")]
+    pub with: Value,
     /// The loop body of a `for_each` step, run once per item.
     pub steps: Option<Vec<Step>>,
     /// Retry policy for failed attempts.
@@ -503,6 +504,10 @@ pub struct AuthField {
     pub required: bool,
     /// What the field holds.
     pub description: Option<String>,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
 }
 
 fn yes() -> bool {

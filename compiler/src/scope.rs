@@ -150,7 +150,8 @@ fn check_reference(
     r: &Reference,
     scope: &Scope<'_>,
 ) -> Option<Diagnostic> {
-    let span = site.locate(path, text, r.span.clone());
+    // Located only for a diagnostic: most references are fine.
+    let span = || site.locate(path, text, r.span.clone());
     let first = r.name(0)?;
     if !scope.vars.contains(&first) {
         let mut help = did_you_mean(first, scope.vars.iter().copied());
@@ -165,7 +166,7 @@ fn check_reference(
         }
         return Some(
             Diagnostic::error(Code::UnknownVariable, format!("unknown variable `{first}`"))
-                .at(site.file, span, "not in scope here")
+                .at(site.file, span(), "not in scope here")
                 .help_opt(help),
         );
     }
@@ -181,7 +182,7 @@ fn check_reference(
                     Code::UnknownConfigVariable,
                     format!("unknown config variable `{second}`"),
                 )
-                .at(site.file, span, "not declared under `config:`")
+                .at(site.file, span(), "not declared under `config:`")
                 .help_opt(
                     did_you_mean(second, config.keys().map(String::as_str)).or_else(|| {
                         Some("declare it under `config:` of the integration".to_string())
@@ -196,7 +197,7 @@ fn check_reference(
                     Code::UnknownConnection,
                     format!("unknown connection `{second}`"),
                 )
-                .at(site.file, span, "not declared under `connections:`")
+                .at(site.file, span(), "not declared under `connections:`")
                 .help_opt(did_you_mean(second, connections.keys().map(String::as_str)))
             })
         }
@@ -214,7 +215,7 @@ fn check_reference(
                         Code::UnknownStep,
                         format!("step `{second}` does not run before this step"),
                     )
-                    .at(site.file, span, "not earlier on this path")
+                    .at(site.file, span(), "not earlier on this path")
                     .help("a template reads only steps that ran earlier on the same path (not later steps, nor steps of another branch case or of a loop body)"),
                 )
             } else {
@@ -233,7 +234,7 @@ fn check_reference(
                         Code::UnknownStep,
                         format!("no step `{second}` in this flow"),
                     )
-                    .at(site.file, span, "unknown step")
+                    .at(site.file, span(), "unknown step")
                     .help_opt(help),
                 )
             }
@@ -246,7 +247,7 @@ fn check_reference(
                         Code::UnknownVariable,
                         format!("`instance` has no field `{second}`"),
                     )
-                    .at(site.file, span, "unknown field")
+                    .at(site.file, span(), "unknown field")
                     .help_opt(
                         did_you_mean(second, FIELDS.iter().copied())
                             .or_else(|| Some(format!("fields: {}", ticks(FIELDS)))),
@@ -258,7 +259,7 @@ fn check_reference(
             };
             (second == "flows" && !flows.contains_key(flow)).then(|| {
                 Diagnostic::error(Code::UnknownFlow, format!("unknown flow `{flow}`"))
-                    .at(site.file, span, "no such flow in this integration")
+                    .at(site.file, span(), "no such flow in this integration")
                     .help_opt(did_you_mean(flow, flows.keys().map(String::as_str)))
             })
         }
