@@ -1073,7 +1073,7 @@ impl IntegrationChecker<'_, '_> {
                 schema,
                 self.loaded.file,
                 &self.loaded.root,
-                &with,
+                with,
                 &with_path,
                 &skip,
             );
@@ -1106,13 +1106,7 @@ impl IntegrationChecker<'_, '_> {
                 }
             }
         } else {
-            check_value(
-                &self.site,
-                &mut with_path.clone(),
-                &with,
-                &scope,
-                &mut diags,
-            );
+            check_value(&self.site, &mut with_path.clone(), with, &scope, &mut diags);
         }
         self.out.extend(diags);
         if step.uses == DISPATCH
