@@ -467,15 +467,19 @@ fn apply(
             delta,
             at,
         } => {
-            tx.prepare_cached("UPDATE executions SET pending = pending + ?2 WHERE id = ?1")?
-                .execute(params![execution, delta])?;
-            let finished: Option<String> = tx
+            // One statement: adjust the count, and finish the execution when it reaches zero.
+            let row: Option<(String, bool)> = tx
                 .prepare_cached(
-                    "UPDATE executions SET status = CASE WHEN status = 'running' THEN 'succeeded' ELSE status END, finished_at = ?2
-                     WHERE id = ?1 AND pending <= 0 AND finished_at IS NULL RETURNING status",
+                    "UPDATE executions SET
+                         pending = pending + ?2,
+                         status = CASE WHEN pending + ?2 <= 0 AND finished_at IS NULL AND status = 'running' THEN 'succeeded' ELSE status END,
+                         finished_at = CASE WHEN pending + ?2 <= 0 AND finished_at IS NULL THEN ?3 ELSE finished_at END
+                     WHERE id = ?1
+                     RETURNING status, pending <= 0 AND finished_at = ?3",
                 )?
-                .query_row(params![execution, at], |r| r.get(0))
+                .query_row(params![execution, delta, at], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
+            let finished = row.and_then(|(status, done)| done.then_some(status));
             if let Some(status) = finished {
                 committed.finished.push((execution.clone(), status));
             }
