@@ -209,6 +209,19 @@ fn main() {
             .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(0);
         println!("weft RSS: idle {:.1} MB, peak {:.1} MB", idle_rss as f64 / 1024.0, peak as f64 / 1024.0);
+        // The same process with mimalloc's lazy arena commit and immediate purge (as in compose).
+        let lean_port = free_port();
+        let lean = WeftProcess::spawn_with_env(
+            &binary(),
+            &repo,
+            &dir.path().join("data-lean"),
+            lean_port,
+            &dir.path().join("weft-lean.log"),
+            &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")],
+        );
+        lean.wait_healthy().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        println!("weft RSS with MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=0: idle {:.1} MB", lean.rss_kib().unwrap_or(0) as f64 / 1024.0);
         let dupes = sink.seen.lock().unwrap().values().filter(|(n, _)| *n > 1).count();
         println!("duplicate deliveries: {dupes}");
     });

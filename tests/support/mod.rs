@@ -138,6 +138,7 @@ impl WeftProcess {
             .env("HOOK_SECRET", HOOK_SECRET)
             .env("CRM_TOKEN", TOKEN)
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
