@@ -125,6 +125,17 @@ impl WeftProcess {
         port: u16,
         log: &Path,
     ) -> WeftProcess {
+        Self::spawn_with_env(binary, repo, data_dir, port, log, &[])
+    }
+
+    pub fn spawn_with_env(
+        binary: &Path,
+        repo: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> WeftProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
