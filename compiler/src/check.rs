@@ -440,7 +440,17 @@ impl IntegrationChecker<'_, '_> {
                 dispatch_edges.push((name.clone(), target.clone(), at.clone()));
             }
             cases.extend(build.cases.clone());
+            let sync_with_respond = flow
+                .trigger
+                .webhook
+                .as_ref()
+                .is_some_and(|w| w.respond == Respond::Sync)
+                && build.respond_steps > 0;
+            let id_paths = build.first_seen.clone();
             let (plan_flow, graph) = self.finish_flow(name, flow, build);
+            if sync_with_respond {
+                self.check_every_path_responds(name, &plan_flow, &graph, &id_paths);
+            }
             flows.push(plan_flow);
             graphs.push((name.clone(), graph));
         }
@@ -1179,6 +1189,69 @@ impl IntegrationChecker<'_, '_> {
                 .map_or(30_000, |d| duration_ms(&d.0)),
             replicas: step.replicas.or(defaults.replicas).unwrap_or(1),
             for_each: for_each.map(str::to_string),
+        }
+    }
+
+    /// A sync webhook waits for a `respond` step: every path through the flow must meet one,
+    /// or the caller waits for the timeout. Loop bodies are left out (they run per item).
+    fn check_every_path_responds(
+        &mut self,
+        name: &str,
+        flow: &plan::Flow,
+        graph: &StepGraph,
+        id_paths: &BTreeMap<String, Path>,
+    ) {
+        let Some(order) = topological_order(graph) else {
+            return;
+        };
+        let step = |id: &str| flow.steps.iter().find(|s| s.id == id);
+        let mut responded = vec![false; graph.node_count()];
+        for n in order {
+            let id = &graph[n].id;
+            let is_respond = step(id).is_some_and(|s| s.uses == RESPOND);
+            let mut preds = graph
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .peekable();
+            let all_preds = preds.peek().is_some() && preds.all(|p| responded[p.index()]);
+            responded[n.index()] = is_respond || all_preds;
+        }
+        for n in graph.node_indices() {
+            let mut terminal = graph
+                .neighbors_directed(n, petgraph::Direction::Outgoing)
+                .next()
+                .is_none();
+            // A branch whose `default` (or an empty case) leads nowhere ends a path itself.
+            if let Some(s) = step(&graph[n].id).filter(|s| s.uses == BRANCH) {
+                let cases = s
+                    .with
+                    .get("cases")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                let has = |kind: EdgeKind| {
+                    graph
+                        .edges_directed(n, petgraph::Direction::Outgoing)
+                        .any(|e| *e.weight() == kind)
+                };
+                terminal |= !has(EdgeKind::Default) || (0..cases).any(|k| !has(EdgeKind::Case(k)));
+            }
+            let in_loop = step(&graph[n].id).is_some_and(|s| s.for_each.is_some());
+            if terminal && !in_loop && !responded[n.index()] {
+                let at = id_paths
+                    .get(&graph[n].id)
+                    .cloned()
+                    .unwrap_or_else(|| path!["flows", name]);
+                self.error(
+                    Code::InvalidStepInput,
+                    format!(
+                        "flow `{name}` can end at `{}` without a `respond` step",
+                        graph[n].id
+                    ),
+                    &at,
+                    "the sync caller would wait for the timeout",
+                )
+                .help =
+                    Some("add a `respond` step on this path (every branch case included)".into());
+            }
         }
     }
 
