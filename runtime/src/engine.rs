@@ -130,6 +130,35 @@ pub struct ActionRt {
     pub http: Option<HttpRt>,
 }
 
+impl ActionRt {
+    /// The request to send: the `http` templates rendered over `input` and `connection`.
+    pub fn render(
+        &self,
+        input: &Value,
+        connection: Option<&Map<String, Value>>,
+    ) -> Result<ActionCall, String> {
+        let http = match &self.http {
+            Some(h) => {
+                let ctx = render::context(&json!({ "input": input, "connection": connection }));
+                let r = |c: &Compiled| render::render(c, &ctx);
+                Some(RenderedHttp {
+                    method: h.method,
+                    path: r(&h.path)?.as_str().unwrap_or_default().to_string(),
+                    query: r(&h.query)?.as_object().cloned().unwrap_or_default(),
+                    headers: r(&h.headers)?.as_object().cloned().unwrap_or_default(),
+                    body: h.body.as_ref().map(r).transpose()?,
+                })
+            }
+            None => None,
+        };
+        Ok(ActionCall {
+            component: self.component.clone(),
+            action: self.action.clone(),
+            http,
+        })
+    }
+}
+
 pub struct HttpRt {
     pub method: plan::HttpMethod,
     pub path: Compiled,
@@ -600,34 +629,12 @@ impl Engine {
             }
             None => None,
         };
-        let action = match &step.action {
-            Some(a) => {
-                let action_ctx = render::context(
-                    &json!({ "input": input, "connection": connection.as_ref().map(|(_, f)| Value::Object(f.clone())).unwrap_or(Value::Null) }),
-                );
-                let http = match &a.http {
-                    Some(h) => {
-                        let r = |c: &Compiled| {
-                            render::render(c, &action_ctx).map_err(StepError::permanent)
-                        };
-                        Some(RenderedHttp {
-                            method: h.method,
-                            path: r(&h.path)?.as_str().unwrap_or_default().to_string(),
-                            query: r(&h.query)?.as_object().cloned().unwrap_or_default(),
-                            headers: r(&h.headers)?.as_object().cloned().unwrap_or_default(),
-                            body: h.body.as_ref().map(r).transpose()?,
-                        })
-                    }
-                    None => None,
-                };
-                Some(ActionCall {
-                    component: a.component.clone(),
-                    action: a.action.clone(),
-                    http,
-                })
-            }
-            None => None,
-        };
+        let action = step
+            .action
+            .as_ref()
+            .map(|a| a.render(&input, connection.as_ref().map(|(_, f)| f)))
+            .transpose()
+            .map_err(StepError::permanent)?;
         let timeout = Duration::from_millis(step.step.timeout_ms);
         let env = StepEnv {
             http: &self.http,

@@ -125,6 +125,34 @@ fn compile_http(renderer: &Renderer, h: &plan::HttpCall) -> Result<HttpRt, Strin
     })
 }
 
+/// A component action (`component.action`) with its `http` templates compiled; `None` for
+/// built-in steps.
+fn compile_action(
+    renderer: &Renderer,
+    plan: &Plan,
+    uses: &str,
+) -> Result<Option<ActionRt>, String> {
+    let Some((component, action)) = uses
+        .split_once('.')
+        .filter(|(c, _)| plan.components.contains_key(*c))
+    else {
+        return Ok(None);
+    };
+    let spec = plan.components[component]
+        .actions
+        .get(action)
+        .ok_or_else(|| format!("no action {uses}"))?;
+    Ok(Some(ActionRt {
+        component: component.to_string(),
+        action: action.to_string(),
+        http: spec
+            .http
+            .as_ref()
+            .map(|h| compile_http(renderer, h))
+            .transpose()?,
+    }))
+}
+
 fn plan_hash(plan: &Plan) -> String {
     let bytes = serde_json::to_vec(plan).unwrap_or_default();
     Sha256::digest(&bytes)
@@ -212,24 +240,8 @@ pub async fn start(
                 } else {
                     Vec::new()
                 };
-                let action = match step.uses.split_once('.') {
-                    Some((component, action)) if plan.components.contains_key(component) => {
-                        let spec = plan.components[component]
-                            .actions
-                            .get(action)
-                            .ok_or_else(|| format!("{key}: no action {}", step.uses))?;
-                        Some(ActionRt {
-                            component: component.to_string(),
-                            action: action.to_string(),
-                            http: spec
-                                .http
-                                .as_ref()
-                                .map(|h| compile_http(&renderer, h))
-                                .transpose()?,
-                        })
-                    }
-                    _ => None,
-                };
+                let action = compile_action(&renderer, plan, &step.uses)
+                    .map_err(|e| format!("{key}: {e}"))?;
                 let edges = flow
                     .edges
                     .iter()
@@ -272,6 +284,8 @@ pub async fn start(
                     triggers::PollRt {
                         every: Duration::from_millis(*every_ms),
                         uses: uses.clone(),
+                        action: compile_action(&renderer, plan, uses)
+                            .map_err(|e| format!("{key}: {e}"))?,
                         connection: connection.clone(),
                         with: renderer
                             .compile(&serde_json::to_value(with).map_err(|e| e.to_string())?)?,

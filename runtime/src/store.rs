@@ -12,7 +12,6 @@ use std::sync::mpsc;
 use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value;
 use tokio::sync::oneshot;
 
 /// A message to add to a queue.
@@ -539,9 +538,4 @@ fn apply(
         }
     }
     Ok(())
-}
-
-/// Parses a stored body back to JSON.
-pub fn body_json(body: &str) -> Value {
-    serde_json::from_str(body).unwrap_or(Value::Null)
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
-use weft_compiler::plan::Trigger;
 
 use crate::engine::{Engine, InstanceRt, now_ms};
 use crate::render::{self, Compiled};
@@ -78,6 +77,8 @@ pub async fn schedule(
 pub struct PollRt {
     pub every: Duration,
     pub uses: String,
+    /// The component action polled, compiled once (`None` for `http.*` and `file.list`).
+    pub action: Option<crate::engine::ActionRt>,
     pub connection: Option<String>,
     pub with: Compiled,
     pub items: Option<Compiled>,
@@ -125,39 +126,11 @@ async fn poll_once(
         }
         None => None,
     };
-    let action = match poll.uses.split_once('.') {
-        Some((component, action)) if instance.plan.components.contains_key(component) => {
-            let spec = &instance.plan.components[component].actions[action];
-            let action_ctx = render::context(
-                &json!({ "input": input, "connection": connection.as_ref().map(|(_, f)| Value::Object(f.clone())) }),
-            );
-            let http = match &spec.http {
-                Some(h) => {
-                    let r = |v: &Value| render::render(&engine.renderer.compile(v)?, &action_ctx);
-                    Some(steps::RenderedHttp {
-                        method: h.method,
-                        path: r(&json!(h.path))?.as_str().unwrap_or_default().to_string(),
-                        query: r(&serde_json::to_value(&h.query).unwrap_or_default())?
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                        headers: r(&serde_json::to_value(&h.headers).unwrap_or_default())?
-                            .as_object()
-                            .cloned()
-                            .unwrap_or_default(),
-                        body: h.body.as_ref().map(r).transpose()?,
-                    })
-                }
-                None => None,
-            };
-            Some(steps::ActionCall {
-                component: component.to_string(),
-                action: action.to_string(),
-                http,
-            })
-        }
-        _ => None,
-    };
+    let action = poll
+        .action
+        .as_ref()
+        .map(|a| a.render(&input, connection.as_ref().map(|(_, f)| f)))
+        .transpose()?;
     let idempotency = format!("poll:{}:{flow}:{}", instance.key, now_ms());
     let env = StepEnv {
         http: &engine.http,
@@ -251,14 +224,5 @@ pub async fn deploy(
             tracing::info!(flow = %flow, instance = %instance.key, execution = %id, "deploy flow started")
         }
         Err(e) => tracing::error!("deploy flow {flow}: {e}"),
-    }
-}
-
-pub fn is_trigger_of(flow: &weft_compiler::plan::Flow) -> &'static str {
-    match flow.trigger {
-        Trigger::Webhook { .. } => "webhook",
-        Trigger::Schedule { .. } => "schedule",
-        Trigger::Poll { .. } => "poll",
-        Trigger::Deploy => "deploy",
     }
 }
