@@ -17,13 +17,14 @@ use crate::load::{Loaded, Repo};
 use crate::model::{
     self, BranchWith, Component, ConfigType, ConfigVar, Flow, Integration, Project, Respond, Step,
 };
-use crate::plan::{self, EdgeKind, RetryPolicy};
+use crate::plan::{self, Builtin, EdgeKind, RetryPolicy, Uses};
 use crate::schema::{compile_schema, validate_with};
 use crate::scope::{Scope, Site, StepScope, check_template, check_value};
 use crate::source::SourceFile;
 use crate::template::is_template;
 use crate::yaml::{Path, Seg};
 use crate::{path, scope};
+use weft_plan::Family;
 
 /// An integration that passed every check, ready to be instantiated per customer.
 #[derive(Debug, Clone)]
@@ -605,7 +606,7 @@ impl IntegrationChecker<'_, '_> {
                 name.clone(),
                 plan::Connection {
                     component: conn.component.clone(),
-                    auth: conn.auth.clone(),
+                    auth: lower_auth_kind(&conn.auth),
                     with: conn.with.clone().into_iter().collect(),
                 },
             );
@@ -754,8 +755,8 @@ impl IntegrationChecker<'_, '_> {
                 self.connections_used.insert(conn.to_string());
             }
         }
-        if builtins::get(uses).is_some() {
-            if poll && !builtins::pollable(uses) {
+        if let Some(builtin) = builtins::get(uses).map(|b| b.builtin) {
+            if poll && !builtin.pollable() {
                 self.error(
                     Code::InvalidStepInput,
                     format!("`{uses}` cannot be polled"),
@@ -766,7 +767,7 @@ impl IntegrationChecker<'_, '_> {
                     "poll a component action, `http.get`, `http.request` or `file.list`".into(),
                 );
             }
-            if connection.is_some() && !uses.starts_with("http.") {
+            if connection.is_some() && builtin.family() != Family::Http {
                 self.error(
                     Code::ConnectionMismatch,
                     format!("`{uses}` takes no connection"),
@@ -1148,40 +1149,49 @@ impl IntegrationChecker<'_, '_> {
         let base = RetryPolicy::default();
         let retry = retry.map_or(base, |r| RetryPolicy {
             attempts: r.attempts,
-            backoff: r.backoff,
+            backoff: match r.backoff {
+                model::Backoff::Exponential => plan::Backoff::Exponential,
+                model::Backoff::Fixed => plan::Backoff::Fixed,
+            },
             initial_ms: r
                 .initial
                 .as_ref()
                 .map_or(base.initial_ms, |d| duration_ms(&d.0)),
             max_ms: r.max.as_ref().map_or(base.max_ms, |d| duration_ms(&d.0)),
         });
-        let mut with: BTreeMap<String, Value> = step
-            .with
-            .as_object()
-            .map(|m| m.clone().into_iter().collect())
-            .unwrap_or_default();
-        if step.uses == BRANCH {
+        // An unparsable `uses` has been reported by `check_uses`; no plan is emitted then.
+        let uses = Uses::parse(&step.uses).unwrap_or_else(|| Uses::Action {
+            component: step.uses.clone(),
+            action: String::new(),
+        });
+        let (with, cases) = if uses.is(Builtin::Branch) {
             // Case steps become nodes of the graph; the plan keeps the conditions.
-            if let Some(Value::Array(cases)) = with.get_mut("cases") {
-                for case in cases.iter_mut() {
-                    if let Value::Object(c) = case {
-                        c.remove("steps");
-                    }
-                }
-            }
-            let has_default = with
-                .remove("default")
-                .is_some_and(|d| d.as_array().is_some_and(|a| !a.is_empty()));
-            with.insert("has_default".into(), Value::Bool(has_default));
-        }
+            let cases = BranchWith::deserialize(&step.with)
+                .map(|w| {
+                    w.cases
+                        .into_iter()
+                        .map(|c| plan::BranchCase { when: c.when })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (BTreeMap::new(), cases)
+        } else {
+            let with = step
+                .with
+                .as_object()
+                .map(|m| m.clone().into_iter().collect())
+                .unwrap_or_default();
+            (with, Vec::new())
+        };
         plan::Step {
             id: step.id.clone(),
-            uses: step.uses.clone(),
+            uses,
             queue: format!("{flow}.{}", step.id),
             with,
+            cases,
             connection: step.connection.clone(),
             retry,
-            on_error: step.on_error.or(defaults.on_error).unwrap_or_default(),
+            on_error: lower_on_error(step.on_error.or(defaults.on_error).unwrap_or_default()),
             timeout_ms: step
                 .timeout
                 .as_ref()
@@ -1189,6 +1199,7 @@ impl IntegrationChecker<'_, '_> {
                 .map_or(30_000, |d| duration_ms(&d.0)),
             replicas: step.replicas.or(defaults.replicas).unwrap_or(1),
             for_each: for_each.map(str::to_string),
+            secrets: Vec::new(),
         }
     }
 
@@ -1208,7 +1219,7 @@ impl IntegrationChecker<'_, '_> {
         let mut responded = vec![false; graph.node_count()];
         for n in order {
             let id = &graph[n].id;
-            let is_respond = step(id).is_some_and(|s| s.uses == RESPOND);
+            let is_respond = step(id).is_some_and(|s| s.uses.is(Builtin::Respond));
             let mut preds = graph
                 .neighbors_directed(n, petgraph::Direction::Incoming)
                 .peekable();
@@ -1221,12 +1232,8 @@ impl IntegrationChecker<'_, '_> {
                 .next()
                 .is_none();
             // A branch whose `default` (or an empty case) leads nowhere ends a path itself.
-            if let Some(s) = step(&graph[n].id).filter(|s| s.uses == BRANCH) {
-                let cases = s
-                    .with
-                    .get("cases")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
+            if let Some(s) = step(&graph[n].id).filter(|s| s.uses.is(Builtin::Branch)) {
+                let cases = s.cases.len();
                 let has = |kind: EdgeKind| {
                     graph
                         .edges_directed(n, petgraph::Direction::Outgoing)
@@ -1293,7 +1300,7 @@ impl IntegrationChecker<'_, '_> {
         let t = &flow.trigger;
         let trigger = if let Some(w) = &t.webhook {
             plan::Trigger::Webhook {
-                method: w.method,
+                method: lower_method(w.method),
                 path: w.path.clone(),
                 auth: w.auth.as_ref().and_then(|a| {
                     if let Some(h) = &a.hmac_sha256 {
@@ -1311,7 +1318,10 @@ impl IntegrationChecker<'_, '_> {
                         })
                     }
                 }),
-                respond: w.respond,
+                respond: match w.respond {
+                    Respond::Async => plan::Respond::Async,
+                    Respond::Sync => plan::Respond::Sync,
+                },
                 timeout_ms: w.timeout.as_ref().map_or(30_000, |d| duration_ms(&d.0)),
             }
         } else if let Some(s) = &t.schedule {
@@ -1322,7 +1332,10 @@ impl IntegrationChecker<'_, '_> {
         } else if let Some(p) = &t.poll {
             plan::Trigger::Poll {
                 every_ms: duration_ms(&p.every.0),
-                uses: p.uses.clone(),
+                uses: Uses::parse(&p.uses).unwrap_or_else(|| Uses::Action {
+                    component: p.uses.clone(),
+                    action: String::new(),
+                }),
                 connection: p.connection.clone(),
                 with: p.with.clone().into_iter().collect(),
                 items: p.items.clone(),
@@ -1337,6 +1350,7 @@ impl IntegrationChecker<'_, '_> {
                 name: name.to_string(),
                 enabled: true,
                 trigger,
+                trigger_secrets: Vec::new(),
                 entry_queue,
                 steps,
                 edges,
@@ -1407,7 +1421,7 @@ impl IntegrationChecker<'_, '_> {
                                     a.clone(),
                                     plan::Action {
                                         http: action.http.as_ref().map(|h| plan::HttpCall {
-                                            method: h.method,
+                                            method: lower_method(h.method),
                                             path: h.path.clone(),
                                             query: h.query.clone().into_iter().collect(),
                                             headers: h.headers.clone().into_iter().collect(),
@@ -1449,5 +1463,34 @@ fn collect_ids(steps: &[Step], out: &mut BTreeSet<String>) {
             }
             collect_ids(&with.default, out);
         }
+    }
+}
+
+fn lower_method(m: model::HttpMethod) -> plan::HttpMethod {
+    match m {
+        model::HttpMethod::Get => plan::HttpMethod::Get,
+        model::HttpMethod::Post => plan::HttpMethod::Post,
+        model::HttpMethod::Put => plan::HttpMethod::Put,
+        model::HttpMethod::Patch => plan::HttpMethod::Patch,
+        model::HttpMethod::Delete => plan::HttpMethod::Delete,
+        model::HttpMethod::Head => plan::HttpMethod::Head,
+    }
+}
+
+fn lower_on_error(o: model::OnError) -> plan::OnError {
+    match o {
+        model::OnError::DeadLetter => plan::OnError::DeadLetter,
+        model::OnError::Continue => plan::OnError::Continue,
+        model::OnError::Fail => plan::OnError::Fail,
+    }
+}
+
+/// A connection's auth kind; an unknown kind has been reported against the component.
+fn lower_auth_kind(kind: &str) -> plan::AuthKind {
+    match kind {
+        "bearer" => plan::AuthKind::Bearer,
+        "basic" => plan::AuthKind::Basic,
+        "api_key" => plan::AuthKind::ApiKey,
+        _ => plan::AuthKind::None,
     }
 }

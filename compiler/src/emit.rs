@@ -2,14 +2,11 @@
 //! `.env.example` and `bundle.json` (with a content hash). Pure functions of their input: no
 //! timestamps, no absolute paths, ordered maps only.
 
-use std::collections::BTreeSet;
-
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::instance::{secrets_read, step_secrets};
 use crate::model::Project;
-use crate::plan::{Plan, Trigger, WebhookAuth};
+use crate::plan::Plan;
 
 /// One emitted file: its path inside the bundle folder and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +21,7 @@ pub fn bundle_dir(plan: &Plan) -> String {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The files of one instance's bundle.
@@ -113,7 +109,6 @@ pub fn env_example(plan: &Plan) -> String {
     out
 }
 
-const BROKER_URL: &str = "nats://broker:4222";
 const HEALTH_PORT: u16 = 9090;
 
 /// `step.<flow>.<step>`: neither names nor ids contain dots, so service names never collide.
@@ -121,16 +116,16 @@ pub fn service_name(flow: &str, step: &str) -> String {
     format!("step.{flow}.{step}")
 }
 
-fn environment(secrets: &BTreeSet<String>) -> Value {
+fn environment<'a>(plan: &Plan, secrets: impl IntoIterator<Item = &'a str>) -> Value {
     let mut env = serde_json::Map::new();
-    env.insert("WEFT_BROKER_URL".into(), json!(BROKER_URL));
+    env.insert("WEFT_BROKER_URL".into(), json!(plan.runtime.broker_url));
     env.insert("WEFT_BUNDLE".into(), json!("/bundle"));
     // Many small containers: mimalloc commits arenas lazily and returns freed memory at once
     // (idle RSS about 21 MB instead of 30 MB per process).
     env.insert("MIMALLOC_ARENA_EAGER_COMMIT".into(), json!("0"));
     env.insert("MIMALLOC_PURGE_DELAY".into(), json!("0"));
     for s in secrets {
-        env.insert(s.clone(), json!(format!("${{{s}}}")));
+        env.insert(s.to_string(), json!(format!("${{{s}}}")));
     }
     Value::Object(env)
 }
@@ -148,7 +143,7 @@ fn healthcheck(port: u16) -> Value {
 /// `docker-compose.yaml`: the broker, the trigger gateway, and one service per step.
 pub fn compose(plan: &Plan, project: &Project) -> String {
     let runtime = &project.images.runtime;
-    let port = project.gateway.port;
+    let port = plan.runtime.port;
     let mut services = serde_json::Map::new();
     services.insert(
         "broker".into(),
@@ -160,41 +155,13 @@ pub fn compose(plan: &Plan, project: &Project) -> String {
         }),
     );
     // The gateway runs the triggers: it needs the secrets of webhook auth and poll calls.
-    let mut gateway_secrets = BTreeSet::new();
-    for flow in &plan.flows {
-        match &flow.trigger {
-            Trigger::Webhook {
-                auth: Some(auth), ..
-            } => {
-                let secret = match auth {
-                    WebhookAuth::HmacSha256 { secret, .. }
-                    | WebhookAuth::StandardWebhooks { secret } => secret,
-                    WebhookAuth::Bearer { token } => token,
-                };
-                secrets_read(&json!(secret), plan, &mut gateway_secrets);
-            }
-            Trigger::Poll {
-                with, connection, ..
-            } => {
-                for v in with.values() {
-                    secrets_read(v, plan, &mut gateway_secrets);
-                }
-                if let Some(conn) = connection.as_ref().and_then(|c| plan.connections.get(c)) {
-                    for v in conn.with.values() {
-                        secrets_read(v, plan, &mut gateway_secrets);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
     services.insert(
         "gateway".into(),
         json!({
             "image": runtime,
             "command": ["gateway", "--bundle", "/bundle", "--port", port.to_string(), "--health-port", HEALTH_PORT.to_string()],
             "ports": [format!("{port}:{port}")],
-            "environment": environment(&gateway_secrets),
+            "environment": environment(plan, plan.trigger_secrets()),
             "volumes": ["./:/bundle:ro"],
             "depends_on": ["broker"],
             "restart": "unless-stopped",
@@ -211,7 +178,7 @@ pub fn compose(plan: &Plan, project: &Project) -> String {
                 json!({
                     "image": runtime,
                     "command": ["step", "--bundle", "/bundle", "--flow", flow.name, "--step", step.id, "--health-port", HEALTH_PORT.to_string()],
-                    "environment": environment(&step_secrets(plan, step)),
+                    "environment": environment(plan, step.secrets.iter().map(String::as_str)),
                     "volumes": ["./:/bundle:ro"],
                     "depends_on": ["broker"],
                     "restart": "unless-stopped",

@@ -34,7 +34,7 @@ pub fn instance(
     loaded: &Loaded<Instance>,
     integrations: &BTreeMap<String, CompiledIntegration>,
     known_integrations: &BTreeSet<String>,
-    policy: &crate::model::Policy,
+    project: &crate::model::Project,
     build_plan: bool,
     resolved: Resolved<'_>,
 ) -> (Option<Plan>, Vec<Diagnostic>) {
@@ -304,13 +304,57 @@ pub fn instance(
         components: integration.components.clone(),
         flows,
         secrets: secrets.into_iter().collect(),
-        policy: policy.clone(),
+        policy: plan::Policy {
+            deny_private_addresses: project.policy.deny_private_addresses,
+        },
+        runtime: plan::RuntimeSettings {
+            port: project.gateway.port,
+            max_body: crate::size::parse_size(&project.gateway.max_body).unwrap_or(10_000_000),
+            broker_url: BROKER_URL.to_string(),
+        },
     };
+    let mut plan = plan;
+    record_secrets(&mut plan);
     (Some(plan), out)
 }
 
+/// The broker of container mode: the compose service `broker`.
+pub const BROKER_URL: &str = "nats://broker:4222";
+
+/// Records on the plan which secrets each trigger and each step reads, so that a container
+/// gets only the secrets it needs.
+fn record_secrets(plan: &mut Plan) {
+    let mut flows = std::mem::take(&mut plan.flows);
+    for flow in &mut flows {
+        let mut trigger = BTreeSet::new();
+        match &flow.trigger {
+            plan::Trigger::Webhook {
+                auth: Some(auth), ..
+            } => secrets_read(&Value::from(auth.secret_template()), plan, &mut trigger),
+            plan::Trigger::Poll {
+                with, connection, ..
+            } => {
+                for v in with.values() {
+                    secrets_read(v, plan, &mut trigger);
+                }
+                if let Some(conn) = connection.as_ref().and_then(|c| plan.connections.get(c)) {
+                    for v in conn.with.values() {
+                        secrets_read(v, plan, &mut trigger);
+                    }
+                }
+            }
+            _ => {}
+        }
+        flow.trigger_secrets = trigger.into_iter().collect();
+        for step in &mut flow.steps {
+            step.secrets = step_secrets(plan, step).into_iter().collect();
+        }
+    }
+    plan.flows = flows;
+}
+
 /// The secret environment variables a value's templates read (through `config.<secret>`).
-pub fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
+fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
     match value {
         Value::String(s) if crate::template::is_template(s) => {
             if let Ok(refs) = crate::template::references(s) {
@@ -331,7 +375,7 @@ pub fn secrets_read(value: &Value, plan: &Plan, out: &mut BTreeSet<String>) {
 }
 
 /// The secrets one step needs: those its inputs and its connection read.
-pub fn step_secrets(plan: &Plan, step: &plan::Step) -> BTreeSet<String> {
+fn step_secrets(plan: &Plan, step: &plan::Step) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for v in step.with.values() {
         secrets_read(v, plan, &mut out);

@@ -14,10 +14,10 @@ pub mod graph;
 pub mod instance;
 pub mod load;
 pub mod model;
-pub mod plan;
 pub mod repo;
 pub mod schema;
 pub mod scope;
+pub mod size;
 pub mod source;
 pub mod template;
 pub mod yaml;
@@ -31,6 +31,7 @@ use crate::diagnostic::{Code, Diagnostic};
 use crate::model::Project;
 use crate::plan::Plan;
 use crate::repo::Sources;
+pub use weft_plan as plan;
 
 /// Everything a compilation produces.
 #[derive(Debug)]
@@ -248,7 +249,7 @@ fn run(sources: &Sources, build_plans: bool, versions: &dyn Versions) -> Compila
                 loaded,
                 &integrations,
                 &known,
-                &ctx.project.policy,
+                &ctx.project,
                 build_plans,
                 resolved,
             )

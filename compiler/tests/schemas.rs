@@ -35,6 +35,37 @@ fn published_schemas_match_the_model() {
 }
 
 #[test]
+fn the_plan_schema_matches_the_plan_types() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/plan.schema.json");
+    let schema = weft_plan::json_schema();
+    check_file(
+        &path,
+        &(serde_json::to_string_pretty(&schema).unwrap() + "\n"),
+    );
+    let validator = compile_schema(&schema).expect("the plan schema compiles");
+    // Every plan the examples compile to is valid against it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("weft.yaml").is_file() {
+            continue;
+        }
+        let sources = weft_compiler::repo::read_repo(&dir).unwrap();
+        for plan in weft_compiler::compile(&sources).plans {
+            let value = serde_json::to_value(&plan).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:#?}", dir.display());
+            checked += 1;
+        }
+    }
+    assert!(checked > 5, "only {checked} plans checked");
+}
+
+#[test]
 fn every_property_has_a_description() {
     fn walk(path: &str, v: &serde_json::Value, missing: &mut Vec<String>) {
         if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
@@ -56,6 +87,7 @@ fn every_property_has_a_description() {
     for kind in FileKind::ALL {
         walk(kind.schema_file(), &generate(kind), &mut missing);
     }
+    walk("plan.schema.json", &weft_plan::json_schema(), &mut missing);
     assert!(
         missing.is_empty(),
         "properties without a description: {missing:#?}"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, Semaphore, oneshot};
-use weft_compiler::plan::{self, EdgeKind, OnError, Plan};
+use weft_plan::{self as plan, Builtin, EdgeKind, OnError, Plan};
 
 use crate::metrics::{Metrics, StepLabels};
 use crate::redact::Redactor;
@@ -608,7 +608,7 @@ impl Engine {
         input_seen: &mut Value,
         connection: Option<(&String, &plan::Connection)>,
     ) -> Result<StepResult, StepError> {
-        if step.step.uses == "branch" {
+        if step.step.uses.is(Builtin::Branch) {
             for (i, case) in step.cases.iter().enumerate() {
                 let v = render::render(case, ctx).map_err(StepError::permanent)?;
                 if render::truthy(&v) {

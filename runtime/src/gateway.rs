@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde_json::{Value, json};
-use weft_compiler::plan::Respond;
+use weft_plan::Respond;
 
 use crate::auth::{self, Verdict, WebhookAuth};
 use crate::engine::{Engine, InstanceRt};

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use weft_compiler::plan::{self, ConfigValue, Plan, Trigger};
+use weft_plan::{self as plan, ConfigValue, Plan, Trigger};
 
 use crate::engine::{ActionRt, Dispatch, Engine, FlowRt, HttpRt, InstanceRt, StepRt, WorkQueue};
 use crate::gateway::{GatewayState, Hook};
@@ -130,15 +130,15 @@ fn compile_http(renderer: &Renderer, h: &plan::HttpCall) -> Result<HttpRt, Strin
 fn compile_action(
     renderer: &Renderer,
     plan: &Plan,
-    uses: &str,
+    uses: &plan::Uses,
 ) -> Result<Option<ActionRt>, String> {
-    let Some((component, action)) = uses
-        .split_once('.')
-        .filter(|(c, _)| plan.components.contains_key(*c))
-    else {
+    let plan::Uses::Action { component, action } = uses else {
         return Ok(None);
     };
-    let spec = plan.components[component]
+    let spec = plan
+        .components
+        .get(component)
+        .ok_or_else(|| format!("no component {component}"))?
         .actions
         .get(action)
         .ok_or_else(|| format!("no action {uses}"))?;
@@ -223,23 +223,11 @@ pub async fn start(
             let mut steps = HashMap::new();
             for step in &flow.steps {
                 let with_value = serde_json::to_value(&step.with).map_err(|e| e.to_string())?;
-                let cases = if step.uses == "branch" {
-                    step.with
-                        .get("cases")
-                        .and_then(Value::as_array)
-                        .map(|cases| {
-                            cases
-                                .iter()
-                                .map(|c| {
-                                    renderer.compile(c.get("when").unwrap_or(&Value::Bool(false)))
-                                })
-                                .collect::<Result<Vec<_>, _>>()
-                        })
-                        .transpose()?
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+                let cases = step
+                    .cases
+                    .iter()
+                    .map(|c| renderer.compile(&Value::String(c.when.clone())))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let action = compile_action(&renderer, plan, &step.uses)
                     .map_err(|e| format!("{key}: {e}"))?;
                 let edges = flow
@@ -252,13 +240,9 @@ pub async fn start(
                 steps.insert(
                     step.id.clone(),
                     Arc::new(StepRt {
-                        with: if step.uses == "branch" {
-                            renderer.compile(&Value::Null)?
-                        } else {
-                            renderer
-                                .compile(&with_value)
-                                .map_err(|e| format!("{key} {}.{}: {e}", flow.name, step.id))?
-                        },
+                        with: renderer
+                            .compile(&with_value)
+                            .map_err(|e| format!("{key} {}.{}: {e}", flow.name, step.id))?,
                         cases,
                         action,
                         edges,

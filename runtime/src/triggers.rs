@@ -76,7 +76,7 @@ pub async fn schedule(
 /// A compiled poll trigger.
 pub struct PollRt {
     pub every: Duration,
-    pub uses: String,
+    pub uses: weft_plan::Uses,
     /// The component action polled, compiled once (`None` for `http.*` and `file.list`).
     pub action: Option<crate::engine::ActionRt>,
     pub connection: Option<String>,
@@ -151,7 +151,11 @@ async fn poll_once(
         _ => Value::Null,
     };
     // http.* outputs carry the payload in `body`.
-    let payload = if poll.uses.starts_with("http.") {
+    let payload = if poll
+        .uses
+        .builtin()
+        .is_some_and(|b| b.family() == weft_plan::Family::Http)
+    {
         output.get("body").cloned().unwrap_or(Value::Null)
     } else {
         output

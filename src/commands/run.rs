@@ -63,33 +63,17 @@ pub struct Args {
     pub component_urls: Vec<String>,
 }
 
-/// `10MB`, `512KiB`, `100B`.
-fn parse_size(text: &str) -> Option<usize> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
-    let n: usize = t[..split].parse().ok()?;
-    let unit = t[split..].trim();
-    Some(match unit {
-        "B" => n,
-        "KB" => n * 1000,
-        "MB" => n * 1000 * 1000,
-        "KiB" => n * 1024,
-        "MiB" => n * 1024 * 1024,
-        _ => return None,
-    })
-}
-
-/// The plans to run and the project's body limit; `Err(code)` when the sources have errors.
-type Loaded = Result<(Vec<Plan>, Option<usize>), ExitCode>;
+/// The plans to run; `Err(code)` when the sources have errors.
+type Loaded = Result<Vec<Plan>, ExitCode>;
 
 fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
     let read_plan = |p: &Path| -> anyhow::Result<Plan> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a weft plan", p.display()))
+        Plan::from_json(&text).with_context(|| format!("{} cannot be run", p.display()))
     };
     if path.join("plan.json").is_file() {
-        return Ok(Ok((vec![read_plan(&path.join("plan.json"))?], None)));
+        return Ok(Ok(vec![read_plan(&path.join("plan.json"))?]));
     }
     if !path.join("weft.yaml").is_file() && !path.join("integrations").is_dir() {
         // A `weft build` output folder: <customer>/<integration>/plan.json.
@@ -112,7 +96,7 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
             bail!("{} holds no weft repository and no bundles", path.display());
         }
         plans.sort_by(|a, b| (&a.customer, &a.integration).cmp(&(&b.customer, &b.integration)));
-        return Ok(Ok((plans, None)));
+        return Ok(Ok(plans));
     }
     let sources = super::read(path)?;
     let compilation = weft_compiler::compile_with(&sources, super::versions(path).as_ref());
@@ -124,12 +108,11 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
         );
         return Ok(Err(ExitCode::from(1)));
     }
-    let max_body = parse_size(&compilation.project.gateway.max_body);
-    Ok(Ok((compilation.plans, max_body)))
+    Ok(Ok(compilation.plans))
 }
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let (plans, project_max_body) = match load_plans(&args.path, color)? {
+    let plans = match load_plans(&args.path, color)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
@@ -149,10 +132,14 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{listen}")),
-        max_body: args
-            .max_body
-            .or(project_max_body)
-            .unwrap_or(10 * 1024 * 1024),
+        // The flag, else the largest limit the plans set (weft.yaml's `gateway.max_body`).
+        max_body: args.max_body.unwrap_or_else(|| {
+            plans
+                .iter()
+                .map(|p| usize::try_from(p.runtime.max_body).unwrap_or(usize::MAX))
+                .max()
+                .unwrap_or(10_000_000)
+        }),
         deny_private: args.deny_private_addresses
             || plans.iter().any(|p| p.policy.deny_private_addresses),
         step_concurrency: args.step_concurrency.max(1),
@@ -218,15 +205,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("10MB"), Some(10_000_000));
-        assert_eq!(super::parse_size("512 KiB"), Some(512 * 1024));
-        assert_eq!(super::parse_size("lots"), None);
     }
 }

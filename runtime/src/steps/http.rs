@@ -1,0 +1,160 @@
+//! `http.request`, `http.get`, `http.post`, and the request sender component actions share.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use weft_plan::Builtin;
+
+use super::{StepEnv, StepError, duration, required_str, str_field};
+use crate::http::check_url;
+
+/// Runs an `http.*` built-in.
+pub(super) async fn run(
+    builtin: Builtin,
+    input: &Value,
+    env: &StepEnv<'_>,
+) -> Result<Value, StepError> {
+    let method = match builtin {
+        Builtin::HttpGet => "GET",
+        Builtin::HttpPost => "POST",
+        _ => required_str(input, "method")?,
+    };
+    let url = required_str(input, "url")?;
+    let header_name = str_field(input, "idempotency_header").unwrap_or("Idempotency-Key");
+    let timeout = match str_field(input, "timeout") {
+        Some(t) => duration(t)?,
+        None => env.timeout,
+    };
+    let object = |key: &str| {
+        input
+            .get(key)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    send(
+        env,
+        method,
+        url,
+        &object("query"),
+        &object("headers"),
+        input.get("body"),
+        header_name,
+        timeout,
+        None,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn send(
+    env: &StepEnv<'_>,
+    method: &str,
+    url: &str,
+    query: &Map<String, Value>,
+    headers: &Map<String, Value>,
+    body: Option<&Value>,
+    idempotency_header: &str,
+    timeout: Duration,
+    auth: Option<&(dyn Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder + Send + Sync)>,
+) -> Result<Value, StepError> {
+    let parsed: reqwest::Url = url
+        .parse()
+        .map_err(|e| StepError::permanent(format!("invalid URL `{url}`: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(StepError::permanent(format!(
+            "`{url}` is not an http(s) URL"
+        )));
+    }
+    check_url(&parsed, env.deny_private).map_err(StepError::permanent)?;
+    let method: reqwest::Method = method
+        .parse()
+        .map_err(|_| StepError::permanent(format!("invalid method `{method}`")))?;
+    let mut req = env.http.request(method, parsed).timeout(timeout);
+    let query: Vec<(String, String)> = query
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+            )
+        })
+        .collect();
+    if !query.is_empty() {
+        req = req.query(&query);
+    }
+    for (k, v) in headers {
+        req = req.header(
+            k.as_str(),
+            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+        );
+    }
+    req = req.header(idempotency_header, env.idempotency_key);
+    if let Some(auth) = auth {
+        req = auth(req);
+    }
+    match body {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            req = req
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(s.clone())
+        }
+        Some(v) => req = req.json(v),
+    }
+    let response = req.send().await.map_err(|e| {
+        if e.is_timeout() {
+            return StepError::retryable(format!("{url}: timed out"));
+        }
+        // The innermost causes say what happened (refused, DNS, TLS, egress policy).
+        let mut causes = Vec::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
+        if detail.contains("egress policy") {
+            return StepError::permanent(format!("{url}: {detail}"));
+        }
+        StepError::retryable(format!("{url}: {detail}"))
+    })?;
+    let status = response.status().as_u16();
+    let response_headers: Map<String, Value> = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                Value::String(v.to_str().unwrap_or_default().to_string()),
+            )
+        })
+        .collect();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| StepError::retryable(format!("{url}: reading the response: {e}")))?;
+    let body = serde_json::from_slice::<Value>(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    match status {
+        200..=399 => Ok(json!({ "status": status, "headers": response_headers, "body": body })),
+        408 | 429 | 500..=599 => Err(StepError::retryable(format!("{url} answered {status}"))),
+        _ => Err(StepError::permanent(format!(
+            "{url} answered {status}: {}",
+            truncate(&body.to_string(), 300)
+        ))),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        s.to_string()
+    } else {
+        let mut end = n;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    }
+}
