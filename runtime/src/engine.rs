@@ -3,28 +3,26 @@
 //! enqueued, its run recorded and the message acknowledged. Failures retry with exponential
 //! backoff and jitter, then follow the step's `on_error`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::{Notify, Semaphore, oneshot};
-use weft_plan::{self as plan, Builtin, EdgeKind, OnError, Plan};
+use weft_plan::{self as plan, Builtin, EdgeKind, OnError, StepRunStatus};
 
-use crate::metrics::{Metrics, StepLabels};
+pub use crate::clock::now_ms;
+use crate::dispatch::{Dispatch, WorkQueue};
+use crate::error::TriggerError;
+use crate::instance::{InstanceRt, StepRt};
+use crate::metrics::Metrics;
 use crate::redact::Redactor;
-use crate::render::{self, Compiled, Renderer};
-use crate::steps::{self, ActionCall, Outcome, RenderedHttp, Reply, StepEnv, StepError};
+use crate::render::{self, Renderer};
+use crate::steps::{self, ActionCall, Outcome, Reply, StepEnv, StepError};
 use crate::store::{NewExecution, NewMessage, Op, Queue, StepRun, StoredMessage};
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 /// What travels with a message: everything the next step's templates may read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,154 +42,8 @@ pub struct Envelope {
     pub path: String,
 }
 
-/// A queue in memory: the messages of one step that are due, in order.
-#[derive(Default)]
-pub struct WorkQueue {
-    items: Mutex<VecDeque<StoredMessage>>,
-    notify: Notify,
-}
-
-impl WorkQueue {
-    fn push(&self, m: StoredMessage) {
-        self.items.lock().expect("queue lock").push_back(m);
-        self.notify.notify_one();
-    }
-
-    async fn pop(&self) -> StoredMessage {
-        loop {
-            if let Some(m) = self.items.lock().expect("queue lock").pop_front() {
-                return m;
-            }
-            self.notify.notified().await;
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.items.lock().expect("queue lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Routes committed messages to their in-memory queues (called on the store's writer thread).
-pub struct Dispatch {
-    pub queues: HashMap<String, Arc<WorkQueue>>,
-    /// Messages waiting or in flight, for admission control at the gateway.
-    pub pending: AtomicUsize,
-    handle: tokio::runtime::Handle,
-}
-
-impl Dispatch {
-    pub fn new(queues: HashMap<String, Arc<WorkQueue>>, handle: tokio::runtime::Handle) -> Self {
-        Dispatch {
-            queues,
-            pending: AtomicUsize::new(0),
-            handle,
-        }
-    }
-
-    pub fn deliver(&self, messages: &[StoredMessage]) {
-        let now = now_ms();
-        for m in messages {
-            let Some(queue) = self.queues.get(&m.queue).cloned() else {
-                continue; // not ours: stays in the store
-            };
-            self.pending.fetch_add(1, Ordering::Relaxed);
-            if m.visible_at > now {
-                let m = m.clone();
-                let delay = Duration::from_millis((m.visible_at - now) as u64);
-                self.handle.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    queue.push(m);
-                });
-            } else {
-                queue.push(m.clone());
-            }
-        }
-    }
-}
-
-/// A step ready to run: its plan, compiled templates and outgoing edges.
-pub struct StepRt {
-    pub step: plan::Step,
-    pub with: Compiled,
-    /// Branch conditions, in order.
-    pub cases: Vec<Compiled>,
-    pub action: Option<ActionRt>,
-    pub edges: Vec<plan::Edge>,
-    pub labels: StepLabels,
-}
-
-pub struct ActionRt {
-    pub component: String,
-    pub action: String,
-    pub http: Option<HttpRt>,
-}
-
-impl ActionRt {
-    /// The request to send: the `http` templates rendered over `input` and `connection`.
-    pub fn render(
-        &self,
-        input: &Value,
-        connection: Option<&Map<String, Value>>,
-    ) -> Result<ActionCall, String> {
-        let http = match &self.http {
-            Some(h) => {
-                let ctx = render::context(&json!({ "input": input, "connection": connection }));
-                let r = |c: &Compiled| render::render(c, &ctx);
-                Some(RenderedHttp {
-                    method: h.method,
-                    path: r(&h.path)?.as_str().unwrap_or_default().to_string(),
-                    query: r(&h.query)?.as_object().cloned().unwrap_or_default(),
-                    headers: r(&h.headers)?.as_object().cloned().unwrap_or_default(),
-                    body: h.body.as_ref().map(r).transpose()?,
-                })
-            }
-            None => None,
-        };
-        Ok(ActionCall {
-            component: self.component.clone(),
-            action: self.action.clone(),
-            http,
-        })
-    }
-}
-
-pub struct HttpRt {
-    pub method: plan::HttpMethod,
-    pub path: Compiled,
-    pub query: Compiled,
-    pub headers: Compiled,
-    pub body: Option<Compiled>,
-}
-
-pub struct FlowRt {
-    pub name: String,
-    pub entry_queue: Option<String>,
-    pub steps: HashMap<String, Arc<StepRt>>,
-}
-
-/// One instance (customer × integration) ready to run.
-pub struct InstanceRt {
-    pub key: String,
-    pub plan: Plan,
-    /// Config with secret values filled in from the environment.
-    pub config: Value,
-    /// `instance` as templates see it.
-    pub instance_value: Value,
-    /// `config` and `instance` converted for templates once.
-    pub config_template: minijinja::Value,
-    pub instance_template: minijinja::Value,
-    /// Connection fields, rendered once at start (they read only `config`).
-    pub connections: HashMap<String, Map<String, Value>>,
-    pub connections_template: minijinja::Value,
-    pub flows: HashMap<String, FlowRt>,
-}
-
-/// Everything the workers share.
-pub struct Engine {
+/// What the engine is made of; see [`Engine::new`].
+pub struct EngineParts {
     /// The durable queue: the embedded store, or another backend behind the same trait.
     pub store: Arc<dyn Queue>,
     pub dispatch: Arc<Dispatch>,
@@ -202,15 +54,171 @@ pub struct Engine {
     /// Base URLs of custom components' containers, by component.
     pub component_urls: HashMap<String, String>,
     pub redactor: Redactor,
-    pub metrics: Metrics,
+}
+
+/// Everything the workers share.
+pub struct Engine {
+    store: Arc<dyn Queue>,
+    dispatch: Arc<Dispatch>,
+    instances: HashMap<String, Arc<InstanceRt>>,
+    renderer: Renderer,
+    http: reqwest::Client,
+    deny_private: bool,
+    component_urls: HashMap<String, String>,
+    redactor: Redactor,
+    metrics: Metrics,
     /// Sync webhooks waiting for their `respond` step, by execution.
-    pub waiters: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
-    pub stopping: AtomicBool,
-    pub in_flight: AtomicUsize,
-    pub idle: Notify,
+    waiters: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
+    stopping: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// What running a step produced, before routing.
+enum StepResult {
+    Output(Value),
+    Branch(Option<usize>),
+    Outcome(Outcome),
+}
+
+/// An edge kind to follow, with the loop item it carries (for `for_each` bodies).
+type Route = (EdgeKind, Option<(usize, Value)>);
+
+/// One attempt of a step: its record for the history and what it produced.
+struct Attempt {
+    run: StepRun,
+    result: Result<StepResult, StepError>,
+}
+
+/// What follows a failed attempt.
+enum AfterFailure {
+    /// Retry later, or stop the execution: the ops settle the message.
+    Settled(Vec<Op>),
+    /// `on_error: continue`: go on with this output.
+    Continue(Value),
+}
+
+/// The commit that settles a message, with the sync reply it releases.
+struct Settlement {
+    ops: Vec<Op>,
+    reply: Option<Reply>,
 }
 
 impl Engine {
+    pub fn new(parts: EngineParts) -> Engine {
+        Engine {
+            store: parts.store,
+            dispatch: parts.dispatch,
+            instances: parts.instances,
+            renderer: parts.renderer,
+            http: parts.http,
+            deny_private: parts.deny_private,
+            component_urls: parts.component_urls,
+            redactor: parts.redactor,
+            metrics: Metrics::new(),
+            waiters: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    pub fn store(&self) -> &dyn Queue {
+        self.store.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Every instance, keyed `<customer>/<integration>`.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceRt>> {
+        self.instances.values()
+    }
+
+    /// The instance of `customer` that has a flow named `flow`.
+    pub fn instance_with_flow(&self, customer: &str, flow: &str) -> Option<&Arc<InstanceRt>> {
+        self.instances
+            .values()
+            .find(|i| i.plan.customer == customer && i.flows.contains_key(flow))
+    }
+
+    /// Messages waiting in memory for a step's queue.
+    pub fn queue_depth(&self, queue: &str) -> usize {
+        self.dispatch.queues.get(queue).map_or(0, |q| q.len())
+    }
+
+    /// Messages waiting or in flight, for admission control at the gateway.
+    pub fn pending(&self) -> usize {
+        self.dispatch.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Takes no new work: workers return once their queue is idle.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.idle.notify_waiters();
+    }
+
+    /// Steps running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Routes messages just committed (or found at start) to their queues.
+    pub fn deliver(&self, messages: &[StoredMessage]) {
+        self.dispatch.deliver(messages);
+    }
+
+    /// Registers a sync webhook's wait for its execution's `respond` step.
+    pub fn await_reply(&self, execution: &str) -> oneshot::Receiver<Reply> {
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiters().insert(execution.to_string(), tx);
+        rx
+    }
+
+    /// Drops a wait (the caller gave up, or the event was not stored).
+    pub fn forget_reply(&self, execution: &str) {
+        self.lock_waiters().remove(execution);
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a step (or a poll) needs besides its input.
+    pub fn step_env<'a>(
+        &'a self,
+        instance: &'a InstanceRt,
+        idempotency_key: &'a str,
+        timeout: Duration,
+        connection: Option<(&'a plan::Connection, Map<String, Value>)>,
+        action: Option<ActionCall>,
+    ) -> StepEnv<'a> {
+        StepEnv {
+            http: &self.http,
+            redactor: &self.redactor,
+            deny_private: self.deny_private,
+            idempotency_key,
+            timeout,
+            plan: &instance.plan,
+            connection,
+            action,
+            component_urls: &self.component_urls,
+        }
+    }
+
     /// Starts an execution of a flow: one commit records it and enqueues its first message.
     /// Returns the execution id once durable.
     pub async fn start_execution(
@@ -219,7 +227,7 @@ impl Engine {
         flow: &str,
         trigger: Value,
         extra: Vec<Op>,
-    ) -> Result<String, String> {
+    ) -> Result<String, TriggerError> {
         let id = ulid::Ulid::new().to_string();
         let ops = self.start_ops(instance, flow, trigger, &id, extra)?;
         self.store.commit(ops).await?;
@@ -235,11 +243,11 @@ impl Engine {
         trigger: Value,
         id: &str,
         extra: Vec<Op>,
-    ) -> Result<Vec<Op>, String> {
+    ) -> Result<Vec<Op>, TriggerError> {
         let f = instance
             .flows
             .get(flow)
-            .ok_or_else(|| format!("no flow `{flow}`"))?;
+            .ok_or_else(|| TriggerError::UnknownFlow(flow.to_string()))?;
         let at = now_ms();
         let mut ops = vec![Op::StartExecution(NewExecution {
             id: id.to_string(),
@@ -249,43 +257,42 @@ impl Engine {
             started_at: at,
         })];
         ops.extend(extra);
-        match &f.entry_queue {
-            Some(queue) => {
-                let first = f
-                    .steps
-                    .values()
-                    .find(|s| &s.step.queue == queue)
-                    .map(|s| s.step.id.clone())
-                    .unwrap_or_default();
-                let envelope = Envelope {
-                    instance: instance.key.clone(),
-                    flow: flow.to_string(),
-                    step: first,
-                    trigger,
-                    steps: Map::new(),
-                    item: None,
-                    index: None,
-                    path: String::new(),
-                };
-                ops.push(Op::Enqueue(NewMessage {
-                    queue: queue.clone(),
-                    execution: id.to_string(),
-                    visible_at: at,
-                    attempt: 1,
-                    body: serde_json::to_string(&envelope).map_err(|e| e.to_string())?,
-                }));
-                ops.push(Op::Pending {
-                    execution: id.to_string(),
-                    delta: 1,
-                    at,
-                });
-            }
-            None => ops.push(Op::Pending {
+        let Some(queue) = &f.entry_queue else {
+            ops.push(Op::Pending {
                 execution: id.to_string(),
                 delta: 0,
                 at,
-            }),
-        }
+            });
+            return Ok(ops);
+        };
+        let first = f
+            .steps
+            .values()
+            .find(|s| &s.step.queue == queue)
+            .map(|s| s.step.id.clone())
+            .unwrap_or_default();
+        let envelope = Envelope {
+            instance: instance.key.clone(),
+            flow: flow.to_string(),
+            step: first,
+            trigger,
+            steps: Map::new(),
+            item: None,
+            index: None,
+            path: String::new(),
+        };
+        ops.push(Op::Enqueue(NewMessage {
+            queue: queue.clone(),
+            execution: id.to_string(),
+            visible_at: at,
+            attempt: 1,
+            body: serde_json::to_string(&envelope).expect("an envelope serializes"),
+        }));
+        ops.push(Op::Pending {
+            execution: id.to_string(),
+            delta: 1,
+            at,
+        });
         Ok(ops)
     }
 
@@ -306,9 +313,9 @@ impl Engine {
                 .expect("semaphore open");
             let message = tokio::select! {
                 m = queue.pop() => m,
-                _ = self.idle.notified(), if self.stopping.load(Ordering::Relaxed) => return,
+                _ = self.idle.notified(), if self.is_stopping() => return,
             };
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.is_stopping() {
                 queue.push(message); // stays in the store; runs after the restart
                 return;
             }
@@ -328,23 +335,7 @@ impl Engine {
         }
     }
 
-    /// The template context of a message. Config and `instance` are converted once per
-    /// instance; only the message's own parts are converted here.
-    fn context(&self, instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
-        use minijinja::value::Serde;
-        let mut ctx = std::collections::BTreeMap::new();
-        ctx.insert("trigger", minijinja::Value::from(Serde(&env.trigger)));
-        ctx.insert("steps", minijinja::Value::from(Serde(&env.steps)));
-        ctx.insert("config", instance.config_template.clone());
-        ctx.insert("instance", instance.instance_template.clone());
-        ctx.insert("connections", instance.connections_template.clone());
-        if let Some(item) = &env.item {
-            ctx.insert("item", minijinja::Value::from(Serde(item)));
-            ctx.insert("index", minijinja::Value::from(env.index.unwrap_or(0)));
-        }
-        minijinja::Value::from(ctx)
-    }
-
+    /// Runs one message through its step and settles it in one commit.
     async fn handle(
         &self,
         instance: &InstanceRt,
@@ -355,122 +346,166 @@ impl Engine {
         let envelope: Envelope = match serde_json::from_str(&message.body) {
             Ok(e) => e,
             Err(e) => {
-                tracing::error!(message = message.id, "unreadable message: {e}");
-                let ops = vec![
-                    Op::DeadLetter {
-                        id: message.id,
-                        step: step.step.id.clone(),
-                        error: format!("unreadable message: {e}"),
-                        at: now_ms(),
-                    },
-                    Op::Pending {
-                        execution: message.execution.clone(),
-                        delta: -1,
-                        at: now_ms(),
-                    },
-                ];
-                let _ = self.store.commit(ops).await;
+                let ops = self.unreadable(step, &message, &e.to_string());
+                self.commit_or_requeue(ops, queue, message, None).await;
                 return;
             }
         };
+        let Attempt { mut run, result } = self.attempt(instance, step, &envelope, &message).await;
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => match self.after_failure(step, &message, &mut run, error) {
+                AfterFailure::Settled(ops) => {
+                    self.commit_or_requeue(ops, queue, message, None).await;
+                    return;
+                }
+                AfterFailure::Continue(output) => StepResult::Output(output),
+            },
+        };
+        let Settlement { ops, reply } =
+            self.route(instance, step, &envelope, &message, result, run);
+        let execution = message.execution.clone();
+        self.commit_or_requeue(ops, queue, message, reply.map(|r| (execution, r)))
+            .await;
+    }
+
+    /// A message whose envelope cannot be read: dead-lettered, and its execution failed (it
+    /// cannot go on, and must not look succeeded).
+    fn unreadable(&self, step: &StepRt, message: &StoredMessage, error: &str) -> Vec<Op> {
+        tracing::error!(message = message.id, "unreadable message: {error}");
+        let at = now_ms();
+        let error = format!("unreadable message: {error}");
+        vec![
+            Op::DeadLetter {
+                id: message.id,
+                step: step.step.id.clone(),
+                error: error.clone(),
+                at,
+            },
+            Op::FailExecution {
+                execution: message.execution.clone(),
+                error: format!("step `{}`: {error}", step.step.id),
+            },
+            Op::Pending {
+                execution: message.execution.clone(),
+                delta: -1,
+                at,
+            },
+        ]
+    }
+
+    /// Runs the step once, timing it and recording its (redacted) input.
+    async fn attempt(
+        &self,
+        instance: &InstanceRt,
+        step: &StepRt,
+        envelope: &Envelope,
+        message: &StoredMessage,
+    ) -> Attempt {
         let started_at = now_ms();
         let clock = Instant::now();
-        let ctx = self.context(instance, &envelope);
+        let ctx = self.context(instance, envelope);
         let mut input_seen = Value::Null;
         // The idempotency key: one per execution, step and loop position.
         let key = format!("{}:{}{}", message.execution, step.step.id, envelope.path);
-        let connection = step
-            .step
-            .connection
-            .as_ref()
-            .and_then(|c| instance.plan.connections.get(c).map(|plan| (c, plan)));
         let result = self
-            .run_step(instance, step, &key, &ctx, &mut input_seen, connection)
+            .run_step(instance, step, &key, &ctx, &mut input_seen)
             .await;
         let elapsed = clock.elapsed();
         self.metrics
             .step_seconds
             .get_or_create(&step.labels)
             .observe(elapsed.as_secs_f64());
-        let input_record = Some(self.redactor.json(&input_seen));
-        let at = now_ms();
-        let mut run = StepRun {
+        let run = StepRun {
             execution: message.execution.clone(),
             step: step.step.id.clone(),
             attempt: message.attempt,
-            status: "succeeded",
-            input: input_record,
+            status: StepRunStatus::Succeeded,
+            input: Some(self.redactor.json(&input_seen)),
             output: None,
             error: None,
             started_at,
             duration_ms: elapsed.as_millis() as i64,
         };
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                let retry = &step.step.retry;
-                let message_text = self.redactor.str(&error.message);
-                if error.retryable && message.attempt < retry.attempts {
-                    self.metrics.retries.get_or_create(&step.labels).inc();
-                    let delay = backoff(retry, message.attempt);
-                    tracing::warn!(step = %step.step.id, execution = %message.execution, attempt = message.attempt, "attempt failed, retrying in {delay:?}: {message_text}");
-                    run.status = "retrying";
-                    run.error = Some(message_text);
-                    let ops = vec![
-                        Op::Reschedule {
-                            id: message.id,
-                            visible_at: at + delay.as_millis() as i64,
-                            attempt: message.attempt + 1,
-                        },
-                        Op::RecordStep(run),
-                    ];
-                    self.commit_or_requeue(ops, queue, message, None).await;
-                    return;
-                }
-                run.status = "failed";
-                run.error = Some(message_text.clone());
-                match step.step.on_error {
-                    OnError::Continue => {
-                        tracing::warn!(step = %step.step.id, execution = %message.execution, "step failed, continuing: {message_text}");
-                        StepResult::Output(json!({ "error": message_text }))
-                    }
-                    OnError::DeadLetter | OnError::Fail => {
-                        let dead = step.step.on_error == OnError::DeadLetter;
-                        tracing::error!(step = %step.step.id, execution = %message.execution, "step failed{}: {message_text}", if dead { ", dead-lettered" } else { "" });
-                        let mut ops = vec![];
-                        if dead {
-                            self.metrics.dead_letters.get_or_create(&step.labels).inc();
-                            ops.push(Op::DeadLetter {
-                                id: message.id,
-                                step: step.step.id.clone(),
-                                error: message_text.clone(),
-                                at,
-                            });
-                        } else {
-                            ops.push(Op::Ack(message.id));
-                        }
-                        ops.push(Op::RecordStep(run));
-                        ops.push(Op::FailExecution {
-                            execution: message.execution.clone(),
-                            error: format!("step `{}`: {message_text}", step.step.id),
-                        });
-                        ops.push(Op::Pending {
-                            execution: message.execution.clone(),
-                            delta: -1,
-                            at,
-                        });
-                        self.commit_or_requeue(ops, queue, message, None).await;
-                        return;
-                    }
-                }
+        Attempt { run, result }
+    }
+
+    /// A failed attempt: retry with backoff, or follow the step's `on_error`.
+    fn after_failure(
+        &self,
+        step: &StepRt,
+        message: &StoredMessage,
+        run: &mut StepRun,
+        error: StepError,
+    ) -> AfterFailure {
+        let retry = &step.step.retry;
+        let text = self.redactor.str(&error.message);
+        let id = &step.step.id;
+        let execution = &message.execution;
+        let at = now_ms();
+        run.error = Some(text.clone());
+        if error.retryable && message.attempt < retry.attempts {
+            self.metrics.retries.get_or_create(&step.labels).inc();
+            let delay = backoff(retry, message.attempt);
+            tracing::warn!(step = %id, execution = %execution, attempt = message.attempt, "attempt failed, retrying in {delay:?}: {text}");
+            run.status = StepRunStatus::Retrying;
+            return AfterFailure::Settled(vec![
+                Op::Reschedule {
+                    id: message.id,
+                    visible_at: at + delay.as_millis() as i64,
+                    attempt: message.attempt + 1,
+                },
+                Op::RecordStep(run.clone()),
+            ]);
+        }
+        run.status = StepRunStatus::Failed;
+        if step.step.on_error == OnError::Continue {
+            tracing::warn!(step = %id, execution = %execution, "step failed, continuing: {text}");
+            return AfterFailure::Continue(json!({ "error": text }));
+        }
+        let dead = step.step.on_error == OnError::DeadLetter;
+        tracing::error!(step = %id, execution = %execution, "step failed{}: {text}", if dead { ", dead-lettered" } else { "" });
+        let settle = if dead {
+            self.metrics.dead_letters.get_or_create(&step.labels).inc();
+            Op::DeadLetter {
+                id: message.id,
+                step: id.clone(),
+                error: text.clone(),
+                at,
             }
+        } else {
+            Op::Ack(message.id)
         };
-        // Route the outcome along the step's edges.
+        AfterFailure::Settled(vec![
+            settle,
+            Op::RecordStep(run.clone()),
+            Op::FailExecution {
+                execution: execution.clone(),
+                error: format!("step `{id}`: {text}"),
+            },
+            Op::Pending {
+                execution: execution.clone(),
+                delta: -1,
+                at,
+            },
+        ])
+    }
+
+    /// Routes what a step produced along its edges: the ack, the successors, the step's
+    /// record and the execution's pending count, for one commit.
+    fn route(
+        &self,
+        instance: &InstanceRt,
+        step: &StepRt,
+        envelope: &Envelope,
+        message: &StoredMessage,
+        result: StepResult,
+        mut run: StepRun,
+    ) -> Settlement {
         let mut ops = vec![Op::Ack(message.id)];
-        let mut next = Vec::new();
         let mut reply = None;
         // What the step produced, and which of its edges carry it on (with a loop item each).
-        let (output, routes): (Value, Vec<Route>) = match outcome {
+        let (output, routes): (Value, Vec<Route>) = match result {
             StepResult::Output(v) | StepResult::Outcome(Outcome::Output(v)) => {
                 (v, vec![(EdgeKind::Next, None)])
             }
@@ -480,7 +515,7 @@ impl Engine {
             ),
             StepResult::Outcome(Outcome::FanOut(items)) => {
                 let out = json!({ "count": items.len() });
-                let mut routes: Vec<_> = items
+                let mut routes: Vec<Route> = items
                     .into_iter()
                     .enumerate()
                     .map(|(i, item)| (EdgeKind::Body, Some((i, item))))
@@ -494,22 +529,16 @@ impl Engine {
                 (out, vec![(EdgeKind::Next, None)])
             }
             StepResult::Outcome(Outcome::Dispatch { flow, payload }) => {
-                let id = ulid::Ulid::new().to_string();
-                let trigger = json!({ "body": payload, "dispatched_from": { "flow": envelope.flow, "execution": message.execution } });
-                match self.start_ops(instance, &flow, trigger, &id, vec![]) {
-                    Ok(start) => ops.extend(start),
-                    Err(e) => tracing::error!("dispatch to `{flow}`: {e}"),
-                }
-                (
-                    json!({ "execution": id, "flow": flow }),
-                    vec![(EdgeKind::Next, None)],
-                )
+                let (out, start) = self.dispatch_ops(instance, envelope, message, &flow, payload);
+                ops.extend(start);
+                (out, vec![(EdgeKind::Next, None)])
             }
         };
+        let mut next = Vec::new();
         for (kind, item) in routes {
-            next.extend(self.follow(instance, step, &envelope, &message, kind, &output, item));
+            next.extend(self.follow(instance, step, envelope, message, kind, &output, item));
         }
-        if run.status == "succeeded" {
+        if run.status == StepRunStatus::Succeeded {
             run.output = Some(self.redactor.json(&output));
         }
         let count = next.len() as i64;
@@ -518,11 +547,30 @@ impl Engine {
         ops.push(Op::Pending {
             execution: message.execution.clone(),
             delta: count - 1,
-            at,
+            at: now_ms(),
         });
-        let execution = message.execution.clone();
-        self.commit_or_requeue(ops, queue, message, reply.map(|r| (execution, r)))
-            .await;
+        Settlement { ops, reply }
+    }
+
+    /// The ops that start the dispatched flow, and the dispatch step's output. The compiler
+    /// checks dispatch targets; a target missing at run time is an error in the step's output.
+    fn dispatch_ops(
+        &self,
+        instance: &InstanceRt,
+        envelope: &Envelope,
+        message: &StoredMessage,
+        flow: &str,
+        payload: Value,
+    ) -> (Value, Vec<Op>) {
+        let id = ulid::Ulid::new().to_string();
+        let trigger = json!({ "body": payload, "dispatched_from": { "flow": envelope.flow, "execution": message.execution } });
+        match self.start_ops(instance, flow, trigger, &id, vec![]) {
+            Ok(start) => (json!({ "execution": id, "flow": flow }), start),
+            Err(e) => {
+                tracing::error!("dispatch to `{flow}`: {e}");
+                (json!({ "error": e.to_string(), "flow": flow }), Vec::new())
+            }
+        }
     }
 
     /// Commits; on a store failure the message goes back to its queue after a pause (it is still
@@ -538,14 +586,18 @@ impl Engine {
             Ok(committed) => {
                 // The `respond` step's reply goes first: its commit may also finish the execution.
                 if let Some((execution, reply)) = reply
-                    && let Some(waiter) = self.waiters.lock().expect("waiters").remove(&execution)
+                    && let Some(waiter) = self.lock_waiters().remove(&execution)
                 {
                     let _ = waiter.send(reply);
                 }
                 for (execution, status) in committed.finished {
                     // A sync webhook whose flow ended without a reply.
-                    if let Some(waiter) = self.waiters.lock().expect("waiters").remove(&execution) {
-                        let _ = waiter.send(Reply { status: 502, headers: Default::default(), body: json!({ "error": format!("the flow ended ({status}) without a `respond` step"), "execution_id": execution }) });
+                    if let Some(waiter) = self.lock_waiters().remove(&execution) {
+                        let _ = waiter.send(Reply {
+                            status: 502,
+                            headers: Default::default(),
+                            body: json!({ "error": format!("the flow ended ({status}) without a `respond` step"), "execution_id": execution }),
+                        });
                     }
                 }
                 true
@@ -558,6 +610,23 @@ impl Engine {
                 false
             }
         }
+    }
+
+    /// The template context of a message. Config and `instance` are converted once per
+    /// instance; only the message's own parts are converted here.
+    fn context(&self, instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
+        use minijinja::value::Serde;
+        let mut ctx = std::collections::BTreeMap::new();
+        ctx.insert("trigger", minijinja::Value::from(Serde(&env.trigger)));
+        ctx.insert("steps", minijinja::Value::from(Serde(&env.steps)));
+        ctx.insert("config", instance.config_template.clone());
+        ctx.insert("instance", instance.instance_template.clone());
+        ctx.insert("connections", instance.connections_template.clone());
+        if let Some(item) = &env.item {
+            ctx.insert("item", minijinja::Value::from(Serde(item)));
+            ctx.insert("index", minijinja::Value::from(env.index.unwrap_or(0)));
+        }
+        minijinja::Value::from(ctx)
     }
 
     /// The messages for the targets of this step's edges of one kind.
@@ -593,12 +662,14 @@ impl Engine {
                     execution: message.execution.clone(),
                     visible_at: now_ms(),
                     attempt: 1,
-                    body: serde_json::to_string(&next).ok()?,
+                    body: serde_json::to_string(&next).expect("an envelope serializes"),
                 })
             })
             .collect()
     }
 
+    /// Renders the step's input and runs it under its time limit; a panic is a failed
+    /// attempt, never a dead worker.
     async fn run_step(
         &self,
         instance: &InstanceRt,
@@ -606,26 +677,28 @@ impl Engine {
         key: &str,
         ctx: &minijinja::Value,
         input_seen: &mut Value,
-        connection: Option<(&String, &plan::Connection)>,
     ) -> Result<StepResult, StepError> {
+        let permanent = |e: crate::error::TemplateError| StepError::permanent(e.to_string());
         if step.step.uses.is(Builtin::Branch) {
             for (i, case) in step.cases.iter().enumerate() {
-                let v = render::render(case, ctx).map_err(StepError::permanent)?;
-                if render::truthy(&v) {
+                if render::truthy(&render::render(case, ctx).map_err(permanent)?) {
                     return Ok(StepResult::Branch(Some(i)));
                 }
             }
             return Ok(StepResult::Branch(None));
         }
-        let input = render::render(&step.with, ctx).map_err(StepError::permanent)?;
+        let input = render::render(&step.with, ctx).map_err(permanent)?;
         *input_seen = input.clone();
-        let connection = match connection {
-            Some((name, plan)) => {
-                let fields = instance
-                    .connections
-                    .get(name)
-                    .ok_or_else(|| StepError::permanent(format!("unknown connection `{name}`")))?;
-                Some((plan, fields.clone()))
+        let connection = match &step.step.connection {
+            Some(name) => {
+                let conn = instance.plan.connections.get(name);
+                let fields = instance.connections.get(name);
+                match conn.zip(fields) {
+                    Some((conn, fields)) => Some((conn, fields.clone())),
+                    None => {
+                        return Err(StepError::permanent(format!("unknown connection `{name}`")));
+                    }
+                }
             }
             None => None,
         };
@@ -634,62 +707,41 @@ impl Engine {
             .as_ref()
             .map(|a| a.render(&input, connection.as_ref().map(|(_, f)| f)))
             .transpose()
-            .map_err(StepError::permanent)?;
+            .map_err(permanent)?;
         let timeout = Duration::from_millis(step.step.timeout_ms);
-        let env = StepEnv {
-            http: &self.http,
-            redactor: &self.redactor,
-            deny_private: self.deny_private,
-            idempotency_key: key,
-            timeout,
-            plan: &instance.plan,
-            connection,
-            action,
-            component_urls: &self.component_urls,
-        };
-        let uses = step.step.uses.clone();
-        // The step runs under the step's time limit; a panic is a failed attempt, never a dead worker.
-        let fut = std::panic::AssertUnwindSafe(steps::run(&uses, input, &env));
-        let guarded = futures_catch_unwind(fut);
-        match tokio::time::timeout(timeout + Duration::from_secs(1), guarded).await {
+        let env = self.step_env(instance, key, timeout, connection, action);
+        let run = std::panic::AssertUnwindSafe(steps::run(&step.step.uses, input, &env));
+        let outcome = match tokio::time::timeout(
+            timeout + Duration::from_secs(1),
+            run.catch_unwind(),
+        )
+        .await
+        {
             Err(_) => Err(StepError::retryable(format!("timed out after {timeout:?}"))),
-            Ok(Err(panic)) => Err(StepError::permanent(format!("the step panicked: {panic}"))),
-            Ok(Ok(result)) => result.map(StepResult::Outcome),
+            Ok(Err(panic)) => Err(StepError::permanent(format!(
+                "the step panicked: {}",
+                panic_message(&panic)
+            ))),
+            Ok(Ok(result)) => result,
+        }?;
+        if let Outcome::Dispatch { flow, .. } = &outcome
+            && !instance.flows.contains_key(flow)
+        {
+            return Err(StepError::permanent(format!(
+                "`{}` has no flow `{flow}` to dispatch to",
+                instance.plan.integration
+            )));
         }
+        Ok(StepResult::Outcome(outcome))
     }
 }
 
-/// An edge kind to follow, with the loop item it carries (for `for_each` bodies).
-type Route = (EdgeKind, Option<(usize, Value)>);
-
-/// What running a step produced, before routing.
-enum StepResult {
-    Output(Value),
-    Branch(Option<usize>),
-    Outcome(Outcome),
-}
-
-/// Runs a future, turning a panic into an error.
-async fn futures_catch_unwind<F: std::future::Future>(
-    fut: std::panic::AssertUnwindSafe<F>,
-) -> Result<F::Output, String> {
-    use std::pin::pin;
-    let mut fut = pin!(fut);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Err(payload) => {
-                let text = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                std::task::Poll::Ready(Err(text))
-            }
-        }
-    })
-    .await
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Exponential (or fixed) backoff with jitter: a random wait between half and all of the step.

@@ -7,6 +7,8 @@ use minijinja::value::Serde;
 use minijinja::{Environment, Expression, Template, UndefinedBehavior};
 use serde_json::Value;
 
+use crate::error::TemplateError;
+
 /// Fuel per render: bounds the work one template can do (loops, filters).
 const FUEL: u64 = 200_000;
 
@@ -43,7 +45,7 @@ impl Renderer {
     }
 
     /// Compiles every template inside `value`.
-    pub fn compile(&self, value: &Value) -> Result<Compiled, String> {
+    pub fn compile(&self, value: &Value) -> Result<Compiled, TemplateError> {
         Ok(match value {
             Value::String(s) if s.contains("{{") || s.contains("{%") => {
                 let trimmed = s.trim();
@@ -58,7 +60,7 @@ impl Renderer {
                         let compiled = self
                             .env
                             .compile_expression(source)
-                            .map_err(|e| format!("invalid template `{s}`: {e}"))?;
+                            .map_err(|e| syntax(s, &e))?;
                         Compiled::Expr(compiled, source)
                     }
                     None => {
@@ -66,7 +68,7 @@ impl Renderer {
                         Compiled::Template(
                             self.env
                                 .template_from_str(source)
-                                .map_err(|e| format!("invalid template `{s}`: {e}"))?,
+                                .map_err(|e| syntax(s, &e))?,
                         )
                     }
                 }
@@ -80,7 +82,7 @@ impl Renderer {
             Value::Object(map) => Compiled::Object(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), self.compile(v)?)))
-                    .collect::<Result<_, String>>()?,
+                    .collect::<Result<_, TemplateError>>()?,
             ),
             other => Compiled::Literal(other.clone()),
         })
@@ -93,15 +95,18 @@ pub fn context(value: &Value) -> minijinja::Value {
 }
 
 /// Renders a compiled value in a context.
-pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, String> {
+pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     Ok(match compiled {
         Compiled::Literal(v) => v.clone(),
         Compiled::Expr(expr, source) => {
             let v = expr.eval(ctx.clone()).map_err(|e| describe(&e, source))?;
             if v.is_undefined() {
-                return Err(format!("`{source}` is undefined"));
+                return Err(TemplateError::Undefined(source.to_string()));
             }
-            serde_json::to_value(&v).map_err(|e| format!("`{source}`: {e}"))?
+            serde_json::to_value(&v).map_err(|e| TemplateError::Render {
+                source_text: source.to_string(),
+                detail: e.to_string(),
+            })?
         }
         Compiled::Template(t) => Value::String(
             t.render(ctx.clone())
@@ -117,17 +122,27 @@ pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, Stri
             entries
                 .iter()
                 .map(|(k, c)| Ok((k.clone(), render(c, ctx)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, TemplateError>>()?,
         ),
     })
 }
 
-fn describe(e: &minijinja::Error, source: &str) -> String {
+fn describe(e: &minijinja::Error, source: &str) -> TemplateError {
     let detail = e
         .detail()
         .map(str::to_string)
         .unwrap_or_else(|| e.kind().to_string());
-    format!("template `{source}`: {detail}")
+    TemplateError::Render {
+        source_text: source.to_string(),
+        detail,
+    }
+}
+
+fn syntax(source: &str, e: &minijinja::Error) -> TemplateError {
+    TemplateError::Syntax {
+        source_text: source.to_string(),
+        detail: e.to_string(),
+    }
 }
 
 /// Whether a rendered value counts as true (branch conditions).
@@ -173,6 +188,6 @@ mod tests {
             ))
             .unwrap();
         let err = render(&c, &context(&json!({}))).unwrap_err();
-        assert!(err.contains("fuel"), "{err}");
+        assert!(err.to_string().contains("fuel"), "{err}");
     }
 }

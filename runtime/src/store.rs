@@ -8,7 +8,7 @@
 //! in a single atomic commit — and the execution history stays queryable for `weft executions`.
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -43,7 +43,7 @@ pub struct StepRun {
     pub execution: String,
     pub step: String,
     pub attempt: u32,
-    pub status: &'static str,
+    pub status: weft_plan::StepRunStatus,
     pub input: Option<String>,
     pub output: Option<String>,
     pub error: Option<String>,
@@ -122,7 +122,34 @@ pub struct Committed {
     pub finished: Vec<(String, String)>,
 }
 
-type Reply = oneshot::Sender<Result<Committed, String>>;
+/// Why a commit or a read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// An [`Op::Claim`] found its key claimed before: nothing of the request was applied.
+    #[error("`{0}` was claimed before")]
+    Duplicate(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("opening {path}: {source}")]
+    Open {
+        path: String,
+        source: Arc<rusqlite::Error>,
+    },
+    #[error("the store failed: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+/// A boxed commit future (the trait is object-safe).
+pub type CommitFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, StoreError>> + Send + 'a>>;
+
+type Reply = oneshot::Sender<Result<Committed, StoreError>>;
 
 struct Request {
     ops: Vec<Op>,
@@ -137,33 +164,27 @@ struct Request {
 /// so a crash can only duplicate work in flight — never lose it.
 pub trait Queue: Send + Sync + 'static {
     /// Applies `ops` durably; resolves once they survive a crash.
-    fn commit(
-        &self,
-        ops: Vec<Op>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, String>> + Send + '_>>;
+    /// A request holding a claimed [`Op::Claim`] fails whole with [`StoreError::Duplicate`].
+    fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_>;
     /// Messages waiting at start (what was in flight at the last stop).
-    fn pending_messages(&self) -> Result<Vec<StoredMessage>, String>;
+    fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError>;
     /// Trigger state: poll cursors, last schedule runs, deploy hashes.
-    fn state(&self, key: &str) -> Result<Option<String>, String>;
+    fn state(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Dead letters whose replay was requested.
-    fn replay_requests(&self) -> Result<Vec<i64>, String>;
+    fn replay_requests(&self) -> Result<Vec<i64>, StoreError>;
 }
 
 impl Queue for Store {
-    fn commit(
-        &self,
-        ops: Vec<Op>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, String>> + Send + '_>>
-    {
+    fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_> {
         Box::pin(Store::commit(self, ops))
     }
-    fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
+    fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError> {
         Store::pending_messages(self)
     }
-    fn state(&self, key: &str) -> Result<Option<String>, String> {
+    fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
         Store::state(self, key)
     }
-    fn replay_requests(&self) -> Result<Vec<i64>, String> {
+    fn replay_requests(&self) -> Result<Vec<i64>, StoreError> {
         Store::replay_requests(self)
     }
 }
@@ -176,7 +197,7 @@ pub type OnCommit = Box<dyn Fn(&[StoredMessage]) + Send + 'static>;
 pub struct Store {
     tx: mpsc::Sender<Request>,
     /// One read connection, reused (WAL lets it read while the writer writes).
-    read: std::sync::Arc<std::sync::Mutex<Connection>>,
+    read: Arc<Mutex<Connection>>,
 }
 
 const SCHEMA: &str = "
@@ -245,83 +266,74 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 
 impl Store {
     /// Opens (or creates) the store and starts its writer thread.
-    pub fn open(path: &Path, on_commit: OnCommit) -> Result<Store, String> {
-        let conn = open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| format!("creating tables in {}: {e}", path.display()))?;
+    pub fn open(path: &Path, on_commit: OnCommit) -> Result<Store, StoreError> {
+        let open_error = |e: rusqlite::Error| StoreError::Open {
+            path: path.display().to_string(),
+            source: Arc::new(e),
+        };
+        let conn = open(path).map_err(open_error)?;
+        conn.execute_batch(SCHEMA).map_err(open_error)?;
         let (tx, rx) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("weft-store-writer".into())
             .spawn(move || writer(conn, rx, on_commit))
-            .map_err(|e| e.to_string())?;
-        let read = open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            .map_err(|_| StoreError::Closed)?;
+        let read = open(path).map_err(open_error)?;
         Ok(Store {
             tx,
-            read: std::sync::Arc::new(std::sync::Mutex::new(read)),
+            read: Arc::new(Mutex::new(read)),
         })
     }
 
     /// Applies `ops` in one transaction (grouped with concurrent requests); returns once durable.
-    pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, String> {
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { ops, reply })
-            .map_err(|_| "the store is closed".to_string())?;
-        rx.await
-            .map_err(|_| "the store writer stopped".to_string())?
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while reading leaves the connection usable: take it back.
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every message waiting in the store (at start: what was in flight at the last stop).
-    pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, String> {
-        let conn = self
-            .read
-            .lock()
-            .map_err(|_| "store reader poisoned".to_string())?;
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(StoredMessage {
-                    id: r.get(0)?,
-                    queue: r.get(1)?,
-                    execution: r.get(2)?,
-                    visible_at: r.get(3)?,
-                    attempt: r.get(4)?,
-                    body: r.get(5)?,
-                })
+    pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredMessage {
+                id: r.get(0)?,
+                queue: r.get(1)?,
+                execution: r.get(2)?,
+                visible_at: r.get(3)?,
+                attempt: r.get(4)?,
+                body: r.get(5)?,
             })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Dead letters whose replay was requested (by `weft dlq replay`, possibly from another process).
-    pub fn replay_requests(&self) -> Result<Vec<i64>, String> {
-        let conn = self
-            .read
-            .lock()
-            .map_err(|_| "store reader poisoned".to_string())?;
-        let mut stmt = conn
-            .prepare_cached("SELECT dead_letter FROM replay_requests ORDER BY dead_letter")
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    pub fn replay_requests(&self) -> Result<Vec<i64>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT dead_letter FROM replay_requests ORDER BY dead_letter")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn state(&self, key: &str) -> Result<Option<String>, String> {
-        let conn = self
-            .read
-            .lock()
-            .map_err(|_| "store reader poisoned".to_string())?;
-        conn.query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(|e| e.to_string())
+    pub fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row("SELECT value FROM state WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 }
 
@@ -372,32 +384,56 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, on_commit: OnCommit
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed>, String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed>, StoreError> {
+    let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
         let mut committed = Committed::default();
         for op in &req.ops {
-            apply(&tx, op, &mut committed).map_err(|e| format!("store: {e}"))?;
+            apply(&tx, op, &mut committed)?;
         }
         out.push(committed);
     }
-    tx.commit().map_err(|e| e.to_string())?;
+    tx.commit()?;
     Ok(out)
 }
 
+/// Applies one op inside the batch's transaction.
 fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> Result<(), StoreError> {
+    match op {
+        Op::StartExecution(_)
+        | Op::Pending { .. }
+        | Op::FailExecution { .. }
+        | Op::RecordStep(_)
+        | Op::Prune { .. } => apply_history(tx, op, committed)?,
+        Op::SetState { key, value } => {
+            tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+                .execute(params![key, value])?;
+        }
+        Op::Claim { key } => {
+            let inserted = tx
+                .prepare_cached("INSERT OR IGNORE INTO state (key, value) VALUES (?1, '1')")?
+                .execute([key])?;
+            if inserted == 0 {
+                return Err(StoreError::Duplicate(key.clone()));
+            }
+        }
+        _ => apply_queue(tx, op, committed)?,
+    }
+    Ok(())
+}
+
+/// Ops on queues: enqueue, ack, reschedule, dead-letter, replay.
+fn apply_queue(
     tx: &rusqlite::Transaction<'_>,
     op: &Op,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
     match op {
-        Op::StartExecution(e) => {
-            tx.prepare_cached(
-                "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?5)",
-            )?
-            .execute(params![e.id, e.instance, e.flow, e.trigger, e.started_at])?;
-        }
         Op::Enqueue(m) => {
             tx.prepare_cached(
                 "INSERT INTO messages (queue, execution, visible_at, attempt, body) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -452,13 +488,62 @@ fn apply(
             tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
                 .execute([id])?;
         }
+        Op::RequestReplay { dead_letter } => {
+            tx.prepare_cached("INSERT OR IGNORE INTO replay_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1")?
+                .execute([dead_letter])?;
+        }
+        Op::Replay { dead_letter, at } => {
+            tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
+                .execute([dead_letter])?;
+            let row: Option<(String, String, String)> = tx
+                .prepare_cached("SELECT queue, execution, body FROM dead_letters WHERE id = ?1")?
+                .query_row([dead_letter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            if let Some((queue, execution, body)) = row {
+                apply_queue(
+                    tx,
+                    &Op::Enqueue(NewMessage {
+                        queue,
+                        execution: execution.clone(),
+                        visible_at: *at,
+                        attempt: 1,
+                        body,
+                    }),
+                    committed,
+                )?;
+                tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                    .execute([dead_letter])?;
+                tx.prepare_cached(
+                    "UPDATE executions SET status = 'running', pending = pending + 1, finished_at = NULL, error = NULL WHERE id = ?1",
+                )?
+                .execute([&execution])?;
+            }
+        }
+        _ => unreachable!("apply routes only queue ops here"),
+    }
+    Ok(())
+}
+
+/// Ops on the execution history: executions, their pending counts, step runs, pruning.
+fn apply_history(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
+    match op {
+        Op::StartExecution(e) => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at) VALUES (?1, ?2, ?3, 'running', 0, ?4, ?5)",
+            )?
+            .execute(params![e.id, e.instance, e.flow, e.trigger, e.started_at])?;
+        }
         Op::RecordStep(s) => {
             tx.prepare_cached(
                 "INSERT INTO step_runs (execution, step, attempt, status, input, output, error, started_at, duration_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
-                s.execution, s.step, s.attempt, s.status, s.input, s.output, s.error, s.started_at, s.duration_ms
+                s.execution, s.step, s.attempt, s.status.as_str(), s.input, s.output, s.error, s.started_at, s.duration_ms
             ])?;
         }
         Op::Pending {
@@ -487,45 +572,6 @@ fn apply(
             tx.prepare_cached("UPDATE executions SET status = 'failed', error = ?2 WHERE id = ?1")?
                 .execute(params![execution, error])?;
         }
-        Op::SetState { key, value } => {
-            tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-                .execute(params![key, value])?;
-        }
-        Op::Claim { key } => {
-            tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, '1')")?
-                .execute([key])?;
-        }
-        Op::RequestReplay { dead_letter } => {
-            tx.prepare_cached("INSERT OR IGNORE INTO replay_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1")?
-                .execute([dead_letter])?;
-        }
-        Op::Replay { dead_letter, at } => {
-            tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
-                .execute([dead_letter])?;
-            let row: Option<(String, String, String)> = tx
-                .prepare_cached("SELECT queue, execution, body FROM dead_letters WHERE id = ?1")?
-                .query_row([dead_letter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            if let Some((queue, execution, body)) = row {
-                apply(
-                    tx,
-                    &Op::Enqueue(NewMessage {
-                        queue,
-                        execution: execution.clone(),
-                        visible_at: *at,
-                        attempt: 1,
-                        body,
-                    }),
-                    committed,
-                )?;
-                tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                    .execute([dead_letter])?;
-                tx.prepare_cached(
-                    "UPDATE executions SET status = 'running', pending = pending + 1, finished_at = NULL, error = NULL WHERE id = ?1",
-                )?
-                .execute([&execution])?;
-            }
-        }
         Op::Prune { keep, before } => {
             tx.execute(
                 "DELETE FROM executions WHERE finished_at IS NOT NULL AND (started_at < ?2 OR id NOT IN (SELECT id FROM executions ORDER BY started_at DESC LIMIT ?1))",
@@ -536,6 +582,7 @@ fn apply(
                 [],
             )?;
         }
+        _ => unreachable!("apply routes only history ops here"),
     }
     Ok(())
 }

@@ -5,15 +5,17 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use serde_json::{Value, json};
 
-use crate::engine::{Engine, InstanceRt, now_ms};
+use crate::clock::now_ms;
+use crate::engine::Engine;
+use crate::error::TriggerError;
+use crate::instance::InstanceRt;
 use crate::render::{self, Compiled};
-use crate::steps::{self, StepEnv};
+use crate::steps;
 use crate::store::Op;
 
 /// Runs a schedule until the engine stops. The last fired time is saved with each execution;
@@ -31,13 +33,13 @@ pub async fn schedule(
     let tz: chrono_tz::Tz = timezone.parse().unwrap_or(chrono_tz::UTC);
     let key = format!("schedule:{}:{flow}", instance.key);
     let mut last: i64 = engine
-        .store
+        .store()
         .state(&key)
         .ok()
         .flatten()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| Utc::now().timestamp_millis());
-    while !engine.stopping.load(Ordering::Relaxed) {
+    while !engine.is_stopping() {
         let after = tz
             .timestamp_millis_opt(last)
             .single()
@@ -78,7 +80,7 @@ pub struct PollRt {
     pub every: Duration,
     pub uses: weft_plan::Uses,
     /// The component action polled, compiled once (`None` for `http.*` and `file.list`).
-    pub action: Option<crate::engine::ActionRt>,
+    pub action: Option<crate::instance::ActionRt>,
     pub connection: Option<String>,
     pub with: Compiled,
     pub items: Option<Compiled>,
@@ -87,11 +89,11 @@ pub struct PollRt {
 
 /// Polls until the engine stops: one execution per new item, and the new cursor saved in the
 /// same commit as those executions.
-pub async fn poll(engine: Arc<Engine>, instance: Arc<InstanceRt>, flow: String, poll: PollRt) {
+pub async fn poll(engine: Arc<Engine>, instance: Arc<InstanceRt>, flow: String, poll: Arc<PollRt>) {
     let key = format!("cursor:{}:{flow}", instance.key);
-    while !engine.stopping.load(Ordering::Relaxed) {
+    while !engine.is_stopping() {
         if let Err(e) = poll_once(&engine, &instance, &flow, &poll, &key).await {
-            tracing::warn!(flow = %flow, instance = %instance.key, "poll failed: {}", engine.redactor.str(&e));
+            tracing::warn!(flow = %flow, instance = %instance.key, "poll failed: {}", engine.redactor().str(&e.to_string()));
         }
         tokio::time::sleep(poll.every).await;
     }
@@ -103,9 +105,9 @@ async fn poll_once(
     flow: &str,
     poll: &PollRt,
     key: &str,
-) -> Result<(), String> {
+) -> Result<(), TriggerError> {
     let cursor: Value = engine
-        .store
+        .store()
         .state(key)?
         .map(|v| serde_json::from_str(&v).unwrap_or(Value::String(v)))
         .unwrap_or(Value::Null);
@@ -120,8 +122,11 @@ async fn poll_once(
                 .plan
                 .connections
                 .get(name)
-                .ok_or_else(|| format!("no connection `{name}`"))?;
-            let fields = instance.connections.get(name).ok_or("connection")?;
+                .ok_or_else(|| TriggerError::Poll(format!("no connection `{name}`")))?;
+            let fields = instance
+                .connections
+                .get(name)
+                .ok_or_else(|| TriggerError::Poll(format!("no connection `{name}`")))?;
             Some((plan, fields.clone()))
         }
         None => None,
@@ -132,20 +137,16 @@ async fn poll_once(
         .map(|a| a.render(&input, connection.as_ref().map(|(_, f)| f)))
         .transpose()?;
     let idempotency = format!("poll:{}:{flow}:{}", instance.key, now_ms());
-    let env = StepEnv {
-        http: &engine.http,
-        redactor: &engine.redactor,
-        deny_private: engine.deny_private,
-        idempotency_key: &idempotency,
-        timeout: Duration::from_secs(30),
-        plan: &instance.plan,
+    let env = engine.step_env(
+        instance,
+        &idempotency,
+        Duration::from_secs(30),
         connection,
         action,
-        component_urls: &engine.component_urls,
-    };
+    );
     let output = match steps::run(&poll.uses, input, &env)
         .await
-        .map_err(|e| e.message)?
+        .map_err(|e| TriggerError::Poll(e.message))?
     {
         steps::Outcome::Output(v) => v,
         _ => Value::Null,
@@ -167,7 +168,7 @@ async fn poll_once(
         None => payload,
     };
     let Value::Array(items) = items else {
-        return Err("the poll's items are not a list".into());
+        return Err(TriggerError::Poll("the poll's items are not a list".into()));
     };
     scope["items"] = Value::Array(items.clone());
     let next_cursor = match &poll.cursor {
@@ -194,8 +195,8 @@ async fn poll_once(
             value: serde_json::to_string(&c).unwrap_or_default(),
         });
     }
-    engine.store.commit(ops).await?;
-    engine.metrics.executions.inc_by(items.len() as u64);
+    engine.store().commit(ops).await?;
+    engine.metrics().executions.inc_by(items.len() as u64);
     tracing::info!(flow = %flow, instance = %instance.key, "poll found {} new item(s)", items.len());
     Ok(())
 }
@@ -208,7 +209,7 @@ pub async fn deploy(
     plan_hash: String,
 ) {
     let key = format!("deploy:{}:{flow}", instance.key);
-    if engine.store.state(&key).ok().flatten().as_deref() == Some(plan_hash.as_str()) {
+    if engine.store().state(&key).ok().flatten().as_deref() == Some(plan_hash.as_str()) {
         return;
     }
     let trigger = json!({ "deployed": true, "plan_hash": plan_hash });

@@ -555,7 +555,9 @@ async fn a_repeated_standard_webhook_id_is_enqueued_once() {
 fn missing_secrets_are_named_before_anything_starts() {
     let sources = repo("127.0.0.1:9".parse().unwrap(), "");
     let plans = weft_compiler::compile(&sources).plans;
-    let err = weft_runtime::resolve_secrets(&plans, &|_| None).unwrap_err();
+    let err = weft_runtime::resolve_secrets(&plans, &|_| None)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("HOOK_SECRET") && err.contains("CRM_TOKEN"),
         "{err}"
@@ -856,6 +858,7 @@ async fn one_runtime_per_data_folder() {
         .await
         .err()
         .expect("a second runtime is refused");
-    assert!(err.contains("another `weft run`"), "{err}");
+    assert!(matches!(err, weft_runtime::StartError::Locked(_)), "{err}");
+    assert!(err.to_string().contains("another `weft run`"), "{err}");
     rt.stop().await;
 }

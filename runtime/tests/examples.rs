@@ -176,7 +176,6 @@ async fn every_example_runs_its_fixtures() {
         let runtime = weft_runtime::start(compilation.plans.clone(), options, secrets)
             .await
             .unwrap();
-        let engine = runtime.engine.clone();
         for (path, fixture) in &fixtures {
             *stubs.responses.lock().unwrap() = fixture.responses.clone();
             stubs.requests.lock().unwrap().clear();
@@ -185,25 +184,10 @@ async fn every_example_runs_its_fixtures() {
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
                 std::fs::write(p, text).unwrap();
             }
-            let instance = engine
-                .instances
-                .values()
-                .find(|i| {
-                    i.plan.customer == fixture.customer && i.flows.contains_key(&fixture.flow)
-                })
-                .unwrap_or_else(|| {
-                    panic!(
-                        "{}: no instance of `{}` with flow `{}`",
-                        path.display(),
-                        fixture.customer,
-                        fixture.flow
-                    )
-                })
-                .clone();
-            let id = engine
-                .start_execution(&instance, &fixture.flow, fixture.trigger.clone(), vec![])
+            let id = runtime
+                .start_flow(&fixture.customer, &fixture.flow, fixture.trigger.clone())
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             let mut status = String::new();
             for _ in 0..400 {
                 let conn = history::open(data.path()).unwrap();
@@ -241,10 +225,7 @@ async fn every_example_runs_its_fixtures() {
             );
             ran += 1;
         }
-        engine
-            .stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        engine.idle.notify_waiters();
+        runtime.stop();
     }
     assert!(ran >= 9, "ran {ran} fixtures");
 }
