@@ -17,6 +17,7 @@ use weft_plan::{self as plan, Builtin, EdgeKind, OnError, StepRunStatus};
 pub use crate::clock::now_ms;
 use crate::dispatch::{Dispatch, WorkQueue};
 use crate::error::TriggerError;
+use crate::inflight::InflightSlots;
 use crate::instance::{InstanceRt, StepRt};
 use crate::metrics::Metrics;
 use crate::redact::Redactor;
@@ -54,6 +55,8 @@ pub struct EngineParts {
     /// Base URLs of custom components' containers, by component.
     pub component_urls: HashMap<String, String>,
     pub redactor: Redactor,
+    /// Marks of the messages running now, for quarantining poison messages.
+    pub inflight: InflightSlots,
 }
 
 /// Everything the workers share.
@@ -66,6 +69,7 @@ pub struct Engine {
     deny_private: bool,
     component_urls: HashMap<String, String>,
     redactor: Redactor,
+    inflight: InflightSlots,
     metrics: Metrics,
     /// Sync webhooks waiting for their `respond` step, by execution.
     waiters: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
@@ -115,6 +119,7 @@ impl Engine {
             deny_private: parts.deny_private,
             component_urls: parts.component_urls,
             redactor: parts.redactor,
+            inflight: parts.inflight,
             metrics: Metrics::new(),
             waiters: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -343,6 +348,9 @@ impl Engine {
         queue: &WorkQueue,
         message: StoredMessage,
     ) {
+        // Until its commit, the message is marked as running: should the step kill the
+        // process, the next start counts it (see `inflight`).
+        let _running = self.inflight.claim(message.id);
         let envelope: Envelope = match serde_json::from_str(&message.body) {
             Ok(e) => e,
             Err(e) => {
@@ -381,6 +389,7 @@ impl Engine {
                 step: step.step.id.clone(),
                 error: error.clone(),
                 at,
+                body: Some(self.redactor.str(&message.body)),
             },
             Op::FailExecution {
                 execution: message.execution.clone(),
@@ -472,6 +481,9 @@ impl Engine {
                 step: id.clone(),
                 error: text.clone(),
                 at,
+                // What the step's data held of secrets is masked; a replay reads config and
+                // connections afresh, so templates over `config.<secret>` get real values.
+                body: Some(self.redactor.str(&message.body)),
             }
         } else {
             Op::Ack(message.id)
@@ -573,8 +585,10 @@ impl Engine {
         }
     }
 
-    /// Commits; on a store failure the message goes back to its queue after a pause (it is still
-    /// in the store, so nothing is lost). Returns whether the commit happened.
+    /// Commits what settles a message. A failed commit (a full disk, say) is retried with
+    /// backoff — the step's work is kept, never redone. Should the engine stop meanwhile, the
+    /// message goes back to its queue: it is still in the store, so nothing is lost, and it runs
+    /// again at the next start. Returns whether the commit happened.
     async fn commit_or_requeue(
         &self,
         ops: Vec<Op>,
@@ -582,7 +596,7 @@ impl Engine {
         message: StoredMessage,
         reply: Option<(String, Reply)>,
     ) -> bool {
-        match self.store.commit(ops).await {
+        match self.commit_with_retry(ops).await {
             Ok(committed) => {
                 // The `respond` step's reply goes first: its commit may also finish the execution.
                 if let Some((execution, reply)) = reply
@@ -603,11 +617,32 @@ impl Engine {
                 true
             }
             Err(e) => {
-                tracing::error!("store commit failed, retrying the message: {e}");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tracing::error!(
+                    "store commit failed while stopping; the message runs again at the next start: {e}"
+                );
                 self.dispatch.pending.fetch_add(1, Ordering::Relaxed);
                 queue.push(message);
                 false
+            }
+        }
+    }
+
+    /// Retries a commit with backoff (50 ms doubling to 5 s) until it succeeds or the engine
+    /// stops.
+    async fn commit_with_retry(
+        &self,
+        ops: Vec<Op>,
+    ) -> Result<crate::store::Committed, crate::store::StoreError> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.commit(ops.clone()).await {
+                Ok(committed) => return Ok(committed),
+                Err(e) if self.is_stopping() => return Err(e),
+                Err(e) => {
+                    tracing::error!("store commit failed, retrying the commit in {delay:?}: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

@@ -13,6 +13,10 @@ pub enum TemplateError {
     Render { source_text: String, detail: String },
     #[error("`{0}` is undefined")]
     Undefined(String),
+    #[error(
+        "template `{source_text}`: the rendered value exceeds {limit} bytes (the step output limit)"
+    )]
+    TooLarge { source_text: String, limit: usize },
 }
 
 /// Why the runtime did not start. Nothing runs half-configured.

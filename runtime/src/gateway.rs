@@ -23,6 +23,7 @@ use crate::auth::{self, Verdict, WebhookAuth};
 use crate::engine::Engine;
 use crate::error::{StartError, TemplateError};
 use crate::instance::InstanceRt;
+use crate::nesting::{MAX_NESTING, nesting};
 use crate::render;
 use crate::store::{Op, StoreError};
 
@@ -450,6 +451,17 @@ pub async fn collect_within(
 
 /// JSON for JSON content types (and text that parses as JSON), else the text itself.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
+    let value = parse_body_value(headers, body)?;
+    if nesting(&value) > MAX_NESTING {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": format!("the body nests deeper than {MAX_NESTING} levels") }),
+        ));
+    }
+    Ok(value)
+}
+
+fn parse_body_value(headers: &HeaderMap, body: &[u8]) -> Result<Value, Refusal> {
     if body.is_empty() {
         return Ok(Value::Null);
     }
@@ -515,6 +527,7 @@ async fn enqueue(
         // A repeated Standard Webhooks id is enqueued once: the claim fails the whole commit.
         extra.push(Op::Claim {
             key: format!("webhook-id:{}:{}:{id}", hook.instance.key, hook.flow),
+            at: crate::clock::now_ms(),
         });
     }
     let ops = engine

@@ -14,8 +14,10 @@ pub mod error;
 pub mod gateway;
 pub mod history;
 pub mod http;
+pub mod inflight;
 pub mod instance;
 pub mod metrics;
+pub mod nesting;
 pub mod redact;
 pub mod render;
 pub mod steps;
@@ -36,6 +38,7 @@ use crate::dispatch::{Dispatch, WorkQueue};
 use crate::engine::{Engine, EngineParts};
 pub use crate::error::{StartError, TriggerError};
 use crate::gateway::{GatewayState, Limits};
+use crate::inflight::InflightSlots;
 use crate::instance::InstanceRt;
 use crate::redact::Redactor;
 use crate::render::Renderer;
@@ -62,6 +65,13 @@ pub struct Options {
     pub keep_days: i64,
     /// Base URLs of custom components (`image:`), by component name.
     pub component_urls: HashMap<String, String>,
+    /// Connections open at once; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// Largest size of the store file; past it, commits fail and are retried (as on a full
+    /// disk) and webhooks get 503. `None`: the disk's size.
+    pub max_store_bytes: Option<u64>,
+    /// Bytes one rendered value or step output may take.
+    pub max_output: usize,
 }
 
 impl Default for Options {
@@ -80,6 +90,9 @@ impl Default for Options {
             keep_executions: 10_000,
             keep_days: 7,
             component_urls: HashMap::new(),
+            max_connections: 4096,
+            max_store_bytes: None,
+            max_output: render::DEFAULT_MAX_OUTPUT,
         }
     }
 }
@@ -156,6 +169,7 @@ pub async fn start(
     options: Options,
     secrets: HashMap<String, String>,
 ) -> Result<Runtime, StartError> {
+    render::set_max_output(options.max_output);
     let renderer = Renderer::new();
     let instances = build_instances(&plans, &renderer, &secrets, &options.public_url)?;
     let lock = lock_data_folder(&options.data_dir)?;
@@ -163,7 +177,13 @@ pub async fn start(
         work_queues(&instances),
         tokio::runtime::Handle::current(),
     ));
-    let store = open_store(&options.data_dir, &dispatch)?;
+    let store = open_store(&options.data_dir, &dispatch, options.max_store_bytes)?;
+    let (inflight, running_at_stop) =
+        InflightSlots::open(&options.data_dir).map_err(|source| StartError::DataFolder {
+            path: options.data_dir.join("inflight.slots"),
+            source,
+        })?;
+    let redactor = redactor(&secrets, &instances);
     let engine = Arc::new(Engine::new(EngineParts {
         store: Arc::new(store),
         dispatch: dispatch.clone(),
@@ -172,9 +192,10 @@ pub async fn start(
         http: http::client(options.deny_private),
         deny_private: options.deny_private,
         component_urls: options.component_urls.clone(),
-        redactor: Redactor::new(secrets.values().cloned()),
+        redactor,
+        inflight,
     }));
-    resume(&engine, &options.data_dir)?;
+    resume(&engine, &options.data_dir, &running_at_stop).await?;
     spawn_workers(&engine, &dispatch, options.step_concurrency);
     spawn_triggers(&engine);
     spawn_housekeeping(&engine, &options);
@@ -210,6 +231,31 @@ fn build_instances(
         .collect()
 }
 
+/// Masks every secret, and the basic-auth credentials weft encodes from them.
+fn redactor(
+    secrets: &HashMap<String, String>,
+    instances: &HashMap<String, Arc<InstanceRt>>,
+) -> Redactor {
+    let basic = instances.values().flat_map(|i| {
+        i.plan
+            .connections
+            .iter()
+            .filter(|(_, c)| c.auth == weft_plan::AuthKind::Basic)
+            .filter_map(|(name, _)| i.connections.get(name))
+            .map(|fields| {
+                let field = |k: &str| {
+                    fields
+                        .get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (field("username"), field("password"))
+            })
+    });
+    Redactor::with_derived_forms(secrets.values().cloned(), basic)
+}
+
 /// One in-memory queue per step.
 fn work_queues(instances: &HashMap<String, Arc<InstanceRt>>) -> HashMap<String, Arc<WorkQueue>> {
     instances
@@ -234,24 +280,83 @@ fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StartError> {
 }
 
 /// The embedded store; every commit routes what it enqueued to the in-memory queues.
-fn open_store(dir: &Path, dispatch: &Arc<Dispatch>) -> Result<Store, StartError> {
+fn open_store(
+    dir: &Path,
+    dispatch: &Arc<Dispatch>,
+    max_bytes: Option<u64>,
+) -> Result<Store, StartError> {
     let dispatch = dispatch.clone();
     let on_commit = Box::new(move |messages: &[store::StoredMessage]| dispatch.deliver(messages));
-    Ok(Store::open(&dir.join("weft.db"), on_commit)?)
+    Ok(Store::open_with(
+        &dir.join("weft.db"),
+        on_commit,
+        max_bytes,
+    )?)
 }
 
-/// What was in flight at the last stop runs again (at-least-once).
-fn resume(engine: &Engine, dir: &Path) -> Result<(), StartError> {
+/// What was in flight at the last stop runs again (at-least-once), except a message whose
+/// step was running at [`inflight::QUARANTINE_AFTER`] stops: it goes to the dead-letter queue.
+async fn resume(engine: &Engine, dir: &Path, running_at_stop: &[i64]) -> Result<(), StartError> {
     let pending = engine.store().pending_messages()?;
-    if !pending.is_empty() {
+    let mut ops = Vec::new();
+    let mut deliver = Vec::with_capacity(pending.len());
+    for mut message in pending {
+        if running_at_stop.contains(&message.id) {
+            message.crashes += 1;
+            if message.crashes >= inflight::QUARANTINE_AFTER {
+                ops.extend(quarantine(engine, &message));
+                continue;
+            }
+            ops.push(Op::SetCrashes {
+                id: message.id,
+                crashes: message.crashes,
+            });
+        }
+        deliver.push(message);
+    }
+    if !ops.is_empty() {
+        engine.store().commit(ops).await?;
+    }
+    if !deliver.is_empty() {
         tracing::info!(
             "resuming {} message(s) from {}",
-            pending.len(),
+            deliver.len(),
             dir.display()
         );
     }
-    engine.deliver(&pending);
+    engine.deliver(&deliver);
     Ok(())
+}
+
+/// Dead-letters a message whose step was running each time the process stopped.
+fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
+    let step = serde_json::from_str::<engine::Envelope>(&message.body)
+        .map(|e| e.step)
+        .unwrap_or_else(|_| "unknown".into());
+    let error = format!(
+        "quarantined: the process stopped {} times while step `{step}` ran this message",
+        message.crashes
+    );
+    tracing::error!(message = message.id, execution = %message.execution, "{error}");
+    let at = clock::now_ms();
+    vec![
+        Op::DeadLetter {
+            id: message.id,
+            step: step.clone(),
+            error: error.clone(),
+            at,
+            body: Some(engine.redactor().str(&message.body)),
+        },
+        Op::FailExecution {
+            execution: message.execution.clone(),
+            error: format!("step `{step}`: {error}"),
+        },
+        Op::Pending {
+            execution: message.execution.clone(),
+            delta: -1,
+            at,
+        },
+    ]
 }
 
 /// One worker loop per step of every enabled flow.
@@ -348,7 +453,11 @@ async fn prune(engine: Arc<Engine>, keep: i64, days: i64) {
         let before = clock::now_ms() - days * 86_400_000;
         if let Err(e) = engine
             .store()
-            .commit(vec![Op::Prune { keep, before }])
+            .commit(vec![Op::Prune {
+                keep,
+                before,
+                claims_before: clock::now_ms() - 2 * auth::TOLERANCE_SECS * 1000,
+            }])
             .await
         {
             tracing::warn!("pruning the execution history: {e}");
@@ -369,27 +478,63 @@ pub async fn serve(
 }
 
 /// Serves the gateway on a bound listener until `shutdown` resolves, then drains.
+///
+/// Connections are served by hyper directly so that slow callers are bounded: a request's
+/// headers must arrive within `read_timeout` (an idle keep-alive connection is closed after
+/// it too), and at most `max_connections` are open at once — past it, new ones are closed at
+/// once rather than starving the process of file descriptors.
 pub async fn serve_on(
     runtime: Runtime,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let app = gateway::app(runtime.gateway.clone());
-    let engine = runtime.engine.clone();
     let address = listener.local_addr().map_err(|source| StartError::Listen {
         address: runtime.options.listen,
         source,
     })?;
     tracing::info!("gateway listening on http://{address}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("stopping: no new work; draining in-flight steps");
-            engine.stop();
-        })
-        .await
-        .map_err(|source| StartError::Listen { address, source })?;
-    drain(&runtime.engine, runtime.options.drain_timeout).await;
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(runtime.options.read_timeout)
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        runtime.options.max_connections.max(1),
+    ));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection =
+            graceful.watch(http1.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    tracing::info!("stopping: no new work; draining in-flight steps");
+    runtime.engine.stop();
+    let drain_timeout = runtime.options.drain_timeout;
+    let _ = tokio::time::timeout(drain_timeout, graceful.shutdown()).await;
+    drain(&runtime.engine, drain_timeout).await;
     Ok(())
 }
 

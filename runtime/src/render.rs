@@ -2,15 +2,44 @@
 //! loader so no filesystem, undefined variables are errors). Templates are compiled once per
 //! step when the runtime starts; a string that is exactly one `{{ expr }}` keeps the
 //! expression's type, any other template renders to a string.
+//!
+//! Fuel bounds the instructions a render runs; it does not bound what a value costs once
+//! built (`[1, 2] * n` is one instruction, a lazy sequence of `2n` items). So every rendered
+//! value is converted to JSON under a byte budget ([`max_output`]), a template's text output
+//! is written through the same bound, and `tojson` caps its indent.
 
-use minijinja::value::Serde;
-use minijinja::{Environment, Expression, Template, UndefinedBehavior};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use minijinja::value::{Kwargs, Serde, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, Expression, Template, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::error::TemplateError;
 
 /// Fuel per render: bounds the work one template can do (loops, filters).
 const FUEL: u64 = 200_000;
+
+/// Nesting deeper than this in a rendered value is refused.
+const MAX_DEPTH: usize = 64;
+
+/// The widest `tojson` indent.
+const MAX_INDENT: usize = 16;
+
+/// Bytes one rendered value may take (about its JSON size); see [`set_max_output`].
+static MAX_OUTPUT: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_OUTPUT);
+
+/// The default bound of a rendered value or a step's output: 4 MB.
+pub const DEFAULT_MAX_OUTPUT: usize = 4_000_000;
+
+/// Sets the bound of every rendered value and step output, for the whole process.
+pub fn set_max_output(bytes: usize) {
+    MAX_OUTPUT.store(bytes.max(1024), Ordering::Relaxed);
+}
+
+/// The bound of every rendered value and step output, in bytes.
+pub fn max_output() -> usize {
+    MAX_OUTPUT.load(Ordering::Relaxed)
+}
 
 /// A value with its templates compiled.
 pub enum Compiled {
@@ -38,6 +67,8 @@ impl Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_fuel(Some(FUEL));
+        env.add_filter("tojson", bounded_tojson);
+        env.set_formatter(bounded_formatter);
         // Plans live as long as the process: the environment and compiled templates do too.
         Renderer {
             env: Box::leak(Box::new(env)),
@@ -103,15 +134,19 @@ pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, Temp
             if v.is_undefined() {
                 return Err(TemplateError::Undefined(source.to_string()));
             }
-            serde_json::to_value(&v).map_err(|e| TemplateError::Render {
-                source_text: source.to_string(),
-                detail: e.to_string(),
-            })?
+            let mut budget = max_output();
+            to_json(&v, &mut budget, 0).map_err(|e| e.in_template(source))?
         }
-        Compiled::Template(t) => Value::String(
-            t.render(ctx.clone())
-                .map_err(|e| describe(&e, t.source()))?,
-        ),
+        Compiled::Template(t) => {
+            let mut out = BoundedText::new(max_output());
+            match t.render_captured_to(ctx.clone(), &mut out) {
+                Ok(_) => Value::String(out.into_string()),
+                Err(e) if out.overflowed || e.to_string().contains("exceeds") => {
+                    return Err(Bound::TooLarge.in_template(t.source()));
+                }
+                Err(e) => return Err(describe(&e, t.source())),
+            }
+        }
         Compiled::Array(items) => Value::Array(
             items
                 .iter()
@@ -125,6 +160,180 @@ pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, Temp
                 .collect::<Result<_, TemplateError>>()?,
         ),
     })
+}
+
+/// Why a rendered value was refused.
+enum Bound {
+    TooLarge,
+    TooDeep,
+}
+
+impl Bound {
+    fn in_template(self, source: &str) -> TemplateError {
+        match self {
+            Bound::TooLarge => TemplateError::TooLarge {
+                source_text: source.to_string(),
+                limit: max_output(),
+            },
+            Bound::TooDeep => TemplateError::Render {
+                source_text: source.to_string(),
+                detail: format!("the value nests deeper than {MAX_DEPTH} levels"),
+            },
+        }
+    }
+}
+
+fn charge(budget: &mut usize, bytes: usize) -> Result<(), Bound> {
+    *budget = budget.checked_sub(bytes).ok_or(Bound::TooLarge)?;
+    Ok(())
+}
+
+/// Converts a template value to JSON, charging about its JSON size to `budget`: a lazy
+/// sequence is refused as it grows, never materialized whole.
+fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Value, Bound> {
+    if depth > MAX_DEPTH {
+        return Err(Bound::TooDeep);
+    }
+    charge(budget, 1)?;
+    Ok(match v.kind() {
+        ValueKind::Undefined | ValueKind::None => Value::Null,
+        ValueKind::Bool => Value::Bool(v.is_true()),
+        ValueKind::Number => {
+                        charge(budget, 8)?;
+            // A number serializes as what it is (25.0 stays a float).
+            serde_json::to_value(v).unwrap_or(Value::Null)
+        }
+        ValueKind::String => {
+            let s = v.as_str().unwrap_or_default();
+            charge(budget, s.len() + 2)?;
+            Value::String(s.to_string())
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let mut items = Vec::new();
+            for item in v.try_iter().map_err(|_| Bound::TooLarge)? {
+                items.push(to_json(&item, budget, depth + 1)?);
+            }
+            Value::Array(items)
+        }
+        ValueKind::Map => {
+            let mut map = serde_json::Map::new();
+            for key in v.try_iter().map_err(|_| Bound::TooLarge)? {
+                let name = key.as_str().map_or_else(|| key.to_string(), str::to_string);
+                charge(budget, name.len() + 3)?;
+                let value = v.get_item(&key).unwrap_or_default();
+                map.insert(name, to_json(&value, budget, depth + 1)?);
+            }
+            Value::Object(map)
+        }
+        _ => {
+            let text = v.to_string();
+            charge(budget, text.len() + 2)?;
+            Value::String(text)
+        }
+    })
+}
+
+/// A template's text output, refused once it passes the bound.
+struct BoundedText {
+    buf: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BoundedText {
+    fn new(limit: usize) -> BoundedText {
+        BoundedText {
+            buf: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+
+    fn into_string(self) -> String {
+        String::from_utf8(self.buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+impl std::io::Write for BoundedText {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the rendered text is too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes `{{ value }}` into a template's text: a sequence or mapping is measured under the
+/// output bound before it is formatted, so a lazy sequence of millions is refused, not written.
+fn bounded_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &mut minijinja::State<'_, '_>,
+    value: &minijinja::Value,
+) -> Result<(), Error> {
+    if matches!(
+        value.kind(),
+        ValueKind::Seq | ValueKind::Iterable | ValueKind::Map
+    ) {
+        let mut budget = max_output();
+        if to_json(value, &mut budget, 0).is_err() {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("the rendered value exceeds {} bytes", max_output()),
+            ));
+        }
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+/// `tojson` with its indent capped and its size bounded like any rendered value.
+fn bounded_tojson(
+    value: &minijinja::Value,
+    indent: Option<minijinja::Value>,
+    args: Kwargs,
+) -> Result<minijinja::Value, Error> {
+    let indent = match indent {
+        Some(indent) => Some(indent),
+        None => args.get("indent")?,
+    };
+    args.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.kind() == ValueKind::Bool => v.is_true().then_some(2),
+        Some(v) => Some(usize::try_from(v)?.min(MAX_INDENT)),
+    };
+    let mut budget = max_output();
+    let json = to_json(value, &mut budget, 0).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the value exceeds {} bytes", max_output()),
+        )
+    })?;
+    let text = match indent {
+        None => serde_json::to_string(&json),
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(&pad);
+            let mut out = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+            serde::Serialize::serialize(&json, &mut ser)
+                .map(|_| String::from_utf8(out).unwrap_or_default())
+        }
+    }
+    .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    if text.len() > max_output() {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the value exceeds {} bytes", max_output()),
+        ));
+    }
+    Ok(minijinja::Value::from_safe_string(text))
 }
 
 fn describe(e: &minijinja::Error, source: &str) -> TemplateError {
@@ -173,6 +382,36 @@ mod tests {
         );
         let v = render(&c, &ctx).unwrap();
         assert_eq!(v, json!({ "n": 12.5, "s": "id A1", "l": [1, 2], "k": 3 }));
+    }
+
+    #[test]
+    fn values_past_the_output_bound_are_refused_without_being_built() {
+        let r = Renderer::new();
+        let ctx = context(&json!({ "trigger": { "body": { "n": 10_000_000 } } }));
+        for template in [
+            "{{ [1,2,3,4,5,6,7,8,9,10] * trigger.body.n }}",
+            "items: {{ [1,2,3,4,5,6,7,8,9,10] * trigger.body.n }}",
+            "{{ ([1,2,3,4,5,6,7,8,9,10] * trigger.body.n) | tojson }}",
+            "{{ 'abc' | tojson(indent=trigger.body.n) }}{{ [1] * 2000000 }}",
+        ] {
+            let started = std::time::Instant::now();
+            let c = r.compile(&json!(template)).unwrap();
+            let err = render(&c, &ctx).unwrap_err().to_string();
+            assert!(
+                err.contains("exceeds") || err.contains("too large"),
+                "{template}: {err}"
+            );
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{template}"
+            );
+        }
+        // A huge indent is capped, not allocated.
+        let c = r
+            .compile(&json!("{{ {'a': 1} | tojson(indent=trigger.body.n) }}"))
+            .unwrap();
+        let v = render(&c, &ctx).unwrap();
+        assert_eq!(v, json!(format!("{{\n{}\"a\": 1\n}}", " ".repeat(16))));
     }
 
     #[test]

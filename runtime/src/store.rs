@@ -35,6 +35,8 @@ pub struct StoredMessage {
     pub visible_at: i64,
     pub attempt: u32,
     pub body: String,
+    /// Times the process stopped while this message's step ran (see `inflight`).
+    pub crashes: u32,
 }
 
 /// A step's run, for the execution history (already redacted).
@@ -79,6 +81,13 @@ pub enum Op {
         step: String,
         error: String,
         at: i64,
+        /// The body to keep instead of the message's (its secrets masked).
+        body: Option<String>,
+    },
+    /// Record how many times the process stopped while a message's step ran.
+    SetCrashes {
+        id: i64,
+        crashes: u32,
     },
     RecordStep(StepRun),
     /// Adjust an execution's count of messages in flight; at zero it is finished.
@@ -96,8 +105,10 @@ pub enum Op {
         value: String,
     },
     /// Claims a key once: fails the whole request if it was claimed before (de-duplication).
+    /// The claim remembers `at` (Unix ms) so that old claims can be pruned.
     Claim {
         key: String,
+        at: i64,
     },
     /// Move a dead letter back onto its queue.
     Replay {
@@ -108,10 +119,12 @@ pub enum Op {
     RequestReplay {
         dead_letter: i64,
     },
-    /// Drop executions beyond the newest `keep`, and those older than `before`.
+    /// Drop executions beyond the newest `keep`, and those older than `before`; drop
+    /// webhook-id claims made before `claims_before`.
     Prune {
         keep: i64,
         before: i64,
+        claims_before: i64,
     },
 }
 
@@ -202,12 +215,13 @@ pub struct Store {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     execution TEXT NOT NULL,
     visible_at INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    crashes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY,
@@ -235,7 +249,7 @@ CREATE TABLE IF NOT EXISTS step_runs (
 );
 CREATE INDEX IF NOT EXISTS step_runs_execution ON step_runs(execution);
 CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     execution TEXT NOT NULL,
     step TEXT NOT NULL,
@@ -264,15 +278,74 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Stores created before ids were never reused: their `messages` and `dead_letters` tables
+/// are rebuilt with `AUTOINCREMENT` (so an id named to `weft dlq replay` is never another
+/// message's) and `messages` gains its `crashes` count.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let sql_of = |conn: &Connection, table: &str| -> rusqlite::Result<Option<String>> {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    let tx = conn.transaction()?;
+    for (table, columns) in [
+        (
+            "messages",
+            "id, queue, execution, visible_at, attempt, body",
+        ),
+        (
+            "dead_letters",
+            "id, queue, execution, step, attempt, body, error, failed_at",
+        ),
+    ] {
+        let Some(sql) = sql_of(&tx, table)? else {
+            continue; // a new store
+        };
+        if sql.contains("AUTOINCREMENT") {
+            continue;
+        }
+        tx.execute_batch(&format!(
+            "ALTER TABLE {table} RENAME TO {table}_before_migration"
+        ))?;
+        tx.execute_batch(SCHEMA)?;
+        tx.execute_batch(&format!(
+            "INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_before_migration;
+             DROP TABLE {table}_before_migration;"
+        ))?;
+    }
+    tx.commit()
+}
+
 impl Store {
     /// Opens (or creates) the store and starts its writer thread.
     pub fn open(path: &Path, on_commit: OnCommit) -> Result<Store, StoreError> {
+        Store::open_with(path, on_commit, None)
+    }
+
+    /// Opens the store; past `max_bytes`, commits fail as on a full disk.
+    pub fn open_with(
+        path: &Path,
+        on_commit: OnCommit,
+        max_bytes: Option<u64>,
+    ) -> Result<Store, StoreError> {
         let open_error = |e: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
             source: Arc::new(e),
         };
-        let conn = open(path).map_err(open_error)?;
+        let mut conn = open(path).map_err(open_error)?;
+        migrate(&mut conn).map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
+        if let Some(max) = max_bytes {
+            let page: i64 = conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))
+                .map_err(open_error)?;
+            let pages = i64::try_from(max).unwrap_or(i64::MAX) / page.max(1);
+            conn.pragma_update(None, "max_page_count", pages.max(1))
+                .map_err(open_error)?;
+        }
         let (tx, rx) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("weft-store-writer".into())
@@ -303,7 +376,7 @@ impl Store {
     pub fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
-            "SELECT id, queue, execution, visible_at, attempt, body FROM messages ORDER BY id",
+                        "SELECT id, queue, execution, visible_at, attempt, body, crashes FROM messages ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(StoredMessage {
@@ -313,6 +386,7 @@ impl Store {
                 visible_at: r.get(3)?,
                 attempt: r.get(4)?,
                 body: r.get(5)?,
+                crashes: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -414,10 +488,10 @@ fn apply(
             tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
                 .execute(params![key, value])?;
         }
-        Op::Claim { key } => {
+        Op::Claim { key, at } => {
             let inserted = tx
-                .prepare_cached("INSERT OR IGNORE INTO state (key, value) VALUES (?1, '1')")?
-                .execute([key])?;
+                .prepare_cached("INSERT OR IGNORE INTO state (key, value) VALUES (?1, ?2)")?
+                .execute(params![key, at.to_string()])?;
             if inserted == 0 {
                 return Err(StoreError::Duplicate(key.clone()));
             }
@@ -446,7 +520,12 @@ fn apply_queue(
                 visible_at: m.visible_at,
                 attempt: m.attempt,
                 body: m.body.clone(),
+                crashes: 0,
             });
+        }
+        Op::SetCrashes { id, crashes } => {
+            tx.prepare_cached("UPDATE messages SET crashes = ?2 WHERE id = ?1")?
+                .execute(params![id, crashes])?;
         }
         Op::Ack(id) => {
             tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
@@ -457,13 +536,15 @@ fn apply_queue(
             visible_at,
             attempt,
         } => {
-            let row: Option<(String, String, String)> = tx
-                .prepare_cached("SELECT queue, execution, body FROM messages WHERE id = ?1")?
-                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            let row: Option<(String, String, String, u32)> = tx
+                .prepare_cached(
+                    "SELECT queue, execution, body, crashes FROM messages WHERE id = ?1",
+                )?
+                .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
             tx.prepare_cached("UPDATE messages SET visible_at = ?2, attempt = ?3 WHERE id = ?1")?
                 .execute(params![id, visible_at, attempt])?;
-            if let Some((queue, execution, body)) = row {
+            if let Some((queue, execution, body, crashes)) = row {
                 committed.enqueued.push(StoredMessage {
                     id: *id,
                     queue,
@@ -471,6 +552,7 @@ fn apply_queue(
                     visible_at: *visible_at,
                     attempt: *attempt,
                     body,
+                    crashes,
                 });
             }
         }
@@ -479,12 +561,13 @@ fn apply_queue(
             step,
             error,
             at,
+            body,
         } => {
             tx.prepare_cached(
                 "INSERT INTO dead_letters (queue, execution, step, attempt, body, error, failed_at)
-                 SELECT queue, execution, ?2, attempt, body, ?3, ?4 FROM messages WHERE id = ?1",
+                 SELECT queue, execution, ?2, attempt, COALESCE(?5, body), ?3, ?4 FROM messages WHERE id = ?1",
             )?
-            .execute(params![id, step, error, at])?;
+            .execute(params![id, step, error, at, body])?;
             tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
                 .execute([id])?;
         }
@@ -572,7 +655,16 @@ fn apply_history(
             tx.prepare_cached("UPDATE executions SET status = 'failed', error = ?2 WHERE id = ?1")?
                 .execute(params![execution, error])?;
         }
-        Op::Prune { keep, before } => {
+        Op::Prune {
+            keep,
+            before,
+            claims_before,
+        } => {
+            // Claims older than the replay tolerance can no longer be replayed validly.
+            tx.execute(
+                "DELETE FROM state WHERE key LIKE 'webhook-id:%' AND CAST(value AS INTEGER) < ?1",
+                [claims_before],
+            )?;
             tx.execute(
                 "DELETE FROM executions WHERE finished_at IS NOT NULL AND (started_at < ?2 OR id NOT IN (SELECT id FROM executions ORDER BY started_at DESC LIMIT ?1))",
                 params![keep, before],

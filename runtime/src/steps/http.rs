@@ -6,7 +6,8 @@ use serde_json::{Map, Value, json};
 use weft_plan::Builtin;
 
 use super::{StepEnv, StepError, duration, required_str, str_field};
-use crate::http::check_url;
+use crate::http::{check_url, is_egress_denial};
+use crate::nesting::{MAX_NESTING, nesting};
 
 /// Runs an `http.*` built-in.
 pub(super) async fn run(
@@ -66,7 +67,7 @@ pub(super) async fn send(
             "`{url}` is not an http(s) URL"
         )));
     }
-    check_url(&parsed, env.deny_private).map_err(StepError::permanent)?;
+    check_url(&parsed, env.deny_private).map_err(|e| StepError::permanent(e.to_string()))?;
     let method: reqwest::Method = method
         .parse()
         .map_err(|_| StepError::permanent(format!("invalid method `{method}`")))?;
@@ -115,7 +116,7 @@ pub(super) async fn send(
             source = cause.source();
         }
         let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
-        if detail.contains("egress policy") {
+        if is_egress_denial(&e) {
             return StepError::permanent(format!("{url}: {detail}"));
         }
         StepError::retryable(format!("{url}: {detail}"))
@@ -131,20 +132,52 @@ pub(super) async fn send(
             )
         })
         .collect();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| StepError::retryable(format!("{url}: reading the response: {e}")))?;
+    let bytes = read_limited(response, url, crate::render::max_output()).await?;
     let body = serde_json::from_slice::<Value>(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    if nesting(&body) > MAX_NESTING {
+        return Err(StepError::permanent(format!(
+            "{url}: the answer nests deeper than {MAX_NESTING} levels"
+        )));
+    }
     match status {
         200..=399 => Ok(json!({ "status": status, "headers": response_headers, "body": body })),
         408 | 429 | 500..=599 => Err(StepError::retryable(format!("{url} answered {status}"))),
         _ => Err(StepError::permanent(format!(
             "{url} answered {status}: {}",
-            truncate(&body.to_string(), 300)
+            // Redacted before it is cut: a cut secret would otherwise leak its prefix.
+            truncate(&env.redactor.str(&body.to_string()), 300)
         ))),
     }
+}
+
+/// Reads a response body of at most `limit` bytes (the step output limit).
+async fn read_limited(
+    mut response: reqwest::Response,
+    url: &str,
+    limit: usize,
+) -> Result<Vec<u8>, StepError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large(url, limit));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| StepError::retryable(format!("{url}: reading the response: {e}")))?
+    {
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large(url, limit));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+fn too_large(url: &str, limit: usize) -> StepError {
+    StepError::permanent(format!(
+        "{url}: the response exceeds {limit} bytes (the step output limit)"
+    ))
 }
 
 fn truncate(s: &str, n: usize) -> String {
