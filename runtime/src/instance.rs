@@ -12,7 +12,7 @@ use crate::error::{StartError, TemplateError};
 use crate::metrics::StepLabels;
 use crate::render::{self, Compiled, Renderer};
 use crate::steps::{ActionCall, RenderedHttp};
-use crate::triggers::PollRt;
+use crate::triggers::{PollRt, ScheduleRt};
 
 /// A step ready to run: its plan, compiled templates and outgoing edges.
 pub struct StepRt {
@@ -75,6 +75,8 @@ pub struct FlowRt {
     pub steps: HashMap<String, Arc<StepRt>>,
     /// The poll trigger, compiled (`None` for other triggers).
     pub poll: Option<Arc<PollRt>>,
+    /// The schedule, parsed (`None` for other triggers).
+    pub schedule: Option<Arc<ScheduleRt>>,
 }
 
 /// One instance (customer × integration) ready to run.
@@ -242,11 +244,21 @@ impl FlowBuilder<'_> {
             Trigger::Poll { .. } => Some(Arc::new(self.poll(flow)?)),
             _ => None,
         };
+        let schedule = match &flow.trigger {
+            Trigger::Schedule { cron, timezone } => Some(Arc::new(
+                ScheduleRt::new(cron, timezone).map_err(|message| StartError::Plan {
+                    instance: self.key.to_string(),
+                    message: format!("flow `{}`: {message}", flow.name),
+                })?,
+            )),
+            _ => None,
+        };
         Ok(FlowRt {
             name: flow.name.clone(),
             entry_queue: flow.entry_queue.clone(),
             steps,
             poll,
+            schedule,
         })
     }
 

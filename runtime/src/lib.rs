@@ -380,14 +380,15 @@ fn spawn_triggers(engine: &Arc<Engine>) {
         for flow in instance.plan.flows.iter().filter(|f| f.enabled) {
             let name = flow.name.clone();
             match &flow.trigger {
-                Trigger::Schedule { cron, timezone } => {
-                    tokio::spawn(triggers::schedule(
-                        engine.clone(),
-                        instance.clone(),
-                        name,
-                        cron.clone(),
-                        timezone.clone(),
-                    ));
+                Trigger::Schedule { .. } => {
+                    if let Some(schedule) = instance.flows[&flow.name].schedule.clone() {
+                        tokio::spawn(triggers::schedule(
+                            engine.clone(),
+                            instance.clone(),
+                            name,
+                            schedule,
+                        ));
+                    }
                 }
                 Trigger::Deploy => {
                     tokio::spawn(triggers::deploy(

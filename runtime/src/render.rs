@@ -199,7 +199,7 @@ fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Val
         ValueKind::Undefined | ValueKind::None => Value::Null,
         ValueKind::Bool => Value::Bool(v.is_true()),
         ValueKind::Number => {
-                        charge(budget, 8)?;
+            charge(budget, 8)?;
             // A number serializes as what it is (25.0 stays a float).
             serde_json::to_value(v).unwrap_or(Value::Null)
         }

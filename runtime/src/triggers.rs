@@ -18,19 +18,33 @@ use crate::render::{self, Compiled};
 use crate::steps;
 use crate::store::Op;
 
+/// A schedule, parsed when the runtime starts.
+pub struct ScheduleRt {
+    pub cron: croner::Cron,
+    pub timezone: chrono_tz::Tz,
+}
+
+impl ScheduleRt {
+    pub fn new(cron: &str, timezone: &str) -> Result<ScheduleRt, String> {
+        Ok(ScheduleRt {
+            cron: croner::Cron::from_str(cron)
+                .map_err(|e| format!("invalid cron `{cron}`: {e}"))?,
+            timezone: timezone
+                .parse()
+                .map_err(|_| format!("unknown timezone `{timezone}`"))?,
+        })
+    }
+}
+
 /// Runs a schedule until the engine stops. The last fired time is saved with each execution;
 /// after a restart, an occurrence missed while the process was down runs once.
 pub async fn schedule(
     engine: Arc<Engine>,
     instance: Arc<InstanceRt>,
     flow: String,
-    cron: String,
-    timezone: String,
+    schedule: Arc<ScheduleRt>,
 ) {
-    let Ok(cron) = croner::Cron::from_str(&cron) else {
-        return;
-    };
-    let tz: chrono_tz::Tz = timezone.parse().unwrap_or(chrono_tz::UTC);
+    let (cron, tz) = (&schedule.cron, schedule.timezone);
     let key = format!("schedule:{}:{flow}", instance.key);
     let mut last: i64 = engine
         .store()
@@ -45,6 +59,7 @@ pub async fn schedule(
             .single()
             .unwrap_or_else(|| tz.from_utc_datetime(&Utc::now().naive_utc()));
         let Ok(next) = cron.find_next_occurrence(&after, false) else {
+            tracing::error!(flow = %flow, instance = %instance.key, "the schedule has no next occurrence; it stops");
             return;
         };
         let due = next.timestamp_millis();

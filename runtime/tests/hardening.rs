@@ -1,0 +1,465 @@
+//! What hostile callers, hostile upstreams and a full disk do to the runtime: each test is one
+//! attack of the hardening review, against a real runtime on 127.0.0.1 and a real store.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Running, SECRET, Sink, TOKEN, repo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weft_compiler::repo::Sources;
+use weft_runtime::history;
+use weft_runtime::store::{NewExecution, NewMessage, Op, Store, StoreError};
+
+/// The orders repository plus one unauthenticated webhook flow whose single step is `step`.
+fn repo_with(sink: std::net::SocketAddr, name: &str, steps: &str) -> Sources {
+    repo(
+        sink,
+        &format!(
+            "  {name}:\n    trigger:\n      webhook: {{ path: /{name} }}\n    steps:\n{steps}"
+        ),
+    )
+}
+
+async fn post(rt: &Running, path: &str, body: &Value) -> reqwest::Response {
+    rt.client
+        .post(format!("{}/hooks/acme/orders/{path}", rt.url))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Reads what the server sends until it closes the connection or `limit` passes.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&out).into(), true),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_are_answered_before_their_body_is_read() {
+    let (_, addr) = Sink::start().await;
+    let rt = Running::start(&repo(addr, ""), None).await;
+    let host = rt.url.trim_start_matches("http://").to_string();
+    // 40 callers each announce 9 MiB for a path with no webhook, and send none of it.
+    let mut answered = 0;
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(&host).await.unwrap();
+        let head = format!(
+            "POST /hooks/acme/orders/nope HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            9 * 1024 * 1024
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let (text, _) = read_until_closed(&mut s, Duration::from_secs(2)).await;
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+        answered += 1;
+    }
+    assert_eq!(answered, 40);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_flight_share_one_budget_and_slow_ones_time_out() {
+    let (_, addr) = Sink::start().await;
+    let rt = Running::start_tuned(&repo(addr, ""), None, |o| {
+        o.body_budget = 256 * 1024;
+        o.read_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let host = rt.url.trim_start_matches("http://").to_string();
+    let body = vec![b' '; 100 * 1024];
+    let mut stalled = Vec::new();
+    // Each caller sends 100 KiB of a 900 KiB body, then stalls: two fit the 256 KiB budget.
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(&host).await.unwrap();
+        let head = "POST /hooks/acme/orders/orders HTTP/1.1\r\nHost: x\r\nX-Signature: 00\r\nContent-Type: application/json\r\nContent-Length: 921600\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = TcpStream::connect(&host).await.unwrap();
+    let head = "POST /hooks/acme/orders/orders HTTP/1.1\r\nHost: x\r\nX-Signature: 00\r\nContent-Type: application/json\r\nContent-Length: 921600\r\n\r\n";
+    third.write_all(head.as_bytes()).await.unwrap();
+    let _ = third.write_all(&body).await;
+    let (text, _) = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(text.starts_with("HTTP/1.1 503"), "over the budget: {text}");
+    // The stalled callers are cut off at the body timeout.
+    for mut s in stalled {
+        let (text, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(closed);
+    }
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_headers_and_idle_connections_are_closed_and_connections_are_capped() {
+    let (_, addr) = Sink::start().await;
+    let rt = Running::start_tuned(&repo(addr, ""), None, |o| {
+        o.read_timeout = Duration::from_secs(1);
+        o.max_connections = 8;
+    })
+    .await;
+    let host = rt.url.trim_start_matches("http://").to_string();
+    let mut partial = TcpStream::connect(&host).await.unwrap();
+    partial
+        .write_all(b"POST /hooks/acme/orders/orders HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut partial, Duration::from_secs(4)).await;
+    assert!(closed, "a partial header is closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    // Eight idle connections take every slot; a ninth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(&host).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut ninth = TcpStream::connect(&host).await.unwrap();
+    let (_, closed) = read_until_closed(&mut ninth, Duration::from_millis(800)).await;
+    assert!(closed, "past the cap, a connection is closed at once");
+    // Idle ones are closed after the read timeout, and the slots come back.
+    for s in &mut idle {
+        let (_, closed) = read_until_closed(s, Duration::from_secs(4)).await;
+        assert!(closed, "an idle connection is closed");
+    }
+    let r = reqwest::get(format!("{}/healthz", rt.url)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_bombs_fail_the_step_without_building_the_value() {
+    let (_, addr) = Sink::start().await;
+    let steps = "      - { id: grow, uses: transform, with: { value: \"{{ [1,2,3,4,5,6,7,8,9,10] * trigger.body.n }}\" } }\n      - { id: pretty, uses: transform, with: { value: \"{{ 'x' | tojson(indent=trigger.body.n) }}\" } }\n";
+    let rt = Running::start(&repo_with(addr, "bomb", steps), None).await;
+    let started = Instant::now();
+    assert_eq!(
+        post(&rt, "bomb", &json!({ "n": 10_000_000 }))
+            .await
+            .status(),
+        202
+    );
+    rt.wait_finished(1).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let e = &rt.executions()[0];
+    assert_eq!(e.status, "failed");
+    assert!(
+        e.error.as_deref().unwrap_or_default().contains("exceeds"),
+        "{:?}",
+        e.error
+    );
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_json_is_refused_at_the_gateway() {
+    let (_, addr) = Sink::start().await;
+    let steps = "      - { id: keep, uses: transform, with: { value: \"{{ trigger.body }}\" } }\n";
+    let rt = Running::start(&repo_with(addr, "deep", steps), None).await;
+    let nest = |n: usize| (0..n).fold(json!(1), |v, _| json!([v]));
+    let r = post(&rt, "deep", &nest(127)).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("nests deeper"));
+    assert_eq!(post(&rt, "deep", &nest(60)).await.status(), 202);
+    rt.wait_finished(1).await;
+    assert_eq!(rt.executions()[0].status, "succeeded");
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_message_fails_its_execution() {
+    let (_, addr) = Sink::start().await;
+    let sources = repo(addr, "");
+    let dir = tempfile::tempdir().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    {
+        let store = Store::open(&dir.path().join("weft.db"), Box::new(|_| {})).unwrap();
+        store
+            .commit(vec![
+                Op::StartExecution(NewExecution {
+                    id: "ex-1".into(),
+                    instance: "acme/orders".into(),
+                    flow: "order-created".into(),
+                    trigger: "{}".into(),
+                    started_at: now,
+                }),
+                Op::Enqueue(NewMessage {
+                    queue: "weft.acme.orders.order-created.contact".into(),
+                    execution: "ex-1".into(),
+                    visible_at: 0,
+                    attempt: 1,
+                    body: "{ not json".into(),
+                }),
+                Op::Pending {
+                    execution: "ex-1".into(),
+                    delta: 1,
+                    at: now,
+                },
+            ])
+            .await
+            .unwrap();
+    }
+    let rt = Running::start(&sources, Some(dir)).await;
+    rt.wait_finished(1).await;
+    let e = &rt.executions()[0];
+    assert_eq!(e.status, "failed", "{:?}", e.error);
+    let conn = history::open(rt.dir.path()).unwrap();
+    assert_eq!(history::dead_letters(&conn).unwrap().len(), 1);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_cut_by_the_error_excerpt_is_masked_first() {
+    let (sink, addr) = Sink::start().await;
+    // The upstream answers 400 with the token straddling the 300-character cut.
+    *sink.always.lock().unwrap() = Some(400);
+    *sink.answer.lock().unwrap() = Some(format!("{{\"e\":\"{}{TOKEN}\"}}", "x".repeat(290)));
+    let rt = Running::start(&repo(addr, ""), None).await;
+    rt.post_order(&json!({ "id": "o-1", "amount_cents": 5000 }))
+        .await;
+    rt.wait_finished(1).await;
+    let e = &rt.executions()[0];
+    let error = e.error.clone().unwrap_or_default();
+    assert!(error.contains("400"), "{error}");
+    assert!(
+        !error.contains("canary-crm"),
+        "a prefix of the token leaked: {error}"
+    );
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_keep_no_secret_in_their_body() {
+    let (echo, echo_addr) = Sink::start().await;
+    *echo.answer.lock().unwrap() = Some("{\"seen\": {headers}}".into());
+    let (failing, failing_addr) = Sink::start().await;
+    *failing.always.lock().unwrap() = Some(400);
+    let steps = format!(
+        "      - {{ id: echo, uses: http.post, with: {{ url: \"http://{echo_addr}/x\", headers: {{ Authorization: \"Bearer {{{{ config.token }}}}\" }}, body: {{ a: 1 }} }} }}\n      - {{ id: fail, uses: http.post, with: {{ url: \"http://{failing_addr}/y\", body: \"{{{{ steps.echo.body }}}}\" }} }}\n"
+    );
+    let rt = Running::start(&repo_with(echo_addr, "leak", &steps), None).await;
+    assert_eq!(post(&rt, "leak", &json!({})).await.status(), 202);
+    rt.wait_finished(1).await;
+    let conn = rusqlite::Connection::open(rt.dir.path().join("weft.db")).unwrap();
+    let bodies: Vec<String> = conn
+        .prepare("SELECT body FROM dead_letters")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(bodies.len(), 1);
+    assert!(!bodies[0].contains(TOKEN), "{}", bodies[0]);
+    assert!(bodies[0].contains("Bearer ***"), "{}", bodies[0]);
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_retries_the_commit_not_the_step() {
+    let (sink, addr) = Sink::start().await;
+    let rt = Running::start_tuned(&repo(addr, ""), None, |o| {
+        o.max_store_bytes = Some(160 * 1024);
+    })
+    .await;
+    // Fill the store until the gateway can no longer store events.
+    let mut accepted = 0;
+    for i in 0..400 {
+        let r = rt
+            .post_order(
+                &json!({ "id": format!("o-{i}"), "amount_cents": 5000, "pad": "p".repeat(2000) }),
+            )
+            .await;
+        if r.status() == 202 {
+            accepted += 1;
+        } else {
+            assert_eq!(r.status(), 503);
+            break;
+        }
+    }
+    assert!(accepted > 0 && accepted < 400, "accepted {accepted}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for (_, body) in sink.received.lock().unwrap().iter() {
+        *per_id.entry(body["id"].to_string()).or_default() += 1;
+    }
+    let most = per_id.values().copied().max().unwrap_or(0);
+    assert!(
+        most <= 1,
+        "a step was rerun {most} times while its commit failed"
+    );
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_upstream_answer_fails_the_step() {
+    let (sink, addr) = Sink::start().await;
+    *sink.answer.lock().unwrap() = Some(format!("\"{}\"", "z".repeat(200_000)));
+    let rt = Running::start_tuned(&repo(addr, ""), None, |o| o.max_output = 64 * 1024).await;
+    rt.post_order(&json!({ "id": "o-1", "amount_cents": 5000 }))
+        .await;
+    rt.wait_finished(1).await;
+    let e = &rt.executions()[0];
+    assert_ne!(e.status, "succeeded");
+    assert!(
+        e.error.as_deref().unwrap_or_default().contains("exceeds"),
+        "{:?}",
+        e.error
+    );
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_to_an_unknown_flow_fails_the_step() {
+    let (_, addr) = Sink::start().await;
+    // The compiler checks dispatch targets: a plan edited by hand (or built by another version)
+    // is how a dispatch reaches a flow that does not exist.
+    let steps = "      - { id: hand-off, uses: dispatch, with: { flow: order-created, payload: 1 }, on_error: fail }\n";
+    let mut plans = support::compile(&repo_with(addr, "relay", steps));
+    for flow in &mut plans[0].flows {
+        for step in &mut flow.steps {
+            if step.id == "hand-off" {
+                step.with.insert("flow".into(), json!("nowhere"));
+            }
+        }
+    }
+    let rt = Running::start_plans(plans, None, |_| {}).await;
+    assert_eq!(post(&rt, "relay", &json!({})).await.status(), 202);
+    rt.wait_finished(1).await;
+    let e = &rt.executions()[0];
+    assert_eq!(e.status, "failed");
+    assert!(e.error.as_deref().unwrap_or_default().contains("nowhere"));
+    rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plans_body_limit_is_the_gateways() {
+    let (_, addr) = Sink::start().await;
+    let mut sources = Sources::default();
+    for (path, text) in repo(addr, "")
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.text.clone()))
+    {
+        let text = if path == "weft.yaml" {
+            "weft: 1\ngateway: { max_body: 100KB }\n".to_string()
+        } else {
+            text
+        };
+        sources.add(path, text);
+    }
+    sources.sort();
+    let rt = Running::start_tuned(&sources, None, |o| o.max_body = 10_000_000).await;
+    let big = json!({ "id": "o-1", "amount_cents": 5, "pad": "p".repeat(150_000) });
+    assert_eq!(rt.post_order(&big).await.status(), 413);
+    let small = json!({ "id": "o-1", "amount_cents": 5, "pad": "p".repeat(50_000) });
+    assert_eq!(rt.post_order(&small).await.status(), 202);
+    rt.stop().await;
+}
+
+#[tokio::test]
+async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("weft.db"), Box::new(|_| {})).unwrap();
+    let enqueue = |id: &str| {
+        Op::Enqueue(NewMessage {
+            queue: "q".into(),
+            execution: id.into(),
+            visible_at: 0,
+            attempt: 1,
+            body: "{}".into(),
+        })
+    };
+    let dead = |id: i64| Op::DeadLetter {
+        id,
+        step: "s".into(),
+        error: "e".into(),
+        at: 1,
+        body: None,
+    };
+    let first = store.commit(vec![enqueue("a")]).await.unwrap().enqueued[0].id;
+    store.commit(vec![dead(first)]).await.unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("weft.db")).unwrap();
+    let dl_id = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row("SELECT max(id) FROM dead_letters", [], |r| r.get(0))
+            .unwrap()
+    };
+    let first_dead = dl_id(&conn);
+    let replayed = store
+        .commit(vec![Op::Replay {
+            dead_letter: first_dead,
+            at: 1,
+        }])
+        .await
+        .unwrap()
+        .enqueued[0]
+        .id;
+    assert_ne!(replayed, first, "a message id is never reused");
+    store.commit(vec![dead(replayed)]).await.unwrap();
+    assert_ne!(dl_id(&conn), first_dead, "a dead-letter id is never reused");
+    // Claims: a repeat is a typed duplicate until the claim is pruned.
+    let claim = |at| Op::Claim {
+        key: "webhook-id:acme/orders:flow:msg-1".into(),
+        at,
+    };
+    store.commit(vec![claim(1_000)]).await.unwrap();
+    assert!(matches!(
+        store.commit(vec![claim(2_000)]).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    store
+        .commit(vec![Op::Prune {
+            keep: 1000,
+            before: 0,
+            claims_before: 1_500,
+        }])
+        .await
+        .unwrap();
+    store.commit(vec![claim(3_000)]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_cron_in_a_plan_stops_the_start_with_a_clear_error() {
+    let (_, addr) = Sink::start().await;
+    let sources = repo(
+        addr,
+        "  nightly:\n    trigger: { schedule: { cron: \"0 3 * * *\" } }\n    steps:\n      - { id: note, uses: log, with: { message: hi } }\n",
+    );
+    let mut plans = weft_compiler::compile(&sources).plans;
+    for flow in &mut plans[0].flows {
+        if let weft_plan::Trigger::Schedule { cron, .. } = &mut flow.trigger {
+            *cron = "61 * * * *".into();
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let options = weft_runtime::Options {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let err = weft_runtime::start(plans, options, secrets)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("cron"), "{err}");
+}
