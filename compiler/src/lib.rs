@@ -4,6 +4,7 @@
 //! [`repo`] (the only IO) → [`load`] (YAML tree, schema, model) → [`check`] (references,
 //! graphs) → [`instance`] (config, plans) → [`emit`] (bundle files).
 
+pub mod build;
 pub mod builtins;
 pub mod check;
 pub mod diagnostic;
