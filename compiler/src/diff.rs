@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::Compilation;
-use crate::check::CompiledIntegration;
 use crate::emit;
+use crate::lower::CompiledIntegration;
 use crate::plan::{Plan, Trigger};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
