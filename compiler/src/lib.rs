@@ -19,6 +19,7 @@ pub mod instance;
 pub mod load;
 pub mod lower;
 pub mod model;
+pub mod ops;
 pub mod pipeline;
 pub mod repo;
 pub mod schema;
