@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use weft_compiler::ops::publish::{self, Decision, Prepared};
+use weft_compiler::ops::publish::{self, Decision, Prepared, Rejected};
 
 use crate::report::{self, ColorChoice, DiagnosticFormat};
 
@@ -33,11 +33,12 @@ pub struct Args {
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let publication = match publish::prepare(&args.path, &args.rev)? {
-        Prepared::Errors {
-            sources,
-            compilation,
-            commit,
-        } => {
+        Prepared::Errors(rejected) => {
+            let Rejected {
+                sources,
+                compilation,
+                commit,
+            } = *rejected;
             report::print(&compilation, &sources, DiagnosticFormat::Human, color);
             eprintln!(
                 "publish failed: {} at {}; nothing published",

@@ -11,12 +11,16 @@ use crate::{Compilation, compile_with};
 /// What publishing a revision would do.
 pub enum Prepared {
     /// The revision has errors: nothing can be published.
-    Errors {
-        sources: Sources,
-        compilation: Compilation,
-        commit: String,
-    },
+    Errors(Box<Rejected>),
     Ready(Publication),
+}
+
+/// A revision with errors, and its compilation (to report them).
+pub struct Rejected {
+    pub sources: Sources,
+    pub compilation: Compilation,
+    /// The full commit id of the revision.
+    pub commit: String,
 }
 
 /// The decision for every integration of a revision that compiles.
@@ -62,11 +66,11 @@ pub fn prepare(path: &Path, rev: &str) -> Result<Prepared, Error> {
     let sources = git::read_at(path, &commit)?;
     let compilation = compile_with(&sources, &versions);
     if compilation.error_count() > 0 {
-        return Ok(Prepared::Errors {
+        return Ok(Prepared::Errors(Box::new(Rejected {
             sources,
             compilation,
             commit,
-        });
+        })));
     }
     let prefix = git::prefix(path)?;
     let decisions = compilation
