@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use weft_compiler::repo::{read_repo, write_bundles};
+use weft_compiler::build::write_bundles;
+use weft_compiler::repo::read_repo;
 
 #[test]
 fn docker_compose_accepts_every_emitted_file() {

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use weft_compiler::repo::{read_repo, write_bundles};
+use weft_compiler::build::write_bundles;
+use weft_compiler::repo::read_repo;
 use weft_compiler::{compile, yaml};
 
 #[global_allocator]

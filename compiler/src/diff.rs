@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::Compilation;
-use crate::check::CompiledIntegration;
 use crate::emit;
+use crate::lower::CompiledIntegration;
 use crate::plan::{Plan, Trigger};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -191,17 +191,16 @@ fn integration_diff(
     old_plans: &[&Plan],
     new_plans: &[&Plan],
 ) -> Option<IntegrationDiff> {
+    let whole = |status, breaking| IntegrationDiff {
+        name: name.into(),
+        status,
+        customers: customers(old_plans, new_plans),
+        changes: Vec::new(),
+        breaking,
+    };
     let (old, new) = match (old, new) {
         (None, None) => return None,
-        (None, Some(_)) => {
-            return Some(IntegrationDiff {
-                name: name.into(),
-                status: Status::Added,
-                customers: customers(old_plans, new_plans),
-                changes: Vec::new(),
-                breaking: Vec::new(),
-            });
-        }
+        (None, Some(_)) => return Some(whole(Status::Added, Vec::new())),
         (Some(_), None) => {
             let users: Vec<String> = old_plans.iter().map(|p| p.customer.clone()).collect();
             let breaking = if users.is_empty() {
@@ -212,16 +211,27 @@ fn integration_diff(
                     users.join(", ")
                 )]
             };
-            return Some(IntegrationDiff {
-                name: name.into(),
-                status: Status::Removed,
-                customers: customers(old_plans, new_plans),
-                changes: Vec::new(),
-                breaking,
-            });
+            return Some(whole(Status::Removed, breaking));
         }
         (Some(a), Some(b)) => (a, b),
     };
+    let changes = changes(old, new);
+    // Breaking changes: what breaks callers or existing instances.
+    let mut breaking = removed_config_in_use(old, new, old_plans);
+    breaking.extend(required_config_added(old, new, old_plans, new_plans));
+    breaking.extend(moved_webhooks(old, new));
+    if changes.is_empty() && breaking.is_empty() {
+        return None;
+    }
+    Some(IntegrationDiff {
+        changes,
+        breaking,
+        ..whole(Status::Changed, Vec::new())
+    })
+}
+
+/// Config variables, connections, flows, triggers and steps added, removed or changed.
+fn changes(old: &CompiledIntegration, new: &CompiledIntegration) -> Vec<Change> {
     let mut changes = Vec::new();
     compare(
         "config",
@@ -246,27 +256,37 @@ fn integration_diff(
     let triggers =
         |c: &CompiledIntegration| keyed(c.flows.iter().map(|f| (f.name.clone(), &f.trigger)));
     compare("trigger", &triggers(old), &triggers(new), &mut changes);
-    let steps = |c: &CompiledIntegration| {
-        keyed(c.flows.iter().flat_map(|f| {
-            f.steps.iter().map(move |s| {
-                let mut v = serde_json::to_value(s).unwrap_or_default();
-                if let Value::Object(m) = &mut v {
-                    m.remove("queue");
-                    // Where the step sits in the graph: its incoming edges.
-                    let from: Vec<Value> = f
-                        .edges
-                        .iter()
-                        .filter(|e| e.to == s.id)
-                        .map(|e| serde_json::json!({ "from": e.from, "kind": e.kind }))
-                        .collect();
-                    m.insert("after".into(), Value::Array(from));
-                }
-                (format!("{}/{}", f.name, s.id), v)
-            })
-        }))
-    };
     compare("step", &steps(old), &steps(new), &mut changes);
-    // Breaking changes: what breaks callers or existing instances.
+    changes
+}
+
+/// Every step by `<flow>/<id>`, without its queue, with where it sits in the graph.
+fn steps(c: &CompiledIntegration) -> BTreeMap<String, Value> {
+    keyed(c.flows.iter().flat_map(|f| {
+        f.steps.iter().map(move |s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            if let Value::Object(m) = &mut v {
+                m.remove("queue");
+                // Where the step sits in the graph: its incoming edges.
+                let from: Vec<Value> = f
+                    .edges
+                    .iter()
+                    .filter(|e| e.to == s.id)
+                    .map(|e| serde_json::json!({ "from": e.from, "kind": e.kind }))
+                    .collect();
+                m.insert("after".into(), Value::Array(from));
+            }
+            (format!("{}/{}", f.name, s.id), v)
+        })
+    }))
+}
+
+/// Config variables removed while instances set them.
+fn removed_config_in_use(
+    old: &CompiledIntegration,
+    new: &CompiledIntegration,
+    old_plans: &[&Plan],
+) -> Vec<String> {
     let mut breaking = Vec::new();
     for (var, _) in old
         .config
@@ -285,31 +305,48 @@ fn integration_diff(
             ));
         }
     }
-    for (var, spec) in new.config.iter().filter(|(_, v)| v.default.is_none()) {
+    breaking
+}
+
+/// Config variables that became required (no default) where instances do not set them.
+fn required_config_added(
+    old: &CompiledIntegration,
+    new: &CompiledIntegration,
+    old_plans: &[&Plan],
+    new_plans: &[&Plan],
+) -> Vec<String> {
+    let mut breaking = Vec::new();
+    for (var, _) in new.config.iter().filter(|(_, v)| v.default.is_none()) {
         let was_required = old.config.get(var).is_some_and(|o| o.default.is_none());
-        if !was_required {
-            let affected: Vec<&str> = old_plans
-                .iter()
-                .map(|p| p.customer.as_str())
-                .filter(|c| {
-                    !new_plans
-                        .iter()
-                        .any(|n| n.customer == *c && n.config.contains_key(var))
-                })
-                .collect();
-            if !affected.is_empty() || old_plans.is_empty() {
-                let _ = spec;
-                breaking.push(format!(
-                    "required config variable `{var}` added without a default{}",
-                    if affected.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; missing for {}", affected.join(", "))
-                    }
-                ));
-            }
+        if was_required {
+            continue;
+        }
+        let affected: Vec<&str> = old_plans
+            .iter()
+            .map(|p| p.customer.as_str())
+            .filter(|c| {
+                !new_plans
+                    .iter()
+                    .any(|n| n.customer == *c && n.config.contains_key(var))
+            })
+            .collect();
+        if !affected.is_empty() || old_plans.is_empty() {
+            breaking.push(format!(
+                "required config variable `{var}` added without a default{}",
+                if affected.is_empty() {
+                    String::new()
+                } else {
+                    format!("; missing for {}", affected.join(", "))
+                }
+            ));
         }
     }
+    breaking
+}
+
+/// Webhook flows whose path moved, or that were removed: callers must change.
+fn moved_webhooks(old: &CompiledIntegration, new: &CompiledIntegration) -> Vec<String> {
+    let mut breaking = Vec::new();
     for f in &old.flows {
         let Some(old_path) = webhook_path(f) else {
             continue;
@@ -320,16 +357,7 @@ fn integration_diff(
             _ => {}
         }
     }
-    if changes.is_empty() && breaking.is_empty() {
-        return None;
-    }
-    Some(IntegrationDiff {
-        name: name.into(),
-        status: Status::Changed,
-        customers: customers(old_plans, new_plans),
-        changes,
-        breaking,
-    })
+    breaking
 }
 
 /// The semantic diff between two compilations (base, head).

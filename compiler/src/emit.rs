@@ -1,4 +1,4 @@
-//! Stage 4: emitters. A plan becomes the files of a bundle: `plan.json`, `docker-compose.yaml`,
+//! Stage 5: emitters. A plan becomes the files of a bundle: `plan.json`, `docker-compose.yaml`,
 //! `.env.example` and `bundle.json` (with a content hash). Pure functions of their input: no
 //! timestamps, no absolute paths, ordered maps only.
 

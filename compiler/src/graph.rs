@@ -10,7 +10,7 @@ use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 
-use crate::plan::EdgeKind;
+pub use crate::plan::EdgeKind;
 
 /// A node of the step graph.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
-//! Reading a repository from disk: the compiler's only filesystem access. Everything after this
-//! works on [`Sources`], so tests and `weft diff` can compile text that never touched a disk.
+//! Reading a repository from disk; this module only reads (bundles are written by
+//! [`crate::build`]). Everything after it works on [`Sources`], so tests and `weft diff` can
+//! compile text that never touched a disk.
 
 use std::io;
 use std::path::Path;
@@ -114,47 +115,4 @@ pub fn read_repo(root: &Path) -> io::Result<Sources> {
     }
     sources.sort();
     Ok(sources)
-}
-
-/// Writes every instance's bundle into `out/<customer>/<integration>/`, in parallel. Returns
-/// each bundle's folder (relative to `out`) and content hash.
-pub fn write_bundles(
-    out: &Path,
-    plans: &[crate::plan::Plan],
-    project: &crate::model::Project,
-) -> io::Result<Vec<(String, String)>> {
-    write_bundles_with_progress(out, plans, project, &|| {})
-}
-
-/// [`write_bundles`], calling `written` after each bundle (for a progress bar).
-pub fn write_bundles_with_progress(
-    out: &Path,
-    plans: &[crate::plan::Plan],
-    project: &crate::model::Project,
-    written: &(dyn Fn() + Sync),
-) -> io::Result<Vec<(String, String)>> {
-    use rayon::prelude::*;
-    plans
-        .par_iter()
-        .map(|plan| {
-            let rel = crate::emit::bundle_dir(plan);
-            let dir = out.join(&rel);
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
-            })?;
-            let files = crate::emit::bundle(plan, project);
-            for f in &files.files {
-                let path = dir.join(f.name);
-                // Unchanged files are left alone: rebuilds are cheap and mtimes stay meaningful.
-                if std::fs::read(&path).is_ok_and(|old| old == f.contents.as_bytes()) {
-                    continue;
-                }
-                std::fs::write(&path, &f.contents).map_err(|e| {
-                    io::Error::new(e.kind(), format!("writing {}: {e}", path.display()))
-                })?;
-            }
-            written();
-            Ok((rel, files.content_hash))
-        })
-        .collect()
 }

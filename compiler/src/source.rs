@@ -35,14 +35,6 @@ impl SourceFile {
         (line + 1, col + 1)
     }
 
-    /// The byte offset of a 1-based line's first character.
-    pub fn line_start(&self, line: usize) -> usize {
-        self.line_starts
-            .get(line.saturating_sub(1))
-            .copied()
-            .unwrap_or(self.text.len())
-    }
-
     /// Clamps a byte range to the text and to character boundaries.
     pub fn clamp(&self, span: Range<usize>) -> Range<usize> {
         let mut start = span.start.min(self.text.len());

@@ -74,23 +74,6 @@ macro_rules! path {
     ($($seg:expr),* $(,)?) => { Vec::<$crate::yaml::Seg>::from([$($crate::yaml::Seg::from($seg)),*]) };
 }
 
-/// Renders a path the way users read it: `flows.order-created.steps[2].with`.
-pub fn display_path(path: &[Seg]) -> String {
-    let mut out = String::new();
-    for seg in path {
-        match seg {
-            Seg::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Seg::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
 /// A YAML syntax error.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {

@@ -80,7 +80,7 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let written = weft_compiler::repo::write_bundles_with_progress(
+    let written = weft_compiler::build::write_bundles_with_progress(
         &args.out,
         &compilation.plans,
         &compilation.project,

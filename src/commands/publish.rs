@@ -4,8 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use weft_compiler::git::{self, GitVersions};
+use weft_compiler::ops::publish::{self, Decision, Prepared, Rejected};
 
 use crate::report::{self, ColorChoice, DiagnosticFormat};
 
@@ -33,72 +32,38 @@ pub struct Args {
 }
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    let commit =
-        git::resolve(&args.path, &args.rev).with_context(|| format!("resolving {}", args.rev))?;
-    let versions = GitVersions::load(&args.path).context("reading the version tags")?;
-    let sources = git::read_at(&args.path, &commit)?;
-    let compilation = weft_compiler::compile_with(&sources, &versions);
-    if compilation.error_count() > 0 {
-        report::print(&compilation, &sources, DiagnosticFormat::Human, color);
-        eprintln!(
-            "publish failed: {} at {}; nothing published",
-            report::summary(&compilation),
-            &commit[..10]
-        );
-        return Ok(ExitCode::from(1));
-    }
-    let prefix = git::prefix(&args.path)?;
-    let mut published = 0;
-    for (name, integration) in &compilation.integrations {
-        let hash = integration.content_hash();
-        let history = versions.of(name);
-        let latest = history.last();
-        if latest.is_some_and(|l| l.hash.as_deref() == Some(hash.as_str())) {
-            println!(
-                "{name}: unchanged since v{}",
-                latest.map_or(0, |l| l.version)
+    let publication = match publish::prepare(&args.path, &args.rev)? {
+        Prepared::Errors(rejected) => {
+            let Rejected {
+                sources,
+                compilation,
+                commit,
+            } = *rejected;
+            report::print(&compilation, &sources, DiagnosticFormat::Human, color);
+            eprintln!(
+                "publish failed: {} at {}; nothing published",
+                report::summary(&compilation),
+                &commit[..10]
             );
-            continue;
+            return Ok(ExitCode::from(1));
         }
-        let version = latest.map_or(1, |l| l.version + 1);
-        let range = match latest {
-            Some(l) => format!("{}..{commit}", l.commit),
-            None => commit.clone(),
+        Prepared::Ready(publication) => publication,
+    };
+    let commit = &publication.commit;
+    let mut published = 0;
+    for decision in &publication.decisions {
+        let new = match decision {
+            Decision::Unchanged { name, version } => {
+                println!("{name}: unchanged since v{version}");
+                continue;
+            }
+            Decision::Changed(new) => new,
         };
-        let log = git::run(
-            &args.path,
-            &[
-                "log",
-                "--no-merges",
-                "--format=- %s (%h)",
-                &range,
-                "--",
-                &format!(":/{prefix}integrations/{name}"),
-                &format!(":/{prefix}components"),
-            ],
-        )
-        .unwrap_or_default();
-        let notes = if log.trim().is_empty() {
-            "- (no commit message touches this integration)".to_string()
-        } else {
-            log.trim_end().to_string()
-        };
-        let tag = format!("{name}/v{version}");
+        let (name, tag) = (&new.integration, &new.tag);
         if args.dry_run {
-            println!("{name}: would publish {tag} ({hash})\n{notes}");
+            println!("{name}: would publish {tag} ({})\n{}", new.hash, new.notes);
         } else {
-            git::run(
-                &args.path,
-                &[
-                    "tag",
-                    "-a",
-                    &tag,
-                    "-m",
-                    &git::tag_message(name, version, &hash, &notes),
-                    &commit,
-                ],
-            )
-            .with_context(|| format!("creating tag {tag}"))?;
+            publish::tag(&args.path, commit, new)?;
             println!("{name}: published {tag}");
         }
         published += 1;

@@ -4,9 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
-use weft_compiler::git::GitVersions;
-use weft_compiler::model::{NamedVersion, VersionPin};
+use weft_compiler::ops::versions::{self, IntegrationVersions};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -27,104 +25,66 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let versions = GitVersions::load(&args.path).context("reading the version tags")?;
-    let sources = super::read(&args.path)?;
-    let compilation = weft_compiler::check_with(&sources, &versions);
-    let (repo, _) = weft_compiler::load::load(&sources);
-    let history = versions.of(&args.integration);
-    let known = compilation.integrations.contains_key(&args.integration) || !history.is_empty();
-    if !known {
-        bail!("no integration `{}`", args.integration);
+    let report = versions::versions(&args.path, &args.integration)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&report))?);
+    } else {
+        print_human(&report);
     }
-    let latest = history.last().map(|p| p.version);
-    let draft_hash = compilation
-        .integrations
-        .get(&args.integration)
-        .map(|i| i.content_hash());
-    let is_draft =
-        draft_hash.is_some() && history.last().and_then(|p| p.hash.clone()) != draft_hash;
-    // Which instances run which version.
-    let mut runs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for i in repo
-        .instances
-        .iter()
-        .filter(|i| i.model.integration.0 == args.integration)
-    {
-        let customer = i
-            .model
-            .customer
-            .as_ref()
-            .map_or(i.folder.clone(), |c| c.0.clone());
-        let v = match i.model.version {
-            VersionPin::Number(n) => format!("v{n}"),
-            VersionPin::Named(NamedVersion::Latest) => {
-                latest.map_or("latest (none)".into(), |n| format!("v{n}"))
-            }
-            VersionPin::Named(NamedVersion::Draft) => "draft".into(),
-        };
-        runs.entry(v).or_default().push(customer);
-    }
-    let unavailable: Vec<u32> = repo
+    Ok(ExitCode::SUCCESS)
+}
+
+fn to_json(report: &IntegrationVersions) -> serde_json::Value {
+    let list: Vec<_> = report
         .versions
         .iter()
-        .filter(|v| v.folder == args.integration)
-        .flat_map(|v| v.model.unavailable.clone())
-        .collect();
-    if args.json {
-        let list: Vec<_> = history
-            .iter()
-            .map(|p| serde_json::json!({
+        .map(|v| {
+            let p = &v.published;
+            serde_json::json!({
                 "version": p.version, "tag": p.tag, "commit": p.commit, "date": p.date, "hash": p.hash, "notes": p.notes,
-                "available": !unavailable.contains(&p.version),
-                "instances": runs.get(&format!("v{}", p.version)).cloned().unwrap_or_default(),
-            }))
-            .collect();
-        let doc = serde_json::json!({ "integration": args.integration, "versions": list, "draft": is_draft, "draft_instances": runs.get("draft").cloned().unwrap_or_default() });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if history.is_empty() {
+                "available": v.available,
+                "instances": v.instances,
+            })
+        })
+        .collect();
+    serde_json::json!({ "integration": report.integration, "versions": list, "draft": report.draft, "draft_instances": report.draft_instances })
+}
+
+fn print_human(report: &IntegrationVersions) {
+    if report.versions.is_empty() {
         println!(
             "{}: no published version (run `weft publish`)",
-            args.integration
+            report.integration
         );
     }
-    for p in &history {
-        let instances = runs
-            .get(&format!("v{}", p.version))
-            .map(|c| c.join(", "))
-            .unwrap_or_default();
+    for v in &report.versions {
+        let p = &v.published;
         println!(
             "v{:<4} {}  {}  {}{}{}",
             p.version,
             &p.commit[..p.commit.len().min(10)],
             p.date.get(..10).unwrap_or(&p.date),
             p.hash.as_deref().map_or("", |h| h.get(..19).unwrap_or(h)),
-            if unavailable.contains(&p.version) {
-                "  (unavailable)"
-            } else {
-                ""
-            },
-            if instances.is_empty() {
-                String::new()
-            } else {
-                format!("  ← {instances}")
-            }
+            if v.available { "" } else { "  (unavailable)" },
+            running(&v.instances)
         );
         for note in p.notes.lines() {
             println!("        {note}");
         }
     }
-    if is_draft {
-        let instances = runs.get("draft").map(|c| c.join(", ")).unwrap_or_default();
+    if report.draft {
         println!(
             "draft  (working tree differs from the latest version){}",
-            if instances.is_empty() {
-                String::new()
-            } else {
-                format!("  ← {instances}")
-            }
+            running(&report.draft_instances)
         );
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `  ← customer, customer`, or nothing.
+fn running(customers: &[String]) -> String {
+    if customers.is_empty() {
+        String::new()
+    } else {
+        format!("  ← {}", customers.join(", "))
+    }
 }

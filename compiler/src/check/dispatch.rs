@@ -1,0 +1,82 @@
+//! `dispatch` steps: the flow they name exists, and flows never dispatch to each other in a
+//! cycle (a payload must not come back to a flow it passed through).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use petgraph::graph::{DiGraph, NodeIndex};
+
+use super::IntegrationChecker;
+use super::steps::FlowWalk;
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::model::Integration;
+use crate::yaml::Path;
+
+/// A dispatch from one flow to another: source, target, and the path of the step's `flow:`.
+pub(super) type DispatchEdge = (String, String, Path);
+
+impl IntegrationChecker<'_, '_> {
+    /// The flow a `dispatch` step names (at `at`) is one of this integration's.
+    pub(super) fn check_dispatch_target(
+        &mut self,
+        m: &Integration,
+        walk: &mut FlowWalk<'_>,
+        target: &str,
+        at: Path,
+    ) {
+        if m.flows.contains_key(target) {
+            walk.dispatches.push((target.to_string(), at));
+        } else {
+            let help = did_you_mean(target, m.flows.keys().map(String::as_str));
+            self.error(
+                Code::UnknownFlow,
+                format!("unknown flow `{target}`"),
+                &at,
+                "no such flow in this integration",
+            )
+            .help = help;
+        }
+    }
+
+    /// One diagnostic per cycle of flows that dispatch to each other.
+    pub(super) fn check_dispatch_cycles(&mut self, m: &Integration, edges: &[DispatchEdge]) {
+        let mut graph = DiGraph::<&str, usize>::new();
+        let nodes: BTreeMap<&str, NodeIndex> = m
+            .flows
+            .keys()
+            .map(|k| (k.as_str(), graph.add_node(k.as_str())))
+            .collect();
+        for (i, (from, to, _)) in edges.iter().enumerate() {
+            graph.add_edge(nodes[from.as_str()], nodes[to.as_str()], i);
+        }
+        for scc in petgraph::algo::tarjan_scc(&graph) {
+            let cyclic = scc.len() > 1 || graph.contains_edge(scc[0], scc[0]);
+            if !cyclic {
+                continue;
+            }
+            let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+            let mut names: Vec<&str> = scc.iter().map(|n| graph[*n]).collect();
+            names.sort_by_key(|n| m.flows.get_index_of(*n));
+            let mut diag = Diagnostic::error(
+                Code::DispatchCycle,
+                format!(
+                    "flows dispatch to each other in a cycle: {}",
+                    names.join(" → ")
+                ),
+            );
+            for e in graph.edge_indices() {
+                let (a, b) = graph.edge_endpoints(e).expect("edge");
+                if members.contains(&a) && members.contains(&b) {
+                    let (from, to, at) = &edges[graph[e]];
+                    diag = diag.at(
+                        self.loaded.file,
+                        self.site.span(at),
+                        format!("`{from}` dispatches to `{to}`"),
+                    );
+                }
+            }
+            self.out.push(
+                diag.help("a dispatched payload must not come back to a flow it passed through"),
+            );
+        }
+    }
+}

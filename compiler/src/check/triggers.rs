@@ -1,0 +1,147 @@
+//! Triggers: one flow per webhook method and path, templates in webhook auth, cron expressions
+//! and timezones of schedules, and what a poll calls and reads.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::IntegrationChecker;
+use crate::diagnostic::{Code, Diagnostic, did_you_mean};
+use crate::model::{Flow, Integration, PollTrigger, ScheduleTrigger, WebhookTrigger};
+use crate::path;
+use crate::scope::{Scope, check_template, check_value};
+use crate::yaml::Seg;
+
+/// The flow listening on each webhook method and path.
+pub(super) type WebhookPaths = BTreeMap<(String, String), String>;
+
+impl IntegrationChecker<'_, '_> {
+    pub(super) fn check_trigger(
+        &mut self,
+        m: &Integration,
+        name: &str,
+        flow: &Flow,
+        webhook_paths: &mut WebhookPaths,
+    ) {
+        let t = &flow.trigger;
+        if let Some(w) = &t.webhook {
+            self.check_webhook(m, name, w, webhook_paths);
+        }
+        if let Some(s) = &t.schedule {
+            self.check_schedule(name, s);
+        }
+        if let Some(p) = &t.poll {
+            self.check_poll(m, name, p);
+        }
+    }
+
+    fn check_webhook(
+        &mut self,
+        m: &Integration,
+        name: &str,
+        w: &WebhookTrigger,
+        webhook_paths: &mut WebhookPaths,
+    ) {
+        let key = (format!("{:?}", w.method), w.path.clone());
+        if let Some(first) = webhook_paths.get(&key) {
+            let first_span = self
+                .site
+                .span(&path!["flows", first, "trigger", "webhook", "path"]);
+            let span = self
+                .site
+                .span(&path!["flows", name, "trigger", "webhook", "path"]);
+            self.out.push(
+                Diagnostic::error(
+                    Code::DuplicateWebhookPath,
+                    format!("two webhook flows listen on `{}`", w.path),
+                )
+                .at(
+                    self.loaded.file,
+                    span,
+                    format!("flow `{name}` listens here"),
+                )
+                .at(
+                    self.loaded.file,
+                    first_span,
+                    format!("flow `{first}` listens here too"),
+                )
+                .help("give each webhook flow its own path"),
+            );
+        } else {
+            webhook_paths.insert(key, name.to_string());
+        }
+        if let Some(auth) = &w.auth {
+            let config_scope = Scope {
+                vars: &["config"],
+                config: Some(&m.config),
+                connections: None,
+                steps: None,
+                flows: None,
+            };
+            let auth_value = serde_json::to_value(auth).unwrap_or_default();
+            let mut p = path!["flows", name, "trigger", "webhook", "auth"];
+            let mut diags = Vec::new();
+            check_value(&self.site, &mut p, &auth_value, &config_scope, &mut diags);
+            self.out.extend(diags);
+        }
+    }
+
+    fn check_schedule(&mut self, name: &str, s: &ScheduleTrigger) {
+        if let Err(e) = s.cron.parse::<croner::Cron>() {
+            let reason = e
+                .to_string()
+                .trim_end_matches('.')
+                .to_lowercase()
+                .replace("component error: ", "");
+            self.error(Code::InvalidSchedule, format!("invalid cron expression: {reason}"), &path!["flows", name, "trigger", "schedule", "cron"], "cannot be parsed")
+                .help = Some("five fields `minute hour day month weekday` (or six, seconds first), e.g. `0 2 * * *`".into());
+        }
+        if s.timezone.parse::<chrono_tz::Tz>().is_err() {
+            let help = did_you_mean(&s.timezone, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
+            self.error(
+                Code::InvalidSchedule,
+                format!("unknown timezone `{}`", s.timezone),
+                &path!["flows", name, "trigger", "schedule", "timezone"],
+                "not an IANA timezone",
+            )
+            .help =
+                help.or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()));
+        }
+    }
+
+    fn check_poll(&mut self, m: &Integration, name: &str, p: &PollTrigger) {
+        let at = path!["flows", name, "trigger", "poll"];
+        self.check_uses(m, &p.uses, p.connection.as_deref(), &at, true);
+        let poll_scope = Scope {
+            vars: &["config", "cursor", "instance"],
+            config: Some(&m.config),
+            connections: Some(&m.connections),
+            steps: None,
+            flows: Some(&m.flows),
+        };
+        let with = Value::Object(p.with.clone().into_iter().collect());
+        let mut diags = Vec::new();
+        let mut wp = at.clone();
+        wp.push(Seg::Key("with".into()));
+        check_value(&self.site, &mut wp, &with, &poll_scope, &mut diags);
+        if let Some(items) = &p.items {
+            let scope = Scope {
+                vars: &["output", "cursor", "config"],
+                ..poll_scope
+            };
+            let mut ip = at.clone();
+            ip.push(Seg::Key("items".into()));
+            check_template(&self.site, &ip, items, &scope, &mut diags);
+        }
+        if let Some(cursor) = &p.cursor {
+            let scope = Scope {
+                vars: &["items", "cursor", "output", "config"],
+                ..poll_scope
+            };
+            let mut cp = at.clone();
+            cp.push(Seg::Key("cursor".into()));
+            check_template(&self.site, &cp, cursor, &scope, &mut diags);
+        }
+        self.out.extend(diags);
+    }
+}
