@@ -217,6 +217,54 @@ mod tests {
     }
 
     #[test]
+    fn a_validly_signed_timestamp_at_the_far_past_is_refused() {
+        // `now - ts` overflowed for ts = now - 2^63 (`abs()` wrapped to a negative number).
+        let key = b"k".to_vec();
+        let auth = WebhookAuth::Standard { key: key.clone() };
+        let now = 1_700_000_000i64;
+        for ts in [
+            i64::MIN,
+            now.wrapping_sub(i64::MAX),
+            i64::MAX,
+            now - 301,
+            now + 301,
+        ] {
+            let body = b"{}";
+            let mut h = HeaderMap::new();
+            h.insert("webhook-id", HeaderValue::from_static("msg_1"));
+            h.insert(
+                "webhook-timestamp",
+                HeaderValue::from_str(&ts.to_string()).unwrap(),
+            );
+            h.insert(
+                "webhook-signature",
+                HeaderValue::from_str(&sign_standard(&key, "msg_1", ts, body)).unwrap(),
+            );
+            assert!(
+                matches!(verify(&auth, &h, body, now), Verdict::Denied(_)),
+                "timestamp {ts} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_alone_refuse_what_they_can() {
+        let hmac = WebhookAuth::Hmac {
+            secret: b"s".to_vec(),
+            header: "x-signature".into(),
+        };
+        assert!(precheck(&hmac, &HeaderMap::new()).is_some());
+        let bearer = WebhookAuth::Bearer {
+            token: b"t0ken".to_vec(),
+        };
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer nope"));
+        assert!(precheck(&bearer, &h).is_some());
+        h.insert("authorization", HeaderValue::from_static("Bearer t0ken"));
+        assert!(precheck(&bearer, &h).is_none());
+    }
+
+    #[test]
     fn bearer() {
         let auth = WebhookAuth::Bearer {
             token: b"tok-1".to_vec(),

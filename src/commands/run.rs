@@ -39,8 +39,9 @@ pub struct Args {
     /// Base URL callers reach the gateway at (default: http://<listen>:<port>).
     #[arg(long)]
     pub public_url: Option<String>,
-    /// Refuse HTTP calls to private, loopback and link-local addresses (multi-tenant hosts).
-    #[arg(long)]
+    /// Refuse HTTP calls to private, loopback and link-local addresses (multi-tenant hosts);
+    /// proxies from the environment are then not used.
+    #[arg(long, env = "WEFT_DENY_PRIVATE_ADDRESSES", value_parser = clap::builder::FalseyValueParser::new())]
     pub deny_private_addresses: bool,
     /// Largest accepted webhook body in bytes (default: weft.yaml's gateway.max_body, else 10 MB).
     #[arg(long)]
@@ -61,6 +62,39 @@ pub struct Args {
     /// WEFT_COMPONENT_URL_<NAME> variables; the default is http://<name>:8080.
     #[arg(long = "component-url", value_name = "NAME=URL")]
     pub component_urls: Vec<String>,
+    /// Largest value a template may render, and largest step output or upstream answer
+    /// (e.g. 4MB, 512KiB).
+    #[arg(long, value_name = "SIZE", default_value = "4MB", value_parser = parse_size)]
+    pub max_output: u64,
+    /// Bytes of webhook bodies received at once across all callers; beyond it, 503.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub body_budget: u64,
+    /// Seconds a caller may take to send a request's headers, then its body; idle connections
+    /// are closed after it too.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub read_timeout: u64,
+    /// Connections open at once (default: 4096, or fewer if the file limit is lower).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest size of the store file (e.g. 10GB); when it is full, commits are retried
+    /// and webhooks get 503 until space is freed. Default: the disk's size.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_store_size: Option<u64>,
+}
+
+/// `10MB`, `512KiB`, `100B`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    weft_compiler::size::parse_size(text)
+        .ok_or_else(|| format!("`{text}` is not a size such as 10MB, 512KiB or 100B"))
+}
+
+/// Raises the open-file limit to its maximum and returns how many connections fit under it.
+fn connection_capacity() -> usize {
+    let files = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    // Keep room for the store, the HTTP client's connections and the process itself.
+    usize::try_from(files.saturating_sub(256).max(64))
+        .unwrap_or(4096)
+        .min(4096)
 }
 
 /// The plans to run; `Err(code)` when the sources have errors.
@@ -147,6 +181,11 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         keep_executions: args.keep_executions,
         keep_days: args.keep_days,
         component_urls: component_urls(&args.component_urls)?,
+        max_output: usize::try_from(args.max_output).unwrap_or(usize::MAX),
+        body_budget: usize::try_from(args.body_budget).unwrap_or(usize::MAX),
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        max_connections: args.max_connections.unwrap_or_else(connection_capacity),
+        max_store_bytes: args.max_store_size,
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
