@@ -417,13 +417,15 @@ pub enum BodyError {
 }
 
 /// Collects a body of at most `limit` bytes, taking its size from `budget` (in KiB) as it
-/// arrives: the bytes held by all calls at once stay bounded.
+/// arrives: the bytes held by all calls at once stay bounded. Chunks are kept as they come
+/// (no buffer doubling beyond what is charged) and joined once at the end.
 pub async fn collect_within(
     mut body: Body,
     limit: usize,
     budget: &Arc<Semaphore>,
 ) -> Result<(Bytes, Vec<OwnedSemaphorePermit>), BodyError> {
-    let mut buf = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
     let mut permits = Vec::new();
     let mut reserved = 0usize;
     while let Some(frame) = body.frame().await {
@@ -431,10 +433,11 @@ pub async fn collect_within(
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        if buf.len() + data.len() > limit {
+        if total + data.len() > limit {
             return Err(BodyError::TooLarge);
         }
-        let needed = (buf.len() + data.len()).div_ceil(BUDGET_UNIT);
+        total += data.len();
+        let needed = total.div_ceil(BUDGET_UNIT);
         if needed > reserved {
             let more = u32::try_from(needed - reserved).map_err(|_| BodyError::OverBudget)?;
             let permit = budget
@@ -444,9 +447,20 @@ pub async fn collect_within(
             permits.push(permit);
             reserved = needed;
         }
-        buf.extend_from_slice(&data);
+        chunks.push(data);
     }
-    Ok((Bytes::from(buf), permits))
+    let bytes = match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().expect("one chunk"),
+        _ => {
+            let mut joined = Vec::with_capacity(total);
+            for c in chunks {
+                joined.extend_from_slice(&c);
+            }
+            Bytes::from(joined)
+        }
+    };
+    Ok((bytes, permits))
 }
 
 /// JSON for JSON content types (and text that parses as JSON), else the text itself.

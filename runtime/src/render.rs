@@ -25,7 +25,8 @@ const MAX_DEPTH: usize = 64;
 /// The widest `tojson` indent.
 const MAX_INDENT: usize = 16;
 
-/// Bytes one rendered value may take (about its JSON size); see [`set_max_output`].
+/// Bytes one rendered value may take (its JSON size, and at least 16 bytes per value, about
+/// what it costs in memory); see [`set_max_output`].
 static MAX_OUTPUT: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_OUTPUT);
 
 /// The default bound of a rendered value or a step's output: 4 MB.
@@ -194,7 +195,9 @@ fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Val
     if depth > MAX_DEPTH {
         return Err(Bound::TooDeep);
     }
-    charge(budget, 1)?;
+    // About what a value costs in memory, not only in JSON text: a list of a million small
+    // numbers is refused long before it takes hundreds of megabytes.
+    charge(budget, 16)?;
     Ok(match v.kind() {
         ValueKind::Undefined | ValueKind::None => Value::Null,
         ValueKind::Bool => Value::Bool(v.is_true()),

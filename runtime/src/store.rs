@@ -575,35 +575,42 @@ fn apply_queue(
             tx.prepare_cached("INSERT OR IGNORE INTO replay_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1")?
                 .execute([dead_letter])?;
         }
-        Op::Replay { dead_letter, at } => {
-            tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
-                .execute([dead_letter])?;
-            let row: Option<(String, String, String)> = tx
-                .prepare_cached("SELECT queue, execution, body FROM dead_letters WHERE id = ?1")?
-                .query_row([dead_letter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            if let Some((queue, execution, body)) = row {
-                apply_queue(
-                    tx,
-                    &Op::Enqueue(NewMessage {
-                        queue,
-                        execution: execution.clone(),
-                        visible_at: *at,
-                        attempt: 1,
-                        body,
-                    }),
-                    committed,
-                )?;
-                tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                    .execute([dead_letter])?;
-                tx.prepare_cached(
-                    "UPDATE executions SET status = 'running', pending = pending + 1, finished_at = NULL, error = NULL WHERE id = ?1",
-                )?
-                .execute([&execution])?;
-            }
-        }
+        Op::Replay { dead_letter, at } => replay(tx, *dead_letter, *at, committed)?,
         _ => unreachable!("apply routes only queue ops here"),
     }
+    Ok(())
+}
+
+/// Moves a dead letter back onto its queue and reopens its execution.
+fn replay(
+    tx: &rusqlite::Transaction<'_>,
+    dead_letter: i64,
+    at: i64,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
+        .execute([dead_letter])?;
+    let row: Option<(String, String, String)> = tx
+        .prepare_cached("SELECT queue, execution, body FROM dead_letters WHERE id = ?1")?
+        .query_row([dead_letter], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((queue, execution, body)) = row else {
+        return Ok(());
+    };
+    let message = NewMessage {
+        queue,
+        execution: execution.clone(),
+        visible_at: at,
+        attempt: 1,
+        body,
+    };
+    apply_queue(tx, &Op::Enqueue(message), committed)?;
+    tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+        .execute([dead_letter])?;
+    tx.prepare_cached(
+        "UPDATE executions SET status = 'running', pending = pending + 1, finished_at = NULL, error = NULL WHERE id = ?1",
+    )?
+    .execute([&execution])?;
     Ok(())
 }
 

@@ -132,18 +132,7 @@ async fn poll_once(
     }
     let input = render::render(&poll.with, &render::context(&base))?;
     let connection = match &poll.connection {
-        Some(name) => {
-            let plan = instance
-                .plan
-                .connections
-                .get(name)
-                .ok_or_else(|| TriggerError::Poll(format!("no connection `{name}`")))?;
-            let fields = instance
-                .connections
-                .get(name)
-                .ok_or_else(|| TriggerError::Poll(format!("no connection `{name}`")))?;
-            Some((plan, fields.clone()))
-        }
+        Some(name) => Some(poll_connection(instance, name)?),
         None => None,
     };
     let action = poll
@@ -214,6 +203,17 @@ async fn poll_once(
     engine.metrics().executions.inc_by(items.len() as u64);
     tracing::info!(flow = %flow, instance = %instance.key, "poll found {} new item(s)", items.len());
     Ok(())
+}
+
+/// A poll's connection with its rendered fields.
+fn poll_connection<'i>(
+    instance: &'i InstanceRt,
+    name: &str,
+) -> Result<(&'i weft_plan::Connection, serde_json::Map<String, Value>), TriggerError> {
+    let missing = || TriggerError::Poll(format!("no connection `{name}`"));
+    let plan = instance.plan.connections.get(name).ok_or_else(missing)?;
+    let fields = instance.connections.get(name).ok_or_else(missing)?;
+    Ok((plan, fields.clone()))
 }
 
 /// Runs a deploy flow once per version of the instance's plan.

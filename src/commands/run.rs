@@ -64,21 +64,26 @@ pub struct Args {
     pub component_urls: Vec<String>,
     /// Largest value a template may render, and largest step output or upstream answer
     /// (e.g. 4MB, 512KiB).
-    #[arg(long, value_name = "SIZE", default_value = "4MB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4MB", value_parser = parse_size, env = "WEFT_MAX_OUTPUT")]
     pub max_output: u64,
     /// Bytes of webhook bodies received at once across all callers; beyond it, 503.
-    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size, env = "WEFT_BODY_BUDGET")]
     pub body_budget: u64,
     /// Seconds a caller may take to send a request's headers, then its body; idle connections
     /// are closed after it too.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "WEFT_READ_TIMEOUT"
+    )]
     pub read_timeout: u64,
     /// Connections open at once (default: 4096, or fewer if the file limit is lower).
-    #[arg(long)]
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Largest size of the store file (e.g. 10GB); when it is full, commits are retried
     /// and webhooks get 503 until space is freed. Default: the disk's size.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "WEFT_MAX_STORE_SIZE")]
     pub max_store_size: Option<u64>,
 }
 

@@ -104,23 +104,7 @@ pub(super) async fn send(
         }
         Some(v) => req = req.json(v),
     }
-    let response = req.send().await.map_err(|e| {
-        if e.is_timeout() {
-            return StepError::retryable(format!("{url}: timed out"));
-        }
-        // The innermost causes say what happened (refused, DNS, TLS, egress policy).
-        let mut causes = Vec::new();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
-        let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
-        if is_egress_denial(&e) {
-            return StepError::permanent(format!("{url}: {detail}"));
-        }
-        StepError::retryable(format!("{url}: {detail}"))
-    })?;
+    let response = req.send().await.map_err(|e| send_error(url, &e))?;
     let status = response.status().as_u16();
     let response_headers: Map<String, Value> = response
         .headers()
@@ -149,6 +133,26 @@ pub(super) async fn send(
             truncate(&env.redactor.str(&body.to_string()), 300)
         ))),
     }
+}
+
+/// A request that got no answer: timeouts and connection errors are retried; the egress
+/// policy's refusal is not.
+fn send_error(url: &str, e: &reqwest::Error) -> StepError {
+    if e.is_timeout() {
+        return StepError::retryable(format!("{url}: timed out"));
+    }
+    // The innermost causes say what happened (refused, DNS, TLS, egress policy).
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let detail = causes.last().cloned().unwrap_or_else(|| e.to_string());
+    if is_egress_denial(e) {
+        return StepError::permanent(format!("{url}: {detail}"));
+    }
+    StepError::retryable(format!("{url}: {detail}"))
 }
 
 /// Reads a response body of at most `limit` bytes (the step output limit).
