@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{CountingSink, WeftProcess, binary, free_port, reference_repo, sign};
+use support::{CountingSink, Scratch, WeftProcess, binary, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -144,22 +144,11 @@ fn weft_data(_: &WeftProcess) -> &'static Path {
 async fn main() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let (_sink, sink_addr) = CountingSink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    reference_repo(&repo, sink_addr);
-    bomb_integration(&repo);
-    let data = dir.path().join("data");
-    DATA.set(data.clone()).unwrap();
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let mut weft = WeftProcess::spawn_with_env(
-        &binary(),
-        &repo,
-        &data,
-        port,
-        &log,
-        &[("WEFT_LOG", "warn"), ("WEFT_READ_TIMEOUT", "5")],
-    );
+    let scratch = Scratch::reference(sink_addr);
+    bomb_integration(&scratch.repo);
+    DATA.set(scratch.data.clone()).unwrap();
+    let port = scratch.port;
+    let mut weft = scratch.spawn(&[("WEFT_LOG", "warn"), ("WEFT_READ_TIMEOUT", "5")]);
     weft.wait_healthy().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
@@ -170,51 +159,38 @@ async fn main() {
         mib(weft.rss_kib())
     );
 
-    let (streams, statuses) = stalled_bodies(
-        port,
-        "/hooks/acme/nope/x",
-        40,
-        9 << 20,
-        9 << 20,
-        Duration::from_secs(1),
-    )
-    .await;
-    drop(streams);
-    println!(
-        "40 × 9 MiB to an unknown path, stalled             | {:18} | {:.1}",
-        summarize(&statuses),
-        mib(weft.rss_kib())
-    );
-    let (streams, statuses) = stalled_bodies(
-        port,
-        "/hooks/acme/nope/x",
-        100,
-        9 << 20,
-        9 << 20,
-        Duration::from_secs(1),
-    )
-    .await;
-    drop(streams);
-    println!(
-        "100 × 9 MiB to an unknown path, stalled            | {:18} | {:.1}",
-        summarize(&statuses),
-        mib(weft.rss_kib())
-    );
-    let (streams, statuses) = stalled_bodies(
-        port,
-        "/hooks/acme/reference/orders",
-        100,
-        9_000_000,
-        8 << 20,
-        Duration::from_secs(1),
-    )
-    .await;
-    println!(
-        "100 × 8 MiB of 9 MB to a real webhook, stalled      | {:18} | {:.1}",
-        summarize(&statuses),
-        mib(weft.rss_kib())
-    );
-    drop(streams);
+    for (label, path, n, announced, sent) in [
+        (
+            "40 × 9 MiB to an unknown path, stalled",
+            "/hooks/acme/nope/x",
+            40,
+            9 << 20,
+            9 << 20,
+        ),
+        (
+            "100 × 9 MiB to an unknown path, stalled",
+            "/hooks/acme/nope/x",
+            100,
+            9 << 20,
+            9 << 20,
+        ),
+        (
+            "100 × 8 MiB of 9 MB to a real webhook, stalled",
+            "/hooks/acme/reference/orders",
+            100,
+            9_000_000,
+            8 << 20,
+        ),
+    ] {
+        let (streams, statuses) =
+            stalled_bodies(port, path, n, announced, sent, Duration::from_secs(1)).await;
+        println!(
+            "{label:50} | {:18} | {:.1}",
+            summarize(&statuses),
+            mib(weft.rss_kib())
+        );
+        drop(streams);
+    }
 
     // 1,100 partial headers: all closed at the read timeout (5 s here).
     let mut partial = Vec::new();

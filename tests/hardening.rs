@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::any;
-use support::{WeftProcess, binary, free_port, reference_repo, sign};
+use support::{Scratch, WeftProcess, sign};
 
 /// A sink that counts deliveries per id and SIGKILLs the weft process when `poison` arrives:
 /// a step that takes the process down, as an out-of-memory kill would.
@@ -84,13 +84,9 @@ async fn exited(weft: &mut WeftProcess, limit: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_is_quarantined_after_three_crashes() {
     let (sink, sink_addr) = KillingSink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    reference_repo(&repo, sink_addr);
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let mut weft = WeftProcess::spawn(&binary(), &repo, &data, port, &log);
+    let scratch = Scratch::reference(sink_addr);
+    let (port, data) = (scratch.port, scratch.data.clone());
+    let mut weft = scratch.spawn(&[]);
     *sink.victim.lock().unwrap() = Some(weft.child.id());
     weft.wait_healthy().await;
     for i in 0..10 {
@@ -106,7 +102,7 @@ async fn a_poison_message_is_quarantined_after_three_crashes() {
         );
         // The restarted process resumes the poison message at once: it may die before it
         // is ever healthy.
-        weft = WeftProcess::spawn(&binary(), &repo, &data, port, &log);
+        weft = scratch.spawn(&[]);
         *sink.victim.lock().unwrap() = Some(weft.child.id());
     }
     weft.wait_healthy().await;
@@ -135,26 +131,15 @@ async fn the_egress_policy_is_not_bypassed_through_a_proxy() {
     // A "proxy" that would forward anything: with the policy on, it must receive nothing.
     let (proxy, proxy_addr) = KillingSink::start().await;
     let (sink, sink_addr) = KillingSink::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    reference_repo(&repo, sink_addr);
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
+    let scratch = Scratch::reference(sink_addr);
+    let (port, data) = (scratch.port, scratch.data.clone());
     let proxy_url = format!("http://{proxy_addr}");
-    let mut weft = WeftProcess::spawn_with_env(
-        &binary(),
-        &repo,
-        &data,
-        port,
-        &log,
-        &[
-            ("HTTP_PROXY", &proxy_url),
-            ("http_proxy", &proxy_url),
-            ("ALL_PROXY", &proxy_url),
-            ("WEFT_DENY_PRIVATE_ADDRESSES", "1"),
-        ],
-    );
+    let mut weft = scratch.spawn(&[
+        ("HTTP_PROXY", &proxy_url),
+        ("http_proxy", &proxy_url),
+        ("ALL_PROXY", &proxy_url),
+        ("WEFT_DENY_PRIVATE_ADDRESSES", "1"),
+    ]);
     weft.wait_healthy().await;
     assert_eq!(post_event(port, "e-1").await, 202);
     let mut finished = false;

@@ -243,14 +243,10 @@ fn redactor(
             .filter(|(_, c)| c.auth == weft_plan::AuthKind::Basic)
             .filter_map(|(name, _)| i.connections.get(name))
             .map(|fields| {
-                let field = |k: &str| {
-                    fields
-                        .get(k)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                (field("username"), field("password"))
+                (
+                    steps::connection_field(fields, "username"),
+                    steps::connection_field(fields, "password"),
+                )
             })
     });
     Redactor::with_derived_forms(secrets.values().cloned(), basic)

@@ -633,11 +633,7 @@ async fn one_runtime_per_data_folder() {
         data_dir: rt.dir.path().to_path_buf(),
         ..Default::default()
     };
-    let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let err = weft_runtime::start(plans, options, secrets)
+    let err = weft_runtime::start(plans, options, support::secrets())
         .await
         .err()
         .expect("a second runtime is refused");

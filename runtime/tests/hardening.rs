@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Running, SECRET, Sink, TOKEN, repo};
+use support::{Running, Sink, TOKEN, repo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_compiler::repo::Sources;
@@ -22,6 +22,17 @@ fn repo_with(sink: std::net::SocketAddr, name: &str, steps: &str) -> Sources {
             "  {name}:\n    trigger:\n      webhook: {{ path: /{name} }}\n    steps:\n{steps}"
         ),
     )
+}
+
+/// The run's only execution ended other than succeeded, with an error that mentions `text`.
+fn assert_failed_with(rt: &Running, text: &str) {
+    let e = &rt.executions()[0];
+    assert_ne!(e.status, "succeeded");
+    assert!(
+        e.error.as_deref().unwrap_or_default().contains(text),
+        "{:?}",
+        e.error
+    );
 }
 
 async fn post(rt: &Running, path: &str, body: &Value) -> reqwest::Response {
@@ -156,13 +167,8 @@ async fn template_bombs_fail_the_step_without_building_the_value() {
     );
     rt.wait_finished(1).await;
     assert!(started.elapsed() < Duration::from_secs(10));
-    let e = &rt.executions()[0];
-    assert_eq!(e.status, "failed");
-    assert!(
-        e.error.as_deref().unwrap_or_default().contains("exceeds"),
-        "{:?}",
-        e.error
-    );
+    assert_eq!(rt.executions()[0].status, "failed");
+    assert_failed_with(&rt, "exceeds");
     rt.stop().await;
 }
 
@@ -316,13 +322,7 @@ async fn an_oversized_upstream_answer_fails_the_step() {
     rt.post_order(&json!({ "id": "o-1", "amount_cents": 5000 }))
         .await;
     rt.wait_finished(1).await;
-    let e = &rt.executions()[0];
-    assert_ne!(e.status, "succeeded");
-    assert!(
-        e.error.as_deref().unwrap_or_default().contains("exceeds"),
-        "{:?}",
-        e.error
-    );
+    assert_failed_with(&rt, "exceeds");
     rt.stop().await;
 }
 
@@ -343,9 +343,8 @@ async fn a_dispatch_to_an_unknown_flow_fails_the_step() {
     let rt = Running::start_plans(plans, None, |_| {}).await;
     assert_eq!(post(&rt, "relay", &json!({})).await.status(), 202);
     rt.wait_finished(1).await;
-    let e = &rt.executions()[0];
-    assert_eq!(e.status, "failed");
-    assert!(e.error.as_deref().unwrap_or_default().contains("nowhere"));
+    assert_eq!(rt.executions()[0].status, "failed");
+    assert_failed_with(&rt, "nowhere");
     rt.stop().await;
 }
 
@@ -453,11 +452,7 @@ async fn an_invalid_cron_in_a_plan_stops_the_start_with_a_clear_error() {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     };
-    let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let err = weft_runtime::start(plans, options, secrets)
+    let err = weft_runtime::start(plans, options, support::secrets())
         .await
         .err()
         .expect("refused");

@@ -103,6 +103,36 @@ impl CountingSink {
     }
 }
 
+/// A scratch folder for one `weft run`: the reference repository (delivering to `sink`), a
+/// data folder, a log file, and a free port.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+}
+
+impl Scratch {
+    pub fn reference(sink: SocketAddr) -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        reference_repo(&repo, sink);
+        Scratch {
+            data: dir.path().join("data"),
+            log: dir.path().join("weft.log"),
+            port: free_port(),
+            repo,
+            dir,
+        }
+    }
+
+    /// `weft run` on this scratch folder, with extra environment variables.
+    pub fn spawn(&self, env: &[(&str, &str)]) -> WeftProcess {
+        WeftProcess::spawn_with_env(&binary(), &self.repo, &self.data, self.port, &self.log, env)
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -26,13 +26,7 @@ pub(super) async fn run(
         .as_ref()
         .map(|(c, _)| c.auth)
         .unwrap_or(AuthKind::None);
-    let field = |k: &str| {
-        fields
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = |k: &str| super::connection_field(&fields, k);
     let (token, username, password, key) = (
         field("token"),
         field("username"),

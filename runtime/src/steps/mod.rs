@@ -101,6 +101,15 @@ fn str_field<'v>(input: &'v Value, key: &str) -> Option<&'v str> {
     input.get(key).and_then(Value::as_str)
 }
 
+/// A rendered connection field as text (`""` when absent).
+pub fn connection_field(fields: &Map<String, Value>, key: &str) -> String {
+    fields
+        .get(key)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn required_str<'v>(input: &'v Value, key: &str) -> Result<&'v str, StepError> {
     str_field(input, key).ok_or_else(|| StepError::permanent(format!("`{key}` must be a string")))
 }

@@ -137,6 +137,14 @@ flows:
     s
 }
 
+/// The secrets of the orders repository, by environment variable.
+pub fn secrets() -> HashMap<String, String> {
+    [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The plans of `sources`, which must compile without errors.
 pub fn compile(sources: &Sources) -> Vec<weft_plan::Plan> {
     let compilation = weft_compiler::compile(sources);
@@ -197,11 +205,9 @@ impl Running {
             ..Default::default()
         };
         tune(&mut options);
-        let secrets: HashMap<String, String> = [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let runtime = weft_runtime::start(plans, options, secrets).await.unwrap();
+        let runtime = weft_runtime::start(plans, options, secrets())
+            .await
+            .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             weft_runtime::serve_on(runtime, listener, async move {
