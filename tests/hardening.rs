@@ -32,8 +32,9 @@ impl KillingSink {
             if id == "poison"
                 && let Some(pid) = *sink.victim.lock().unwrap()
             {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
+                // The shell's own `kill`: no procps needed.
+                let _ = std::process::Command::new("sh")
+                    .args(["-c", &format!("kill -9 {pid}")])
                     .status();
             }
             "{}"

@@ -458,3 +458,56 @@ async fn an_invalid_cron_in_a_plan_stops_the_start_with_a_clear_error() {
         .expect("refused");
     assert!(err.to_string().contains("cron"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_credentials_echoed_by_an_upstream_are_masked() {
+    let (echo, addr) = Sink::start().await;
+    *echo.answer.lock().unwrap() = Some("{\"seen\": {headers}}".into());
+    let mut sources = Sources::default();
+    sources.add("weft.yaml", "weft: 1\n");
+    sources.add(
+        "components/ledger/component.yaml",
+        format!(
+            "weft: 1\nname: ledger\nbase_url: http://{addr}\nauth:\n  basic:\n    fields:\n      username: {{ type: string }}\n      password: {{ type: secret }}\nactions:\n  post:\n    http: {{ method: POST, path: /entries, body: \"{{{{ input.body }}}}\" }}\n"
+        ),
+    );
+    sources.add(
+        "integrations/books/integration.yaml",
+        "weft: 1\nname: books\nconfig:\n  password: { type: secret }\nconnections:\n  ledger: { component: ledger, auth: basic, with: { username: ada, password: \"{{ config.password }}\" } }\nflows:\n  entry:\n    trigger: { webhook: { path: /entry } }\n    steps:\n      - { id: book, uses: ledger.post, connection: ledger, with: { body: { n: 1 } } }\n",
+    );
+    sources.add(
+        "instances/acme/books.yaml",
+        "weft: 1\nintegration: books\nconfig:\n  password: { secret: CRM_TOKEN }\n",
+    );
+    sources.sort();
+    let rt = Running::start(&sources, None).await;
+    let r = rt
+        .client
+        .post(format!("{}/hooks/acme/books/entry", rt.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    rt.wait_finished(1).await;
+    // The upstream saw the real header; weft's history keeps neither the password nor the
+    // base64 of `ada:<password>` that carries it.
+    let sent = echo.received.lock().unwrap()[0].0["authorization"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let encoded = sent.trim_start_matches("Basic ").to_string();
+    assert!(sent.starts_with("Basic ") && encoded.len() > 8, "{sent}");
+    let conn = rusqlite::Connection::open(rt.dir.path().join("weft.db")).unwrap();
+    let outputs: Vec<String> = conn
+        .prepare("SELECT coalesce(output, '') || coalesce(error, '') FROM step_runs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let all = outputs.join("\n");
+    assert!(all.contains("Basic ***"), "{all}");
+    assert!(!all.contains(&encoded) && !all.contains(TOKEN), "{all}");
+    rt.stop().await;
+}
