@@ -138,6 +138,14 @@ codes! {
         "The file is not valid YAML, or uses YAML features weft refuses (anchors, aliases, tags, duplicate keys, several documents).";
         "Anchors and duplicate keys make a reviewed file mean something other than what it shows.";
         "name: [unclosed";
+    UnreadableFile = "unreadable-file":
+        "A repository file that is not read: a symbolic link that resolves outside the repository, something other than a regular file (a FIFO, a device, a folder), a file over 1 MiB, or text that is not UTF-8.";
+        "A pull request must not make `weft check` print a CI secret (`/proc/self/environ`), read forever (`/dev/zero`) or hang (a FIFO); the file's content is never shown.";
+        "instances/acme/orders.yaml -> /proc/self/environ";
+    TooDeep = "too-deep":
+        "YAML nested more than 64 levels deep, or a template expression with more than 256 operators (`.`, `|`, `[`, `(`, `+`, `and`, ...) in one `{{ }}` or `{% %}`.";
+        "Nesting that deep is never needed, and would exhaust the stack of the compiler or the runtime.";
+        "value: \"{{ trigger.a.a.a … }}\" # 300 lookups in one expression";
     UnknownKey = "unknown-key":
         "A key that the file's schema does not define.";
         "A misspelt key would otherwise be ignored silently.";

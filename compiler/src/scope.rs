@@ -117,10 +117,15 @@ pub fn check_template(
                 Some(r) => site.locate(path, text, r),
                 None => site.span(path),
             };
-            out.push(
+            let diag = if e.too_deep {
+                Diagnostic::error(Code::TooDeep, "template expression too deep")
+                    .at(site.file, span, e.message)
+                    .help("split the expression: compute parts in earlier `transform` steps")
+            } else {
                 Diagnostic::error(Code::TemplateSyntax, "invalid template")
-                    .at(site.file, span, e.message),
-            );
+                    .at(site.file, span, e.message)
+            };
+            out.push(diag);
         }
         Ok(refs) => {
             // `steps.big-order` parses as `steps.big - order`: one diagnostic, not two.
