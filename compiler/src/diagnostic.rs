@@ -159,7 +159,7 @@ codes! {
         "YAML guesses types from text; the schema says what each key holds.";
         "labels: erp";
     InvalidValue = "invalid-value":
-        "A value breaks a schema rule other than its type: a pattern, an enum, a bound.";
+        "A value breaks a rule other than its type: a pattern, an enum, a bound (a zero duration, a size that does not fit in 64 bits).";
         "Names, versions and enums have fixed forms that tools downstream rely on.";
         "name: Acme_Orders";
     DuplicateName = "duplicate-name":

@@ -12,6 +12,7 @@ pub mod check;
 pub mod config_value;
 pub mod diagnostic;
 pub mod diff;
+pub mod duration;
 pub mod emit;
 pub mod git;
 pub mod graph;

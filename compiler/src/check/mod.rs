@@ -7,6 +7,7 @@ mod components;
 mod config;
 mod connections;
 mod dispatch;
+mod project;
 mod responds;
 mod steps;
 mod triggers;
@@ -21,12 +22,13 @@ use serde_json::Value;
 
 pub use components::components;
 use dispatch::DispatchEdge;
+pub use project::{CheckedProject, project, project_model};
 use triggers::WebhookPaths;
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::graph::StepGraph;
 use crate::load::Loaded;
-use crate::model::{Component, Flow, Integration, Respond, Step};
+use crate::model::{Component, DurationText, Flow, Integration, Respond, Step};
 use crate::path;
 use crate::scope::Site;
 use crate::source::SourceFile;
@@ -174,6 +176,14 @@ impl<'a> IntegrationChecker<'a, '_> {
             flows,
             components_used: std::mem::take(&mut self.components_used),
             cases,
+        }
+    }
+
+    /// A duration (at `at`) that is zero or too long gets a diagnostic.
+    fn check_duration(&mut self, at: &[Seg], d: Option<&DurationText>) {
+        if let Some(d) = d {
+            self.out
+                .extend(project::duration_error(&self.site, at, &d.0));
         }
     }
 

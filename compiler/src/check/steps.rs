@@ -211,6 +211,7 @@ impl<'a> IntegrationChecker<'a, '_> {
         seq: &Sequence,
     ) {
         self.check_step_id(walk, step, at);
+        self.check_step_durations(step, at);
         self.check_uses(m, &step.uses, step.connection.as_deref(), at, false);
         self.check_nested_steps(step, at);
         let mut with_path = at.to_vec();
@@ -226,6 +227,20 @@ impl<'a> IntegrationChecker<'a, '_> {
         }
         if step.uses == RESPOND {
             walk.respond_steps += 1;
+        }
+    }
+
+    /// The step's time limit and retry waits are neither zero nor too long.
+    fn check_step_durations(&mut self, step: &Step, at: &[Seg]) {
+        let under = |segs: Path| {
+            let mut p = at.to_vec();
+            p.extend(segs);
+            p
+        };
+        self.check_duration(&under(path!["timeout"]), step.timeout.as_ref());
+        if let Some(retry) = &step.retry {
+            self.check_duration(&under(path!["retry", "initial"]), retry.initial.as_ref());
+            self.check_duration(&under(path!["retry", "max"]), retry.max.as_ref());
         }
     }
 

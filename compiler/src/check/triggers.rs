@@ -70,6 +70,8 @@ impl IntegrationChecker<'_, '_> {
         } else {
             webhook_paths.insert(key, name.to_string());
         }
+        let at = path!["flows", name, "trigger", "webhook", "timeout"];
+        self.check_duration(&at, w.timeout.as_ref());
         if let Some(auth) = &w.auth {
             let config_scope = Scope {
                 vars: &["config"],
@@ -111,6 +113,10 @@ impl IntegrationChecker<'_, '_> {
 
     fn check_poll(&mut self, m: &Integration, name: &str, p: &PollTrigger) {
         let at = path!["flows", name, "trigger", "poll"];
+        self.check_duration(
+            &path!["flows", name, "trigger", "poll", "every"],
+            Some(&p.every),
+        );
         self.check_uses(m, &p.uses, p.connection.as_deref(), &at, true);
         let poll_scope = Scope {
             vars: &["config", "cursor", "instance"],
