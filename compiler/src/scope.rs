@@ -29,6 +29,9 @@ pub struct Scope<'a> {
     pub connections: Option<&'a IndexMap<String, Connection>>,
     pub steps: Option<StepScope<'a>>,
     pub flows: Option<&'a IndexMap<String, Flow>>,
+    /// The fields `trigger` has here, by the flow's trigger kind; `None` when they are not
+    /// checked.
+    pub trigger: Option<&'a [&'a str]>,
 }
 
 /// Where a value lies: its file, the file's tree, and the path of the value in it.
@@ -243,6 +246,20 @@ fn check_reference(
                     .help_opt(help),
                 )
             }
+        }
+        "trigger" => {
+            let fields = scope.trigger?;
+            (!fields.contains(&second)).then(|| {
+                Diagnostic::error(
+                    Code::UnknownVariable,
+                    format!("`trigger` has no field `{second}` here"),
+                )
+                .at(site.file, span(), "not set by this flow's trigger")
+                .help_opt(
+                    did_you_mean(second, fields.iter().copied())
+                        .or_else(|| Some(format!("this flow's trigger has: {}", ticks(fields)))),
+                )
+            })
         }
         "instance" => {
             const FIELDS: &[&str] = &["customer", "integration", "version", "flows"];

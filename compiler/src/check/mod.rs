@@ -147,9 +147,10 @@ impl<'a> IntegrationChecker<'a, '_> {
         let mut cases = BTreeMap::new();
         let mut dispatch_edges: Vec<DispatchEdge> = Vec::new();
         let mut webhook_paths = WebhookPaths::new();
+        let dispatched = dispatch::dispatch_targets(m);
         for (name, flow) in &m.flows {
             self.check_trigger(m, name, flow, &mut webhook_paths);
-            let mut walk = self.check_flow(m, name, flow);
+            let mut walk = self.check_flow(m, name, flow, dispatched.contains(name));
             let sync = flow
                 .trigger
                 .webhook

@@ -9,6 +9,7 @@ use petgraph::graph::NodeIndex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::triggers::trigger_fields;
 use super::{CheckedFlow, CheckedStep, IntegrationChecker};
 use crate::builtins::{self, BRANCH, FOR_EACH, RESPOND};
 use crate::diagnostic::{Code, Diagnostic};
@@ -34,6 +35,8 @@ pub(super) struct FlowWalk<'a> {
     pub(super) respond_steps: usize,
     /// `when` of each branch case, per flow and branch step.
     pub(super) cases: BTreeMap<(String, String), Vec<String>>,
+    /// The fields of `trigger` the flow's templates may read.
+    trigger_fields: Vec<&'static str>,
 }
 
 /// Where a sequence of steps stands: its path, the steps that ran on every path before it, and
@@ -78,12 +81,14 @@ impl<'a> FlowWalk<'a> {
 }
 
 impl<'a> IntegrationChecker<'a, '_> {
-    /// Checks a flow's steps and builds its step graph.
+    /// Checks a flow's steps and builds its step graph; `dispatched` when a `dispatch` step
+    /// names the flow.
     pub(super) fn check_flow(
         &mut self,
         m: &'a Integration,
         name: &'a str,
         flow: &'a Flow,
+        dispatched: bool,
     ) -> FlowWalk<'a> {
         let mut walk = FlowWalk {
             flow_name: name,
@@ -94,6 +99,7 @@ impl<'a> IntegrationChecker<'a, '_> {
             dispatches: Vec::new(),
             respond_steps: 0,
             cases: BTreeMap::new(),
+            trigger_fields: trigger_fields(&flow.trigger, dispatched),
         };
         collect_ids(&flow.steps, &mut walk.all_ids);
         let trigger = walk.graph.add_node(GraphNode {
@@ -346,6 +352,7 @@ impl<'a> IntegrationChecker<'a, '_> {
                 all: &walk.all_ids,
             }),
             flows: Some(&m.flows),
+            trigger: Some(&walk.trigger_fields),
         };
         let mut diags = Vec::new();
         if step.uses == BRANCH {

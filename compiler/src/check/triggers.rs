@@ -7,13 +7,36 @@ use serde_json::Value;
 
 use super::IntegrationChecker;
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
-use crate::model::{Flow, Integration, PollTrigger, ScheduleTrigger, WebhookTrigger};
+use crate::model::{Flow, Integration, PollTrigger, ScheduleTrigger, Trigger, WebhookTrigger};
 use crate::path;
 use crate::scope::{Scope, check_template, check_value};
 use crate::yaml::Seg;
 
 /// The flow listening on each webhook method and path.
 pub(super) type WebhookPaths = BTreeMap<(String, String), String>;
+
+/// The fields of `trigger` that a flow's steps may read: what the runtime sets for the flow's
+/// trigger kind (see the runtime's gateway, triggers and dispatch), and, for a flow that a
+/// `dispatch` step names, what a dispatched payload sets.
+pub(super) fn trigger_fields(t: &Trigger, dispatched: bool) -> Vec<&'static str> {
+    let mut fields = if t.webhook.is_some() {
+        vec!["body", "headers", "query", "method", "path"]
+    } else if t.schedule.is_some() {
+        vec!["time", "scheduled_at"]
+    } else if t.poll.is_some() {
+        vec!["item", "cursor"]
+    } else {
+        vec!["deployed", "plan_hash"]
+    };
+    if dispatched {
+        for f in ["body", "dispatched_from"] {
+            if !fields.contains(&f) {
+                fields.push(f);
+            }
+        }
+    }
+    fields
+}
 
 impl IntegrationChecker<'_, '_> {
     pub(super) fn check_trigger(
@@ -79,6 +102,7 @@ impl IntegrationChecker<'_, '_> {
                 connections: None,
                 steps: None,
                 flows: None,
+                trigger: None,
             };
             let auth_value = serde_json::to_value(auth).unwrap_or_default();
             let mut p = path!["flows", name, "trigger", "webhook", "auth"];
@@ -124,6 +148,7 @@ impl IntegrationChecker<'_, '_> {
             connections: Some(&m.connections),
             steps: None,
             flows: Some(&m.flows),
+            trigger: None,
         };
         let with = Value::Object(p.with.clone().into_iter().collect());
         let mut diags = Vec::new();
