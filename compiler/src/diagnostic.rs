@@ -211,7 +211,7 @@ codes! {
         "Requests would go out without, or with the wrong, credentials.";
         "a step `uses: crm.add_customer` with `connection: erp`";
     InvalidSchedule = "invalid-schedule":
-        "A cron expression, a timezone or a duration that cannot be parsed.";
+        "A cron expression or a timezone that cannot be parsed; a schedule template over config whose value, for an instance, is not a cron expression; a schedule reading a secret.";
         "A schedule that cannot be parsed never runs.";
         "schedule: { cron: \"0 25 * * *\", timezone: Europe/Berln }";
     DuplicateWebhookPath = "duplicate-webhook-path":

@@ -10,6 +10,7 @@ pub mod build;
 pub mod builtins;
 pub mod check;
 pub mod config_value;
+pub mod cron;
 pub mod diagnostic;
 pub mod diff;
 pub mod duration;

@@ -1,15 +1,20 @@
 //! Triggers: one flow per webhook method and path, templates in webhook auth, cron expressions
-//! and timezones of schedules, and what a poll calls and reads.
+//! (or templates over config, resolved per instance) and timezones of schedules, what a poll
+//! calls and reads, and the fields of `trigger` each kind sets.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::IntegrationChecker;
+use crate::cron;
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
-use crate::model::{Flow, Integration, PollTrigger, ScheduleTrigger, Trigger, WebhookTrigger};
+use crate::model::{
+    ConfigType, Flow, Integration, PollTrigger, ScheduleTrigger, Trigger, WebhookTrigger,
+};
 use crate::path;
 use crate::scope::{Scope, check_template, check_value};
+use crate::template::{self, is_template};
 use crate::yaml::Seg;
 
 /// The flow listening on each webhook method and path.
@@ -51,7 +56,7 @@ impl IntegrationChecker<'_, '_> {
             self.check_webhook(m, name, w, webhook_paths);
         }
         if let Some(s) = &t.schedule {
-            self.check_schedule(name, s);
+            self.check_schedule(m, name, s);
         }
         if let Some(p) = &t.poll {
             self.check_poll(m, name, p);
@@ -112,15 +117,18 @@ impl IntegrationChecker<'_, '_> {
         }
     }
 
-    fn check_schedule(&mut self, name: &str, s: &ScheduleTrigger) {
-        if let Err(e) = s.cron.parse::<croner::Cron>() {
-            let reason = e
-                .to_string()
-                .trim_end_matches('.')
-                .to_lowercase()
-                .replace("component error: ", "");
-            self.error(Code::InvalidSchedule, format!("invalid cron expression: {reason}"), &path!["flows", name, "trigger", "schedule", "cron"], "cannot be parsed")
-                .help = Some("five fields `minute hour day month weekday` (or six, seconds first), e.g. `0 2 * * *`".into());
+    fn check_schedule(&mut self, m: &Integration, name: &str, s: &ScheduleTrigger) {
+        let at = path!["flows", name, "trigger", "schedule", "cron"];
+        if is_template(&s.cron) {
+            self.check_cron_template(m, &at, &s.cron);
+        } else if let Some(reason) = cron::parse_error(&s.cron) {
+            self.error(
+                Code::InvalidSchedule,
+                format!("invalid cron expression: expected {}", cron::ALLOWED),
+                &at,
+                reason,
+            )
+            .help = Some(cron::EXAMPLES.into());
         }
         if s.timezone.parse::<chrono_tz::Tz>().is_err() {
             let help = did_you_mean(&s.timezone, chrono_tz::TZ_VARIANTS.iter().map(|t| t.name()));
@@ -132,6 +140,42 @@ impl IntegrationChecker<'_, '_> {
             )
             .help =
                 help.or_else(|| Some("use an IANA name such as `Europe/Berlin` or `UTC`".into()));
+        }
+    }
+
+    /// A schedule that is a template reads only `config` (resolved per instance), and no
+    /// secret.
+    fn check_cron_template(&mut self, m: &Integration, at: &[Seg], text: &str) {
+        let scope = Scope {
+            vars: &["config"],
+            config: Some(&m.config),
+            connections: None,
+            steps: None,
+            flows: None,
+            trigger: None,
+        };
+        let mut diags = Vec::new();
+        check_template(&self.site, at, text, &scope, &mut diags);
+        self.out.extend(diags);
+        for r in template::references(text).unwrap_or_default() {
+            if r.name(0) != Some("config") {
+                continue;
+            }
+            let Some(var) = r.name(1) else { continue };
+            if m.config
+                .get(var)
+                .is_some_and(|v| v.kind == ConfigType::Secret)
+            {
+                let span = self.site.locate(at, text, r.span.clone());
+                self.out.push(
+                    Diagnostic::error(
+                        Code::InvalidSchedule,
+                        format!("a schedule cannot read the secret `{var}`"),
+                    )
+                    .at(self.loaded.file, span, "a secret")
+                    .help("read a `string` config variable holding the cron expression"),
+                );
+            }
         }
     }
 

@@ -94,6 +94,11 @@ fn instance_flows(
         .map(|f| {
             let mut f = f.clone();
             f.enabled = checked.model.flows.get(&f.name).is_none_or(|s| s.enabled);
+            if let plan::Trigger::Schedule { cron, .. } = &mut f.trigger
+                && let Some(resolved) = checked.crons.get(&f.name)
+            {
+                cron.clone_from(resolved);
+            }
             f.entry_queue = f.entry_queue.map(|q| format!("{prefix}.{q}"));
             for s in &mut f.steps {
                 s.queue = format!("{prefix}.{}", s.queue);
