@@ -101,6 +101,11 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
+    closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate closest to `name`, when one is close enough.
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         let score = strsim::jaro_winkler(name, c);
@@ -108,7 +113,7 @@ pub fn did_you_mean<'a>(
             best = Some((score, c));
         }
     }
-    best.map(|(_, c)| format!("did you mean `{c}`?"))
+    best.map(|(_, c)| c)
 }
 
 macro_rules! codes {
@@ -186,6 +191,10 @@ codes! {
         "A template reads `config.<name>` for a name the integration does not declare.";
         "Every customer's instance is checked against the declared variables; an undeclared one is always undefined.";
         "url: \"{{ config.crm_ulr }}\"";
+    UnusedConfig = "unused-config":
+        "A warning: a config variable that nothing reads — no template (steps, triggers, connections, webhook auth) names it.";
+        "Every customer is asked for a value that changes nothing; often a typo in the template that should read it.";
+        "config: { region: { type: string } } # and no `{{ config.region }}` anywhere";
     UnknownConnection = "unknown-connection":
         "A step or template names a connection the integration does not declare.";
         "The step would have no credentials to call its API with.";

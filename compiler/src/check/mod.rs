@@ -172,6 +172,7 @@ impl<'a> IntegrationChecker<'a, '_> {
             flows.push(checked);
         }
         self.check_dispatch_cycles(m, &dispatch_edges);
+        self.check_unused_config(m);
         CheckedIntegration {
             model: m,
             flows,
