@@ -104,16 +104,26 @@ pub fn did_you_mean<'a>(
     closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
 }
 
-/// The candidate closest to `name`, when one is close enough.
+/// The candidate closest to `name`, when one is close enough: the fewest edits (Damerau–
+/// Levenshtein: a swap of two neighbours is one edit), ties broken by Jaro–Winkler similarity
+/// (which favours a shared prefix), then by order. Close enough: Jaro–Winkler above 0.8, or at
+/// most one edit per four characters (none for names of one or two).
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let mut best: Option<(f64, &str)> = None;
+    let len = name.chars().count();
+    let allowed = if len <= 2 { 0 } else { (len / 4).max(1) };
+    let mut best: Option<(usize, f64, &str)> = None;
     for c in candidates {
-        let score = strsim::jaro_winkler(name, c);
-        if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, c));
+        let jw = strsim::jaro_winkler(name, c);
+        let edits = strsim::damerau_levenshtein(name, c);
+        if jw <= 0.8 && edits > allowed {
+            continue;
+        }
+        let better = best.is_none_or(|(e, s, _)| edits < e || (edits == e && jw > s));
+        if better {
+            best = Some((edits, jw, c));
         }
     }
-    best.map(|(_, c)| c)
+    best.map(|(_, _, c)| c)
 }
 
 macro_rules! codes {
