@@ -223,7 +223,7 @@ codes! {
         "uses: crm.add_custmer";
     InvalidStepInput = "invalid-step-input":
         "A step's `with` fails the input schema of the action it uses.";
-        "The action would reject the input at run time; values that are templates are checked at run time instead.";
+        "The action would reject the input at run time. Only literal values are checked: templated values are checked neither here nor at run time.";
         "uses: http.request\nwith: { method: FETCH, url: \"http://x\" }";
     ConnectionMismatch = "connection-mismatch":
         "A connection does not fit: its component or auth kind is unknown or wrong for the step, a field is unknown or missing, or a component action has no connection.";

@@ -303,7 +303,8 @@ impl<'a> IntegrationChecker<'a, '_> {
         }
     }
 
-    /// Inputs against the action's schema; template values are checked at run time.
+    /// Literal inputs against the action's schema; templated values are not checked (here or at
+    /// run time).
     fn check_step_input(&mut self, step: &Step, with_path: &[Seg]) {
         let skip = |v: &Value| v.as_str().is_some_and(is_template);
         let input_schema = match builtins::get(&step.uses) {
