@@ -143,3 +143,47 @@ fn a_folder_named_like_a_file_is_refused() {
     assert_eq!(codes, [Code::UnreadableFile], "{text}");
     assert!(text.contains("a folder"), "{text}");
 }
+
+/// Runs git in `dir` with a fixed identity.
+fn git(dir: &Path, args: &[&str]) {
+    let ok = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+#[test]
+fn a_git_revision_with_a_link_or_an_oversized_blob() {
+    let dir = repo();
+    let d = dir.path();
+    std::fs::remove_file(d.join("instances/beta/acme.yaml")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", d.join("instances/beta/acme.yaml")).unwrap();
+    let big = format!("{INTEGRATION}# {}\n", "x".repeat(MAX_FILE_BYTES as usize));
+    std::fs::create_dir_all(d.join("integrations/big")).unwrap();
+    std::fs::write(d.join("integrations/big/integration.yaml"), big).unwrap();
+    git(d, &["init", "-q", "-b", "main"]);
+    git(d, &["add", "-A"]);
+    git(d, &["commit", "-qm", "links and blobs"]);
+    let sources = weft_compiler::git::read_at(d, "HEAD").unwrap();
+    let c = weft_compiler::compile(&sources);
+    let found: Vec<(&str, Code)> = c
+        .diagnostics
+        .iter()
+        .map(|d| (sources.files[d.labels[0].file].path.as_str(), d.code))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("instances/beta/acme.yaml", Code::UnreadableFile),
+            ("integrations/big/integration.yaml", Code::UnreadableFile),
+        ]
+    );
+}
