@@ -278,6 +278,44 @@ fn diff_shows_a_branch_per_integration_and_customer_with_breaking_changes() {
 }
 
 #[test]
+fn diff_compiles_pinned_instances_from_their_published_versions() {
+    let dir = repo();
+    let d = dir.path();
+    weft(d).arg("publish").assert().success();
+    edit(d, GLOBEX, "version: draft", "version: 1");
+    git(d, &["commit", "-qam", "Pin globex to v1"]);
+    git(d, &["checkout", "-qb", "backoff"]);
+    edit(d, INTEGRATION, "initial: 1s", "initial: 5s");
+    git(d, &["commit", "-qam", "Longer backoff"]);
+    weft(d).arg("publish").assert().success();
+    edit(d, GLOBEX, "version: 1", "version: 2");
+    git(d, &["commit", "-qam", "Move globex to v2"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(
+        weft(d).args(["diff", "main", "HEAD", "--format", "json"]),
+    ))
+    .unwrap();
+    let globex = json["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["customer"] == "globex")
+        .unwrap_or_else(|| panic!("no globex in {json:#}"));
+    let version = globex["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "version")
+        .unwrap_or_else(|| panic!("no version change in {globex:#}"));
+    assert_eq!(
+        (&version["old"], &version["new"]),
+        (&serde_json::json!("v1"), &serde_json::json!("v2"))
+    );
+    // The working tree against its own commit: pinned, and no change.
+    let same = stdout(weft(d).arg("diff").arg("HEAD"));
+    assert!(same.contains("no change"), "{same}");
+}
+
+#[test]
 fn build_any_revision_reproducibly_without_checking_it_out() {
     let dir = repo();
     let d = dir.path();

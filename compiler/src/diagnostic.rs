@@ -101,14 +101,29 @@ pub fn did_you_mean<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let mut best: Option<(f64, &str)> = None;
+    closest(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate closest to `name`, when one is close enough: the fewest edits (Damerau–
+/// Levenshtein: a swap of two neighbours is one edit), ties broken by Jaro–Winkler similarity
+/// (which favours a shared prefix), then by order. Close enough: Jaro–Winkler above 0.8, or at
+/// most one edit per four characters (none for names of one or two).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let len = name.chars().count();
+    let allowed = if len <= 2 { 0 } else { (len / 4).max(1) };
+    let mut best: Option<(usize, f64, &str)> = None;
     for c in candidates {
-        let score = strsim::jaro_winkler(name, c);
-        if score > 0.8 && best.is_none_or(|(s, _)| score > s) {
-            best = Some((score, c));
+        let jw = strsim::jaro_winkler(name, c);
+        let edits = strsim::damerau_levenshtein(name, c);
+        if jw <= 0.8 && edits > allowed {
+            continue;
+        }
+        let better = best.is_none_or(|(e, s, _)| edits < e || (edits == e && jw > s));
+        if better {
+            best = Some((edits, jw, c));
         }
     }
-    best.map(|(_, c)| format!("did you mean `{c}`?"))
+    best.map(|(_, _, c)| c)
 }
 
 macro_rules! codes {
@@ -138,6 +153,14 @@ codes! {
         "The file is not valid YAML, or uses YAML features weft refuses (anchors, aliases, tags, duplicate keys, several documents).";
         "Anchors and duplicate keys make a reviewed file mean something other than what it shows.";
         "name: [unclosed";
+    UnreadableFile = "unreadable-file":
+        "A repository file that is not read: a symbolic link that resolves outside the repository, something other than a regular file (a FIFO, a device, a folder), a file over 1 MiB, or text that is not UTF-8.";
+        "A pull request must not make `weft check` print a CI secret (`/proc/self/environ`), read forever (`/dev/zero`) or hang (a FIFO); the file's content is never shown.";
+        "instances/acme/orders.yaml -> /proc/self/environ";
+    TooDeep = "too-deep":
+        "YAML nested more than 64 levels deep, or a template expression with more than 256 operators (`.`, `|`, `[`, `(`, `+`, `and`, ...) in one `{{ }}` or `{% %}`.";
+        "Nesting that deep is never needed, and would exhaust the stack of the compiler or the runtime.";
+        "value: \"{{ trigger.a.a.a … }}\" # 300 lookups in one expression";
     UnknownKey = "unknown-key":
         "A key that the file's schema does not define.";
         "A misspelt key would otherwise be ignored silently.";
@@ -151,7 +174,7 @@ codes! {
         "YAML guesses types from text; the schema says what each key holds.";
         "labels: erp";
     InvalidValue = "invalid-value":
-        "A value breaks a schema rule other than its type: a pattern, an enum, a bound.";
+        "A value breaks a rule other than its type: a pattern, an enum, a bound (a zero duration, a size that does not fit in 64 bits).";
         "Names, versions and enums have fixed forms that tools downstream rely on.";
         "name: Acme_Orders";
     DuplicateName = "duplicate-name":
@@ -178,6 +201,10 @@ codes! {
         "A template reads `config.<name>` for a name the integration does not declare.";
         "Every customer's instance is checked against the declared variables; an undeclared one is always undefined.";
         "url: \"{{ config.crm_ulr }}\"";
+    UnusedConfig = "unused-config":
+        "A warning: a config variable that nothing reads — no template (steps, triggers, connections, webhook auth) names it.";
+        "Every customer is asked for a value that changes nothing; often a typo in the template that should read it.";
+        "config: { region: { type: string } } # and no `{{ config.region }}` anywhere";
     UnknownConnection = "unknown-connection":
         "A step or template names a connection the integration does not declare.";
         "The step would have no credentials to call its API with.";
@@ -196,14 +223,14 @@ codes! {
         "uses: crm.add_custmer";
     InvalidStepInput = "invalid-step-input":
         "A step's `with` fails the input schema of the action it uses.";
-        "The action would reject the input at run time; values that are templates are checked at run time instead.";
+        "The action would reject the input at run time. Only literal values are checked: templated values are checked neither here nor at run time.";
         "uses: http.request\nwith: { method: FETCH, url: \"http://x\" }";
     ConnectionMismatch = "connection-mismatch":
         "A connection does not fit: its component or auth kind is unknown or wrong for the step, a field is unknown or missing, or a component action has no connection.";
         "Requests would go out without, or with the wrong, credentials.";
         "a step `uses: crm.add_customer` with `connection: erp`";
     InvalidSchedule = "invalid-schedule":
-        "A cron expression, a timezone or a duration that cannot be parsed.";
+        "A cron expression or a timezone that cannot be parsed; a schedule template over config whose value, for an instance, is not a cron expression; a schedule reading a secret.";
         "A schedule that cannot be parsed never runs.";
         "schedule: { cron: \"0 25 * * *\", timezone: Europe/Berln }";
     DuplicateWebhookPath = "duplicate-webhook-path":

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::load::classify;
-use crate::repo::Sources;
+use crate::repo::{MAX_FILE_BYTES, Sources};
 
 fn git(dir: &Path, args: &[&str]) -> io::Result<String> {
     let out = Command::new("git")
@@ -63,23 +63,37 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
             "ls-tree",
             "-r",
             "-z",
-            "--name-only",
             "--full-tree",
             &commit,
             "--",
             if prefix.is_empty() { "." } else { &prefix },
         ],
     )?;
-    let paths: Vec<String> = listing
-        .split('\0')
-        .filter(|p| !p.is_empty())
-        .filter_map(|full| full.strip_prefix(&prefix).map(str::to_string))
-        .filter(|rel| classify(rel).is_some())
-        .collect();
+    let mut sources = Sources::default();
+    let mut paths: Vec<String> = Vec::new();
+    // Entries are `<mode> <type> <object>\t<path>`.
+    for entry in listing.split('\0').filter(|e| !e.is_empty()) {
+        let Some((meta, full)) = entry.split_once('\t') else {
+            continue;
+        };
+        let Some(rel) = full.strip_prefix(&prefix).filter(|r| classify(r).is_some()) else {
+            continue;
+        };
+        match meta.split(' ').next() {
+            Some("100644" | "100755") => paths.push(rel.to_string()),
+            Some("120000") => {
+                let reason = "it is a symbolic link (links are not followed in a git revision)";
+                sources.add_unreadable(rel, reason);
+            }
+            _ => {
+                sources.add_unreadable(rel, "it is not a file (a submodule?)");
+            }
+        }
+    }
     // Two `cat-file --batch` processes, each reading half the blobs.
     let half = paths.len().div_ceil(2).max(1);
     let chunks: Vec<&[String]> = paths.chunks(half).collect();
-    let texts: Vec<io::Result<Vec<(String, String)>>> = std::thread::scope(|s| {
+    let texts: Vec<io::Result<Vec<Blob>>> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .iter()
             .map(|chunk| s.spawn(|| cat_files(dir, &commit, &prefix, chunk)))
@@ -92,23 +106,23 @@ pub fn read_at(dir: &Path, rev: &str) -> io::Result<Sources> {
             })
             .collect()
     });
-    let mut sources = Sources::default();
     for chunk in texts {
         for (path, text) in chunk? {
-            sources.add(path, text);
+            match text {
+                Ok(text) => sources.add(path, text),
+                Err(reason) => sources.add_unreadable(path, reason),
+            };
         }
     }
     sources.sort();
     Ok(sources)
 }
 
+/// A blob's path and text, or why it is not read (over [`MAX_FILE_BYTES`], not UTF-8).
+type Blob = (String, Result<String, String>);
+
 /// Reads blobs `<commit>:<prefix><path>` through one `git cat-file --batch`.
-fn cat_files(
-    dir: &Path,
-    commit: &str,
-    prefix: &str,
-    paths: &[String],
-) -> io::Result<Vec<(String, String)>> {
+fn cat_files(dir: &Path, commit: &str, prefix: &str, paths: &[String]) -> io::Result<Vec<Blob>> {
     let mut child = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -137,10 +151,20 @@ fn cat_files(
                     "git cat-file: unexpected answer for {path}: {header}"
                 ))
             })?;
+        if size as u64 > MAX_FILE_BYTES {
+            // Skipped, never held in memory: the blob and its trailing newline.
+            io::copy(&mut (&mut reader).take(size as u64 + 1), &mut io::sink())?;
+            let reason = format!(
+                "it is {size} bytes, more than the limit of {MAX_FILE_BYTES} bytes (1 MiB)"
+            );
+            out.push((path.clone(), Err(reason)));
+            continue;
+        }
         let mut blob = vec![0; size + 1]; // the blob and its trailing newline
         reader.read_exact(&mut blob)?;
         blob.pop();
-        out.push((path.clone(), String::from_utf8_lossy(&blob).into_owned()));
+        let text = String::from_utf8(blob).map_err(|_| "it is not UTF-8 text".to_string());
+        out.push((path.clone(), text));
     }
     writer
         .join()

@@ -3,7 +3,9 @@
 //! settings. An instance without errors becomes a [`CheckedInstance`], which
 //! [`crate::lower`] turns into a plan.
 
-use std::collections::BTreeSet;
+mod schedules;
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use indexmap::IndexMap;
 
@@ -34,6 +36,8 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub config: &'a IndexMap<String, ConfigVar>,
     pub flows: Vec<&'a str>,
+    /// Schedules that are templates over config: flow and template.
+    pub schedules: Vec<(&'a str, &'a str)>,
 }
 
 /// An instance that passed every check, ready to be lowered.
@@ -43,6 +47,8 @@ pub struct CheckedInstance<'a> {
     pub customer: String,
     /// The published version run, with its commit; `None` for the working tree.
     pub published: Option<(u32, String)>,
+    /// The cron expression of each schedule that is a template, by flow.
+    pub crons: BTreeMap<String, String>,
 }
 
 /// Checks an instance against `target`, the integration its pin resolves to (`None` when there
@@ -93,10 +99,17 @@ pub fn check<'a>(
     check_config_values(loaded, target, &mut out);
     check_missing_config(loaded, target, &mut out);
     check_flow_settings(loaded, target, &mut out);
+    // Schedules are resolved from values that fit their variables.
+    let crons = if out.iter().any(Diagnostic::is_error) {
+        BTreeMap::new()
+    } else {
+        schedules::resolve_schedules(loaded, target, &mut out)
+    };
     let checked = CheckedInstance {
         model: m,
         customer,
         published,
+        crons,
     };
     let ok = !out.iter().any(Diagnostic::is_error);
     (ok.then_some(checked), out)

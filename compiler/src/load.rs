@@ -5,9 +5,9 @@ use serde::de::DeserializeOwned;
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::model::{Component, Instance, Integration, Project, VersionsFile};
-use crate::repo::Sources;
+use crate::repo::{MAX_FILE_BYTES, Sources};
 use crate::schema::{self, FileKind};
-use crate::source::FileId;
+use crate::source::{FileId, SourceFile};
 use crate::yaml::{self, Node};
 
 /// A file that parsed and passed its schema.
@@ -79,6 +79,9 @@ pub fn load(sources: &Sources) -> (Repo, Vec<Diagnostic>) {
             let Some((kind, folder, stem)) = classify(&source.path) else {
                 return (None, Vec::new());
             };
+            if let Some(d) = unreadable(file, source) {
+                return (Some(AnyLoaded::Broken(kind, folder)), vec![d]);
+            }
             let mut diags = Vec::new();
             let loaded = load_file(kind, file, &source.text, folder.clone(), stem, &mut diags);
             (
@@ -109,6 +112,28 @@ pub fn load(sources: &Sources) -> (Repo, Vec<Diagnostic>) {
     (repo, diags)
 }
 
+/// A file that was not read (see [`crate::repo`]), or whose text is over the size limit (read
+/// from git): never parsed, and its content never shown.
+fn unreadable(file: FileId, source: &SourceFile) -> Option<Diagnostic> {
+    let too_large = source.text.len() as u64 > MAX_FILE_BYTES;
+    let reason = match &source.unreadable {
+        Some(reason) => reason.clone(),
+        None if too_large => format!(
+            "it is {} bytes, more than the limit of {MAX_FILE_BYTES} bytes (1 MiB)",
+            source.text.len()
+        ),
+        None => return None,
+    };
+    Some(
+        Diagnostic::error(
+            Code::UnreadableFile,
+            format!("`{}` is not read: {reason}", source.path),
+        )
+        .at(file, 0..0, "not read")
+        .help("commit the file itself: a regular file inside the repository, UTF-8 text of at most 1 MiB"),
+    )
+}
+
 fn load_file(
     kind: FileKind,
     file: FileId,
@@ -120,7 +145,16 @@ fn load_file(
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(e) => {
-            diags.push(Diagnostic::error(Code::YamlSyntax, e.message).at(file, e.span, e.label));
+            let code = if e.too_deep {
+                Code::TooDeep
+            } else {
+                Code::YamlSyntax
+            };
+            diags.push(
+                Diagnostic::error(code, e.message)
+                    .at(file, e.span, e.label)
+                    .help_opt(e.help),
+            );
             return None;
         }
     };

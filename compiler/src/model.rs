@@ -320,7 +320,8 @@ pub struct BearerAuth {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleTrigger {
-    /// Cron expression: 5 fields (minute precision) or 6 (seconds first); `@daily` and friends.
+    /// Cron expression: 5 fields (minute precision) or 6 (seconds first); `@daily` and friends;
+    /// or a template over `config`, resolved per instance.
     pub cron: String,
     /// IANA timezone the expression is read in, e.g. `Europe/Berlin`.
     #[serde(default = "default_timezone")]

@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rayon::prelude::*;
 
+use crate::check::{self, CheckedProject};
 use crate::diagnostic::{Code, Diagnostic};
 use crate::instance::{self, Pin};
 use crate::load::{self, Loaded, Repo};
 use crate::lower::{self, CompiledIntegration};
-use crate::model::{self, Instance, Integration, NamedVersion, Project, VersionPin};
+use crate::model::{Instance, Integration, NamedVersion, Project, StepDefaults, VersionPin};
 use crate::path;
 use crate::plan::Plan;
 use crate::repo::Sources;
@@ -94,14 +95,19 @@ pub fn integration_sources(sources: &Sources, integration: &str) -> Sources {
 
 fn run(sources: &Sources, build_plans: bool, versions: &dyn Versions) -> Compilation {
     let (repo, mut diagnostics) = load::load(sources);
-    let ctx = crate::check::components(&sources.files, &repo, &mut diagnostics);
-    let project = project_of(&repo);
+    let checked_project = check::project(&sources.files, &repo, &mut diagnostics);
+    let ctx = check::components(&sources.files, &repo, &mut diagnostics);
+    // Step defaults with errors are not applied: no plan is built then.
+    let no_defaults = StepDefaults::default();
+    let defaults = checked_project
+        .as_ref()
+        .map_or(&no_defaults, |p| &p.model.defaults);
     let unique = unique_integrations(&repo, &mut diagnostics);
     let compiled: Vec<_> = unique
         .par_iter()
         .map(|loaded| {
-            let (checked, diags) = crate::check::integration(&ctx, loaded);
-            let compiled = checked.map(|c| lower::integration(c, &project.defaults));
+            let (checked, diags) = check::integration(&ctx, loaded);
+            let compiled = checked.map(|c| lower::integration(c, defaults));
             (compiled, diags)
         })
         .collect();
@@ -117,7 +123,7 @@ fn run(sources: &Sources, build_plans: bool, versions: &dyn Versions) -> Compila
         known: known_integrations(&repo),
         pins: resolve_pins(&repo, versions),
         versions,
-        project: &project,
+        project: checked_project.as_ref(),
         build_plans,
     };
     let compiled: Vec<_> = repo
@@ -132,27 +138,16 @@ fn run(sources: &Sources, build_plans: bool, versions: &dyn Versions) -> Compila
     }
     plans.sort_by(|a, b| (&a.customer, &a.integration).cmp(&(&b.customer, &b.integration)));
     diagnostics.sort_by_key(Diagnostic::sort_key);
+    let project = match checked_project {
+        Some(p) => p.model,
+        None => check::project_model(&repo),
+    };
     Compilation {
         diagnostics,
         integrations,
         plans,
         project,
     }
-}
-
-/// The project settings (`weft.yaml`), or the defaults when there is none.
-fn project_of(repo: &Repo) -> Project {
-    repo.project
-        .as_ref()
-        .map(|p| p.model.clone())
-        .unwrap_or_else(|| Project {
-            weft: model::FormatVersion(1),
-            name: None,
-            images: Default::default(),
-            gateway: Default::default(),
-            defaults: Default::default(),
-            policy: Default::default(),
-        })
 }
 
 /// The integrations to compile: the first of each name (a second one is reported).
@@ -287,7 +282,8 @@ struct Instances<'c> {
     known: BTreeSet<String>,
     pins: BTreeMap<PinKey, Pinned>,
     versions: &'c dyn Versions,
-    project: &'c Project,
+    /// `None` when the project settings have errors: no plan is built then.
+    project: Option<&'c CheckedProject>,
     build_plans: bool,
 }
 
@@ -298,9 +294,9 @@ impl Instances<'_> {
         let integration = published.or_else(|| self.integrations.get(&loaded.model.integration.0));
         let target = integration.map(CompiledIntegration::target);
         let (checked, diags) = instance::check(loaded, pin, target.as_ref(), &self.known);
-        let plan = match (checked, integration) {
-            (Some(checked), Some(integration)) if self.build_plans => {
-                Some(lower::instance(&checked, integration, self.project))
+        let plan = match (checked, integration, self.project) {
+            (Some(checked), Some(integration), Some(project)) if self.build_plans => {
+                Some(lower::instance(&checked, integration, project))
             }
             _ => None,
         };

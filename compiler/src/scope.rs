@@ -29,6 +29,9 @@ pub struct Scope<'a> {
     pub connections: Option<&'a IndexMap<String, Connection>>,
     pub steps: Option<StepScope<'a>>,
     pub flows: Option<&'a IndexMap<String, Flow>>,
+    /// The fields `trigger` has here, by the flow's trigger kind; `None` when they are not
+    /// checked.
+    pub trigger: Option<&'a [&'a str]>,
 }
 
 /// Where a value lies: its file, the file's tree, and the path of the value in it.
@@ -117,10 +120,15 @@ pub fn check_template(
                 Some(r) => site.locate(path, text, r),
                 None => site.span(path),
             };
-            out.push(
+            let diag = if e.too_deep {
+                Diagnostic::error(Code::TooDeep, "template expression too deep")
+                    .at(site.file, span, e.message)
+                    .help("split the expression: compute parts in earlier `transform` steps")
+            } else {
                 Diagnostic::error(Code::TemplateSyntax, "invalid template")
-                    .at(site.file, span, e.message),
-            );
+                    .at(site.file, span, e.message)
+            };
+            out.push(diag);
         }
         Ok(refs) => {
             // `steps.big-order` parses as `steps.big - order`: one diagnostic, not two.
@@ -238,6 +246,20 @@ fn check_reference(
                     .help_opt(help),
                 )
             }
+        }
+        "trigger" => {
+            let fields = scope.trigger?;
+            (!fields.contains(&second)).then(|| {
+                Diagnostic::error(
+                    Code::UnknownVariable,
+                    format!("`trigger` has no field `{second}` here"),
+                )
+                .at(site.file, span(), "not set by this flow's trigger")
+                .help_opt(
+                    did_you_mean(second, fields.iter().copied())
+                        .or_else(|| Some(format!("this flow's trigger has: {}", ticks(fields)))),
+                )
+            })
         }
         "instance" => {
             const FIELDS: &[&str] = &["customer", "integration", "version", "flows"];

@@ -11,6 +11,9 @@ pub type FileId = usize;
 pub struct SourceFile {
     pub path: String,
     pub text: String,
+    /// Why the file could not be read (its text is then empty): a symbolic link out of the
+    /// repository, not a regular file, too large, not UTF-8. Reported as `unreadable-file`.
+    pub unreadable: Option<String>,
     line_starts: Vec<usize>,
 }
 
@@ -22,7 +25,16 @@ impl SourceFile {
         SourceFile {
             path: path.into(),
             text,
+            unreadable: None,
             line_starts,
+        }
+    }
+
+    /// A file that could not be read, and why (never its content).
+    pub fn unreadable(path: impl Into<String>, reason: impl Into<String>) -> Self {
+        SourceFile {
+            unreadable: Some(reason.into()),
+            ..SourceFile::new(path, "")
         }
     }
 

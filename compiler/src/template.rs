@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use minijinja::machinery::{ast, parse};
+use minijinja::machinery::{Token, ast, parse, tokenize};
 use minijinja::syntax::SyntaxConfig;
 
 /// One segment of a reference chain: `steps.contact["amount"]` is `steps`, `contact`, `amount`.
@@ -39,7 +39,15 @@ pub struct TemplateError {
     pub message: String,
     /// Byte range in the template text, when minijinja knows it.
     pub span: Option<Range<usize>>,
+    /// An expression with more than [`MAX_OPERATORS`] operators (reported as `too-deep`).
+    pub too_deep: bool,
 }
+
+/// The most operators (`.`, `|`, `[`, `(`, `+`, `and`, ...) one `{{ }}` or `{% %}` may hold.
+/// Every level of an expression's syntax tree needs one, so this bounds its depth: minijinja
+/// builds attribute, filter and operator chains in loops but walks and drops them recursively,
+/// and `{{ x.a.a.a… }}` 50,000 deep would overflow the stack of the compiler and the runtime.
+pub const MAX_OPERATORS: usize = 256;
 
 /// Whether a string is a template (as opposed to a literal).
 pub fn is_template(s: &str) -> bool {
@@ -51,13 +59,73 @@ const GLOBAL_FUNCTIONS: &[&str] = &["range", "dict", "namespace", "debug", "now"
 
 /// Parses a template and lists the variables it reads from its context.
 pub fn references(text: &str) -> Result<Vec<Reference>, TemplateError> {
+    check_operators(text)?;
     let stmt = parse(text, "<template>", SyntaxConfig::default()).map_err(|e| TemplateError {
         message: e.detail().unwrap_or("syntax error").to_string(),
         span: e.range(),
+        too_deep: false,
     })?;
     let mut walker = Walker::default();
     walker.stmt(&stmt);
     Ok(walker.refs)
+}
+
+/// Whether a token nests an expression one level deeper.
+fn is_operator(token: &Token<'_>) -> bool {
+    match token {
+        Token::Ident(word) => matches!(*word, "and" | "or" | "not" | "is" | "in" | "if"),
+        Token::Dot
+        | Token::Pipe
+        | Token::BracketOpen
+        | Token::ParenOpen
+        | Token::BraceOpen
+        | Token::Plus
+        | Token::Minus
+        | Token::Mul
+        | Token::Div
+        | Token::FloorDiv
+        | Token::Pow
+        | Token::Mod
+        | Token::Tilde
+        | Token::Eq
+        | Token::Ne
+        | Token::Gt
+        | Token::Gte
+        | Token::Lt
+        | Token::Lte => true,
+        _ => false,
+    }
+}
+
+/// Refuses a block with more than [`MAX_OPERATORS`] operators, before minijinja parses it
+/// (the lexer is a loop; it never recurses).
+fn check_operators(text: &str) -> Result<(), TemplateError> {
+    let mut count = 0;
+    let mut block = 0..0;
+    for token in tokenize(text, false, SyntaxConfig::default()) {
+        // A lexer error is reported by the parser.
+        let Ok((token, span)) = token else {
+            return Ok(());
+        };
+        match token {
+            Token::VariableStart | Token::BlockStart => {
+                count = 0;
+                block = span.start_offset as usize..span.end_offset as usize;
+            }
+            t if is_operator(&t) => {
+                count += 1;
+                if count > MAX_OPERATORS {
+                    return Err(TemplateError {
+                        message: format!("more than {MAX_OPERATORS} operators in one expression"),
+                        span: Some(block),
+                        too_deep: true,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]

@@ -74,12 +74,32 @@ macro_rules! path {
     ($($seg:expr),* $(,)?) => { Vec::<$crate::yaml::Seg>::from([$($crate::yaml::Seg::from($seg)),*]) };
 }
 
+/// How deep mappings and sequences may nest. Real files stay below 15 levels; the bound keeps
+/// every recursive walk of the tree (conversion, schema validation, drop) far from the stack's
+/// end. (The scanner itself bounds flow collections at 255 levels, block ones not at all.)
+pub const MAX_DEPTH: usize = 64;
+
 /// A YAML syntax error.
 #[derive(Debug, Clone)]
 pub struct SyntaxError {
     pub message: String,
     pub span: Span,
     pub label: String,
+    /// The document nests deeper than [`MAX_DEPTH`] (reported as `too-deep`).
+    pub too_deep: bool,
+    pub help: Option<String>,
+}
+
+impl SyntaxError {
+    fn new(message: impl Into<String>, span: Span, label: impl Into<String>) -> Self {
+        SyntaxError {
+            message: message.into(),
+            span,
+            label: label.into(),
+            too_deep: false,
+            help: None,
+        }
+    }
 }
 
 /// Parses one YAML document into a spanned tree.
@@ -90,6 +110,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let bytes = CharToByte::new(text);
     let mut builder = Builder {
+        text,
         bytes: &bytes,
         stack: Vec::new(),
         root: None,
@@ -100,11 +121,11 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             Ok((event, span)) => builder.event(event, span)?,
             Err(e) => {
                 let at = bytes.byte(e.marker().index());
-                return Err(SyntaxError {
-                    message: format!("invalid YAML: {}", e.info()),
-                    span: at..(at + 1).min(text.len()).max(at),
-                    label: e.info().to_string(),
-                });
+                return Err(SyntaxError::new(
+                    format!("invalid YAML: {}", e.info()),
+                    at..(at + 1).min(text.len()).max(at),
+                    e.info(),
+                ));
             }
         }
     }
@@ -127,6 +148,7 @@ enum Frame {
 }
 
 struct Builder<'a, 'b> {
+    text: &'b str,
     bytes: &'a CharToByte<'b>,
     stack: Vec<Frame>,
     root: Option<Node>,
@@ -144,27 +166,27 @@ impl Builder<'_, '_> {
             Event::DocumentStart(_) => {
                 self.documents += 1;
                 if self.documents > 1 {
-                    return Err(SyntaxError {
-                        message: "a file holds one YAML document".into(),
+                    return Err(SyntaxError::new(
+                        "a file holds one YAML document",
                         span,
-                        label: "second document starts here".into(),
-                    });
+                        "second document starts here",
+                    ));
                 }
             }
             Event::Alias(_) => {
-                return Err(SyntaxError {
-                    message: "YAML aliases are not supported".into(),
+                return Err(SyntaxError::new(
+                    "YAML aliases are not supported",
                     span,
-                    label: "alias".into(),
-                });
+                    "alias",
+                ));
             }
             Event::Scalar(value, style, anchor, tag) => {
                 if anchor != 0 || tag.is_some() {
-                    return Err(SyntaxError {
-                        message: "YAML anchors and tags are not supported".into(),
+                    return Err(SyntaxError::new(
+                        "YAML anchors and tags are not supported",
                         span,
-                        label: "anchor or tag".into(),
-                    });
+                        "anchor or tag",
+                    ));
                 }
                 let kind = scalar(&value, style);
                 self.push(Node { span, kind })?;
@@ -172,10 +194,23 @@ impl Builder<'_, '_> {
             Event::SequenceStart(anchor, tag) | Event::MappingStart(anchor, tag)
                 if anchor != 0 || tag.is_some() =>
             {
-                return Err(SyntaxError {
-                    message: "YAML anchors and tags are not supported".into(),
+                return Err(SyntaxError::new(
+                    "YAML anchors and tags are not supported",
                     span,
-                    label: "anchor or tag".into(),
+                    "anchor or tag",
+                ));
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(SyntaxError {
+                    too_deep: true,
+                    help: Some(format!(
+                        "flatten the structure: weft files nest at most {MAX_DEPTH} levels deep"
+                    )),
+                    ..SyntaxError::new(
+                        format!("YAML nested more than {MAX_DEPTH} levels deep"),
+                        span,
+                        format!("level {} starts here", MAX_DEPTH + 1),
+                    )
                 });
             }
             Event::SequenceStart(..) => self.stack.push(Frame::Seq {
@@ -230,20 +265,16 @@ impl Builder<'_, '_> {
                         NodeKind::Float(f) => f.to_string(),
                         NodeKind::Null => "null".to_string(),
                         NodeKind::Seq(_) | NodeKind::Map(_) => {
-                            return Err(SyntaxError {
-                                message: "mapping keys must be plain strings".into(),
-                                span: node.span,
-                                label: "complex key".into(),
-                            });
+                            return Err(complex_key(self.text, node.span));
                         }
                     };
                     if let Some(first) = entries.iter().find(|e| e.key == key) {
                         let first_line = first.key_span.start;
-                        return Err(SyntaxError {
-                            message: format!("duplicate key `{key}`"),
-                            span: node.span,
-                            label: format!("`{key}` is already set (byte {first_line})"),
-                        });
+                        return Err(SyntaxError::new(
+                            format!("duplicate key `{key}`"),
+                            node.span,
+                            format!("`{key}` is already set (byte {first_line})"),
+                        ));
                     }
                     *pending_key = Some((key, node.span));
                 }
@@ -255,6 +286,20 @@ impl Builder<'_, '_> {
             },
         }
         Ok(())
+    }
+}
+
+/// A mapping or sequence used as a mapping key; usually an unquoted template, which YAML reads
+/// as a flow mapping (`value: {{ x }}` is `value: { { x }: null }`).
+fn complex_key(text: &str, span: Span) -> SyntaxError {
+    let before = text.get(..span.start).unwrap_or_default().trim_end();
+    let template =
+        before.ends_with('{') && text.get(span.clone()).is_some_and(|k| k.starts_with('{'));
+    SyntaxError {
+        help: template.then(|| {
+            "an unquoted `{{` starts a YAML mapping: quote the template: `\"{{ … }}\"`".to_string()
+        }),
+        ..SyntaxError::new("mapping keys must be plain strings", span, "complex key")
     }
 }
 

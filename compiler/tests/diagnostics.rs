@@ -1,6 +1,7 @@
 //! Data-driven diagnostic tests: every fixture in `tests/diagnostics/<code>/<case>.yaml` is a
-//! small repository (files separated by `# file: <path>` lines). Its diagnostics, rendered
-//! without colour, are snapshotted, and each must include the code its folder is named after.
+//! small repository (files separated by `# file: <path>` lines; `# unreadable: <path> <reason>`
+//! stands for a file that could not be read from disk). Its diagnostics, rendered without
+//! colour, are snapshotted, and each must include the code its folder is named after.
 
 use std::path::Path;
 
@@ -13,7 +14,13 @@ fn sources(text: &str) -> Sources {
     let mut sources = Sources::default();
     let mut current: Option<(String, String)> = None;
     for line in text.split_inclusive('\n') {
-        if let Some(path) = line.strip_prefix("# file: ") {
+        if let Some(rest) = line.strip_prefix("# unreadable: ") {
+            if let Some((p, t)) = current.take() {
+                sources.add(p, t);
+            }
+            let (path, reason) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+            sources.add_unreadable(path, reason);
+        } else if let Some(path) = line.strip_prefix("# file: ") {
             if let Some((p, t)) = current.take() {
                 sources.add(p, t);
             }

@@ -60,9 +60,12 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         Some(rev) => git::read_at(&args.path, rev).with_context(|| format!("reading {rev}"))?,
         None => super::read(&args.path)?,
     };
+    // Both sides resolve pinned versions from the repository's version tags, as `build` does.
+    let versions = super::versions(&args.path);
+    let versions = versions.as_ref();
     let (old, new) = std::thread::scope(|s| {
-        let old = s.spawn(|| weft_compiler::compile(&old_sources));
-        let new = weft_compiler::compile(&new_sources);
+        let old = s.spawn(|| weft_compiler::compile_with(&old_sources, versions));
+        let new = weft_compiler::compile_with(&new_sources, versions);
         (old.join().expect("compiling the base"), new)
     });
     if new.error_count() > 0 {

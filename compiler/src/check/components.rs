@@ -127,6 +127,7 @@ fn check_actions(
                 connections: None,
                 steps: None,
                 flows: None,
+                trigger: None,
             };
             let http_value = serde_json::to_value(http).unwrap_or_default();
             check_value(

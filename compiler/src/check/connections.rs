@@ -18,6 +18,7 @@ impl IntegrationChecker<'_, '_> {
             connections: None,
             steps: None,
             flows: None,
+            trigger: None,
         };
         for (name, conn) in &m.connections {
             let mut p = path!["connections", name];

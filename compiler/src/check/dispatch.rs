@@ -4,15 +4,50 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::IntegrationChecker;
 use super::steps::FlowWalk;
+use crate::builtins::{BRANCH, DISPATCH};
 use crate::diagnostic::{Code, Diagnostic, did_you_mean};
-use crate::model::Integration;
+use crate::model::{BranchWith, Integration, Step};
 use crate::yaml::Path;
 
 /// A dispatch from one flow to another: source, target, and the path of the step's `flow:`.
 pub(super) type DispatchEdge = (String, String, Path);
+
+/// The flows that some `dispatch` step of the integration names (`flow:` is a literal name):
+/// their `trigger` may also be a dispatched payload.
+pub(super) fn dispatch_targets(m: &Integration) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for flow in m.flows.values() {
+        collect_targets(&flow.steps, &mut out);
+    }
+    out
+}
+
+/// The targets of the `dispatch` steps of a sequence, branch cases and loop bodies included.
+fn collect_targets(steps: &[Step], out: &mut BTreeSet<String>) {
+    for s in steps {
+        if s.uses == DISPATCH
+            && let Some(target) = s.with.get("flow").and_then(Value::as_str)
+        {
+            out.insert(target.to_string());
+        }
+        if let Some(body) = &s.steps {
+            collect_targets(body, out);
+        }
+        if s.uses == BRANCH
+            && let Ok(with) = BranchWith::deserialize(&s.with)
+        {
+            for case in &with.cases {
+                collect_targets(&case.steps, out);
+            }
+            collect_targets(&with.default, out);
+        }
+    }
+}
 
 impl IntegrationChecker<'_, '_> {
     /// The flow a `dispatch` step names (at `at`) is one of this integration's.

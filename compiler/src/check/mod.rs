@@ -7,6 +7,7 @@ mod components;
 mod config;
 mod connections;
 mod dispatch;
+mod project;
 mod responds;
 mod steps;
 mod triggers;
@@ -21,12 +22,13 @@ use serde_json::Value;
 
 pub use components::components;
 use dispatch::DispatchEdge;
+pub use project::{CheckedProject, project, project_model};
 use triggers::WebhookPaths;
 
 use crate::diagnostic::{Code, Diagnostic};
 use crate::graph::StepGraph;
 use crate::load::Loaded;
-use crate::model::{Component, Flow, Integration, Respond, Step};
+use crate::model::{Component, DurationText, Flow, Integration, Respond, Step};
 use crate::path;
 use crate::scope::Site;
 use crate::source::SourceFile;
@@ -145,9 +147,10 @@ impl<'a> IntegrationChecker<'a, '_> {
         let mut cases = BTreeMap::new();
         let mut dispatch_edges: Vec<DispatchEdge> = Vec::new();
         let mut webhook_paths = WebhookPaths::new();
+        let dispatched = dispatch::dispatch_targets(m);
         for (name, flow) in &m.flows {
             self.check_trigger(m, name, flow, &mut webhook_paths);
-            let mut walk = self.check_flow(m, name, flow);
+            let mut walk = self.check_flow(m, name, flow, dispatched.contains(name));
             let sync = flow
                 .trigger
                 .webhook
@@ -169,11 +172,20 @@ impl<'a> IntegrationChecker<'a, '_> {
             flows.push(checked);
         }
         self.check_dispatch_cycles(m, &dispatch_edges);
+        self.check_unused_config(m);
         CheckedIntegration {
             model: m,
             flows,
             components_used: std::mem::take(&mut self.components_used),
             cases,
+        }
+    }
+
+    /// A duration (at `at`) that is zero or too long gets a diagnostic.
+    fn check_duration(&mut self, at: &[Seg], d: Option<&DurationText>) {
+        if let Some(d) = d {
+            self.out
+                .extend(project::duration_error(&self.site, at, &d.0));
         }
     }
 

@@ -9,6 +9,7 @@ use petgraph::graph::NodeIndex;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::triggers::trigger_fields;
 use super::{CheckedFlow, CheckedStep, IntegrationChecker};
 use crate::builtins::{self, BRANCH, FOR_EACH, RESPOND};
 use crate::diagnostic::{Code, Diagnostic};
@@ -34,6 +35,8 @@ pub(super) struct FlowWalk<'a> {
     pub(super) respond_steps: usize,
     /// `when` of each branch case, per flow and branch step.
     pub(super) cases: BTreeMap<(String, String), Vec<String>>,
+    /// The fields of `trigger` the flow's templates may read.
+    trigger_fields: Vec<&'static str>,
 }
 
 /// Where a sequence of steps stands: its path, the steps that ran on every path before it, and
@@ -78,12 +81,14 @@ impl<'a> FlowWalk<'a> {
 }
 
 impl<'a> IntegrationChecker<'a, '_> {
-    /// Checks a flow's steps and builds its step graph.
+    /// Checks a flow's steps and builds its step graph; `dispatched` when a `dispatch` step
+    /// names the flow.
     pub(super) fn check_flow(
         &mut self,
         m: &'a Integration,
         name: &'a str,
         flow: &'a Flow,
+        dispatched: bool,
     ) -> FlowWalk<'a> {
         let mut walk = FlowWalk {
             flow_name: name,
@@ -94,6 +99,7 @@ impl<'a> IntegrationChecker<'a, '_> {
             dispatches: Vec::new(),
             respond_steps: 0,
             cases: BTreeMap::new(),
+            trigger_fields: trigger_fields(&flow.trigger, dispatched),
         };
         collect_ids(&flow.steps, &mut walk.all_ids);
         let trigger = walk.graph.add_node(GraphNode {
@@ -211,6 +217,7 @@ impl<'a> IntegrationChecker<'a, '_> {
         seq: &Sequence,
     ) {
         self.check_step_id(walk, step, at);
+        self.check_step_durations(step, at);
         self.check_uses(m, &step.uses, step.connection.as_deref(), at, false);
         self.check_nested_steps(step, at);
         let mut with_path = at.to_vec();
@@ -226,6 +233,20 @@ impl<'a> IntegrationChecker<'a, '_> {
         }
         if step.uses == RESPOND {
             walk.respond_steps += 1;
+        }
+    }
+
+    /// The step's time limit and retry waits are neither zero nor too long.
+    fn check_step_durations(&mut self, step: &Step, at: &[Seg]) {
+        let under = |segs: Path| {
+            let mut p = at.to_vec();
+            p.extend(segs);
+            p
+        };
+        self.check_duration(&under(path!["timeout"]), step.timeout.as_ref());
+        if let Some(retry) = &step.retry {
+            self.check_duration(&under(path!["retry", "initial"]), retry.initial.as_ref());
+            self.check_duration(&under(path!["retry", "max"]), retry.max.as_ref());
         }
     }
 
@@ -282,7 +303,8 @@ impl<'a> IntegrationChecker<'a, '_> {
         }
     }
 
-    /// Inputs against the action's schema; template values are checked at run time.
+    /// Literal inputs against the action's schema; templated values are not checked (here or at
+    /// run time).
     fn check_step_input(&mut self, step: &Step, with_path: &[Seg]) {
         let skip = |v: &Value| v.as_str().is_some_and(is_template);
         let input_schema = match builtins::get(&step.uses) {
@@ -331,6 +353,7 @@ impl<'a> IntegrationChecker<'a, '_> {
                 all: &walk.all_ids,
             }),
             flows: Some(&m.flows),
+            trigger: Some(&walk.trigger_fields),
         };
         let mut diags = Vec::new();
         if step.uses == BRANCH {

@@ -104,21 +104,7 @@ impl<'r> IntegrationChecker<'_, 'r> {
         let ctx = self.ctx;
         let Some(comp) = ctx.components.get(component) else {
             if !ctx.broken_components.contains(component) {
-                let candidates: Vec<String> = ctx
-                    .components
-                    .keys()
-                    .cloned()
-                    .chain(builtins::names().map(str::to_string))
-                    .collect();
-                let help = did_you_mean(component, candidates.iter().map(String::as_str))
-                    .or_else(|| did_you_mean(uses, builtins::names()));
-                self.error(
-                    Code::UnknownComponent,
-                    format!("unknown component `{component}`"),
-                    &at.uses,
-                    "not built in, nor in components/",
-                )
-                .help = help;
+                self.unknown_component(uses, component, at);
             }
             return;
         };
@@ -148,6 +134,37 @@ impl<'r> IntegrationChecker<'_, 'r> {
             .actions
             .insert(action.to_string());
         self.check_action_connection(m, uses, component, c, connection, at);
+    }
+
+    /// A `component.action` whose component is neither built in nor in `components/`.
+    fn unknown_component(&mut self, uses: &str, component: &str, at: &UsesAt) {
+        let components = &self.ctx.components;
+        // The whole name first (`csv.writer` → `csv.write`), then the component's.
+        let actions: Vec<String> = components
+            .iter()
+            .flat_map(|(name, c)| {
+                let actions = c.loaded.model.actions.keys();
+                actions.map(move |a| format!("{name}.{a}"))
+            })
+            .collect();
+        let mut whole: Vec<&str> = builtins::names().collect();
+        whole.extend(actions.iter().map(String::as_str));
+        let help = did_you_mean(uses, whole)
+            .or_else(|| did_you_mean(component, components.keys().map(String::as_str)));
+        // `csv.writer` is a built-in family's, not a component's.
+        let prefix = format!("{component}.");
+        let message = if builtins::names().any(|n| n.starts_with(&prefix)) {
+            format!("unknown step kind `{uses}`")
+        } else {
+            format!("unknown component `{component}`")
+        };
+        self.error(
+            Code::UnknownComponent,
+            message,
+            &at.uses,
+            "not built in, nor in components/",
+        )
+        .help = help;
     }
 
     /// The connection of a component action is for that component, and present when it needs

@@ -2,7 +2,6 @@
 //! step graph, each naming the queue it becomes, and its trigger.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use petgraph::graph::NodeIndex;
 use serde::Deserialize;
@@ -176,11 +175,10 @@ fn lower_webhook_auth(a: &model::WebhookAuth) -> Option<plan::WebhookAuth> {
     }
 }
 
-/// A duration the schema has accepted, in milliseconds.
+/// A duration the check has accepted (humantime reads it, in 64 bits of milliseconds), in
+/// milliseconds.
 fn duration_ms(text: &str) -> u64 {
-    humantime::parse_duration(text)
-        .map(|d: Duration| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::duration::parse_ms(text).expect("durations are checked before lowering")
 }
 
 pub(super) fn lower_method(m: model::HttpMethod) -> plan::HttpMethod {

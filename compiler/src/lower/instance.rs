@@ -6,21 +6,19 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::integration::CompiledIntegration;
 use super::secrets::record_secrets;
+use crate::check::CheckedProject;
 use crate::instance::CheckedInstance;
-use crate::model::{ConfigType, Project};
+use crate::model::ConfigType;
 use crate::plan::{self, ConfigValue, PLAN_FORMAT, Plan};
 
 /// The broker of container mode: the compose service `broker`.
 pub const BROKER_URL: &str = "nats://broker:4222";
 
-/// The request body limit when the project's `max_body` does not parse.
-const FALLBACK_MAX_BODY: u64 = 10_000_000;
-
 /// Lowers a checked instance of `integration` into its plan.
 pub fn instance(
     checked: &CheckedInstance<'_>,
     integration: &CompiledIntegration,
-    project: &Project,
+    project: &CheckedProject,
 ) -> Plan {
     let (config, secrets) = config_values(checked, integration);
     let (version, commit) = match &checked.published {
@@ -39,12 +37,11 @@ pub fn instance(
         flows: instance_flows(checked, integration),
         secrets: secrets.into_iter().collect(),
         policy: plan::Policy {
-            deny_private_addresses: project.policy.deny_private_addresses,
+            deny_private_addresses: project.model.policy.deny_private_addresses,
         },
         runtime: plan::RuntimeSettings {
-            port: project.gateway.port,
-            max_body: crate::size::parse_size(&project.gateway.max_body)
-                .unwrap_or(FALLBACK_MAX_BODY),
+            port: project.model.gateway.port,
+            max_body: project.max_body,
             broker_url: BROKER_URL.to_string(),
         },
     };
@@ -97,6 +94,11 @@ fn instance_flows(
         .map(|f| {
             let mut f = f.clone();
             f.enabled = checked.model.flows.get(&f.name).is_none_or(|s| s.enabled);
+            if let plan::Trigger::Schedule { cron, .. } = &mut f.trigger
+                && let Some(resolved) = checked.crons.get(&f.name)
+            {
+                cron.clone_from(resolved);
+            }
             f.entry_queue = f.entry_queue.map(|q| format!("{prefix}.{q}"));
             for s in &mut f.steps {
                 s.queue = format!("{prefix}.{}", s.queue);

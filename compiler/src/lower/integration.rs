@@ -12,6 +12,7 @@ use crate::graph::StepGraph;
 use crate::instance::Target;
 use crate::model::{self, ConfigVar, StepDefaults};
 use crate::plan;
+use crate::template::is_template;
 
 /// An integration that passed every check, ready to be instantiated per customer.
 #[derive(Debug, Clone)]
@@ -54,6 +55,16 @@ impl CompiledIntegration {
             name: &self.name,
             config: &self.config,
             flows: self.flows.iter().map(|f| f.name.as_str()).collect(),
+            schedules: self
+                .flows
+                .iter()
+                .filter_map(|f| match &f.trigger {
+                    plan::Trigger::Schedule { cron, .. } if is_template(cron) => {
+                        Some((f.name.as_str(), cron.as_str()))
+                    }
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }
