@@ -63,11 +63,7 @@ pub fn bundle(plan: &Plan, project: &Project) -> Bundle {
             json!(format!("sha256:{}", sha256_hex(f.contents.as_bytes()))),
         );
     }
-    let content_hash: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let content_hash = hex::encode(hasher.finalize());
     let components: serde_json::Map<String, Value> = plan
         .components
         .iter()

@@ -42,11 +42,7 @@ impl CompiledIntegration {
             "flows": flows,
         });
         let bytes = serde_json::to_vec(&canonical(value)).unwrap_or_default();
-        let digest: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256:{digest}")
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
     }
 
     /// What an instance of this integration is checked against.
