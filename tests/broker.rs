@@ -181,7 +181,8 @@ fn load(
             let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
             let prefix = prefix.to_string();
             tokio::spawn(async move {
-                for i in 0..per_sender {
+                let mut i = 0;
+                while i < per_sender {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
@@ -201,8 +202,15 @@ fn load(
                         .await;
                     match r {
                         Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
+                        // Not connected (weft is restarting): the event was never sent; send
+                        // it again. Anything else may have been stored: it is not sent again.
+                        Err(e) if e.is_connect() && !stop.load(Ordering::Relaxed) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
                         _ => tokio::time::sleep(Duration::from_millis(20)).await,
                     }
+                    i += 1;
                 }
             })
         })
@@ -282,29 +290,37 @@ async fn events_through_the_broker_survive_weft_kill_9() {
         check_delivered(&sink, &accepted, Duration::from_secs(20), &log).await;
     eprintln!("broker: accepted 500, delivered {delivered}, duplicates {duplicates}");
 
-    // The same load, weft killed with SIGKILL in the middle and restarted.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (accepted, senders) = load(port, "b", 10, 50, stop.clone());
+    // The same load, weft killed with SIGKILL in the middle and restarted while the senders
+    // keep going (an event refused at connect is sent again once weft is back).
+    let (accepted, senders) = load(port, "b", 10, 50, Arc::new(AtomicBool::new(false)));
     for _ in 0..500 {
         if accepted.lock().unwrap().len() >= 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let at_kill = accepted.lock().unwrap().len();
+    let delivered_at_kill = sink
+        .snapshot()
+        .keys()
+        .filter(|k| k.starts_with("b-"))
+        .count();
     weft.kill9();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    weft.wait_healthy().await;
     for s in senders {
         s.await.unwrap();
     }
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 200, "the load ran before the kill");
-    let weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
-    weft.wait_healthy().await;
+    assert!(
+        (200..500).contains(&at_kill) && delivered_at_kill < accepted.len(),
+        "weft was killed mid-load ({at_kill} accepted, {delivered_at_kill} delivered at the kill)"
+    );
     let (delivered, duplicates) =
         check_delivered(&sink, &accepted, Duration::from_secs(30), &log).await;
     eprintln!(
-        "broker, weft killed: accepted {}, delivered {delivered}, duplicates {duplicates}",
+        "broker, weft killed: accepted {} ({at_kill} at the kill), delivered {delivered}, duplicates {duplicates}",
         accepted.len()
     );
     drop(weft);

@@ -195,12 +195,12 @@ struct Request {
     reply: Reply,
 }
 
-/// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it; the
-/// NATS JetStream backend of the container deployment maps the same operations onto streams:
-/// `Enqueue` → publish to the step's subject, `Ack` → ack, `Reschedule` → nak with a delay,
-/// `DeadLetter` → publish to the dead-letter stream then terminate, trigger state → a KV bucket.
-/// Where a backend cannot make a commit atomic, it publishes successors before acknowledging,
-/// so a crash can only duplicate work in flight — never lose it.
+/// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it;
+/// so does [`crate::broker::JetStreamQueue`], which maps the queue operations onto NATS
+/// JetStream: `Enqueue` → publish to the step's subject, `Ack` → ack, `Reschedule` → nak with a
+/// delay, `DeadLetter` → record it in its local store, then terminate; history and trigger
+/// state stay in a local [`Store`]. Where a backend cannot make a commit atomic, it publishes
+/// successors before acknowledging, so a crash can only duplicate work in flight — never lose it.
 pub trait Queue: Send + Sync + 'static {
     /// Applies `ops` durably; resolves once they survive a crash.
     /// A request holding a claimed [`Op::Claim`] fails whole with [`StoreError::Duplicate`].

@@ -1,5 +1,6 @@
 //! `weft run`: compiles a repository (or loads built bundles) and runs every enabled flow of
-//! every instance in this process, on the embedded durable queue.
+//! every instance in this process, on the embedded durable queue (or, with `--broker`, on a
+//! NATS JetStream server).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
