@@ -299,7 +299,17 @@ impl JetStreamQueue {
             self.store.commit(first.clone()).await?;
         }
         if let Err(e) = self.publish(&ops).await {
-            self.undo(&first).await;
+            // A request that settles a message is retried as is by the engine; one that starts
+            // executions (a webhook, a trigger) is not: take its claims back.
+            let settles = ops.iter().any(|o| {
+                matches!(
+                    o,
+                    Op::Ack(_) | Op::Reschedule { .. } | Op::DeadLetter { .. }
+                )
+            });
+            if !settles {
+                self.undo(&first).await;
+            }
             return Err(e);
         }
         let mut history = Vec::new();
