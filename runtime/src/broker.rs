@@ -109,7 +109,13 @@ impl JetStreamQueue {
         store: Store,
         replicas: usize,
     ) -> Result<JetStreamQueue, StoreError> {
-        let client = async_nats::connect(url)
+        // Reconnect quickly (every 100 ms, growing to 1 s): while the broker is away, webhooks
+        // get 503 and settles wait.
+        let client = async_nats::ConnectOptions::new()
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100 * attempts.min(10) as u64)
+            })
+            .connect(url)
             .await
             .map_err(broker(format!("connecting to {url}")))?;
         Ok(JetStreamQueue {
