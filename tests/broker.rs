@@ -109,6 +109,8 @@ struct KeySink {
     seen: Arc<Mutex<HashMap<String, Vec<String>>>>,
     /// While set, events whose id starts with `bad` are refused with 400 (not retried).
     refuse: Arc<AtomicBool>,
+    /// A process to SIGKILL when an event whose id starts with `poison` arrives.
+    victim: Arc<Mutex<Option<u32>>>,
 }
 
 impl KeySink {
@@ -129,6 +131,11 @@ impl KeySink {
                 .and_then(|k| k.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
+            if id.starts_with("poison")
+                && let Some(pid) = *sink.victim.lock().unwrap()
+            {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
             sink.seen.lock().unwrap().entry(id).or_default().push(key);
             (axum::http::StatusCode::OK, "{}")
         }
@@ -458,5 +465,61 @@ async fn a_dead_letter_is_recorded_and_replayed_through_the_broker() {
     }
     assert_eq!(left, 0, "the replayed dead letter is gone");
     eprintln!("broker dead letter: recorded, replayed, delivered {delivered}");
+    drop(weft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_crash_loops_weft_is_dead_lettered_by_its_delivery_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let (sink, sink_addr) = KeySink::start().await;
+    // One attempt: the fifth delivery (attempts + 3 exceeded) is dead-lettered unrun.
+    let repo = repo(dir.path(), sink_addr);
+    let file = repo.join("integrations/reference/integration.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("attempts: 10", "attempts: 1");
+    std::fs::write(&file, text).unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = free_port();
+    let url = nats.url();
+    let args = ["--broker", url.as_str()];
+    let mut weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    *sink.victim.lock().unwrap() = Some(weft.child.id());
+    weft.wait_healthy().await;
+    let (accepted, senders) = load(port, "poison", 1, 1, Arc::new(AtomicBool::new(false)));
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    let mut crashes = 0;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let dead = loop {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered after {crashes} crashes"
+        );
+        if weft.child.try_wait().unwrap().is_some() {
+            crashes += 1;
+            weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+            *sink.victim.lock().unwrap() = Some(weft.child.id());
+        }
+        let dead = weft_runtime::history::open(&data)
+            .and_then(|conn| weft_runtime::history::dead_letters(&conn))
+            .unwrap_or_default();
+        if !dead.is_empty() {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("quarantined"), "{}", dead[0].error);
+    let runs = sink.snapshot()["poison-0-0"].len();
+    assert_eq!(
+        runs, 4,
+        "run four times (each killed weft), then dead-lettered"
+    );
+    eprintln!("broker crash loop: {crashes} crashes, {runs} runs, then dead-lettered");
     drop(weft);
 }
