@@ -55,8 +55,9 @@ pub struct EngineParts {
     /// Base URLs of custom components' containers, by component.
     pub component_urls: HashMap<String, String>,
     pub redactor: Redactor,
-    /// Marks of the messages running now, for quarantining poison messages.
-    pub inflight: InflightSlots,
+    /// Marks of the messages running now, for quarantining poison messages (the embedded
+    /// store's; the broker backend counts deliveries instead).
+    pub inflight: Option<InflightSlots>,
 }
 
 /// Everything the workers share.
@@ -69,7 +70,7 @@ pub struct Engine {
     deny_private: bool,
     component_urls: HashMap<String, String>,
     redactor: Redactor,
-    inflight: InflightSlots,
+    inflight: Option<InflightSlots>,
     metrics: Metrics,
     /// Sync webhooks waiting for their `respond` step, by execution.
     waiters: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
@@ -350,7 +351,7 @@ impl Engine {
     ) {
         // Until its commit, the message is marked as running: should the step kill the
         // process, the next start counts it (see `inflight`).
-        let _running = self.inflight.claim(message.id);
+        let _running = self.inflight.as_ref().map(|s| s.claim(message.id));
         let envelope: Envelope = match serde_json::from_str(&message.body) {
             Ok(e) => e,
             Err(e) => {

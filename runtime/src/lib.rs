@@ -7,6 +7,7 @@
 //! deadline.
 
 pub mod auth;
+pub mod broker;
 mod clock;
 pub mod dispatch;
 pub mod engine;
@@ -72,6 +73,11 @@ pub struct Options {
     pub max_store_bytes: Option<u64>,
     /// Bytes one rendered value or step output may take.
     pub max_output: usize,
+    /// A NATS JetStream server (`nats://HOST:PORT`) to keep the queues on instead of the
+    /// embedded store; history, state and dead letters stay in the data folder.
+    pub broker: Option<String>,
+    /// Replicas of each stream on the broker.
+    pub broker_replicas: usize,
 }
 
 impl Default for Options {
@@ -93,6 +99,8 @@ impl Default for Options {
             max_connections: 4096,
             max_store_bytes: None,
             max_output: render::DEFAULT_MAX_OUTPUT,
+            broker: None,
+            broker_replicas: 1,
         }
     }
 }
@@ -177,15 +185,10 @@ pub async fn start(
         work_queues(&instances),
         tokio::runtime::Handle::current(),
     ));
-    let store = open_store(&options.data_dir, &dispatch, options.max_store_bytes)?;
-    let (inflight, running_at_stop) =
-        InflightSlots::open(&options.data_dir).map_err(|source| StartError::DataFolder {
-            path: options.data_dir.join("inflight.slots"),
-            source,
-        })?;
+    let queues = open_queues(&options, &dispatch).await?;
     let redactor = redactor(&secrets, &instances);
     let engine = Arc::new(Engine::new(EngineParts {
-        store: Arc::new(store),
+        store: queues.queue.clone(),
         dispatch: dispatch.clone(),
         instances,
         renderer,
@@ -193,10 +196,13 @@ pub async fn start(
         deny_private: options.deny_private,
         component_urls: options.component_urls.clone(),
         redactor,
-        inflight,
+        inflight: queues.inflight,
     }));
-    resume(&engine, &options.data_dir, &running_at_stop).await?;
+    resume(&engine, &options.data_dir, &queues.running_at_stop).await?;
     spawn_workers(&engine, &dispatch, options.step_concurrency);
+    if let Some(broker) = &queues.broker {
+        broker.start(&engine, options.step_concurrency).await?;
+    }
     spawn_triggers(&engine);
     spawn_housekeeping(&engine, &options);
     let hooks = gateway::hooks(&engine, options.max_body)?;
@@ -273,6 +279,46 @@ fn lock_data_folder(dir: &Path) -> Result<std::fs::File, StartError> {
     lock.try_lock()
         .map_err(|_| StartError::Locked(dir.to_path_buf()))?;
     Ok(lock)
+}
+
+/// The durable queue the engine runs on, with what the embedded mode found in flight.
+struct Queues {
+    queue: Arc<dyn store::Queue>,
+    broker: Option<Arc<broker::JetStreamQueue>>,
+    inflight: Option<InflightSlots>,
+    running_at_stop: Vec<i64>,
+}
+
+/// The embedded store (with its in-flight slots), or the broker backend when one is named.
+async fn open_queues(options: &Options, dispatch: &Arc<Dispatch>) -> Result<Queues, StartError> {
+    if let Some(url) = &options.broker {
+        let history = Store::open_with(
+            &options.data_dir.join("weft.db"),
+            Box::new(|_: &[store::StoredMessage]| {}),
+            options.max_store_bytes,
+        )?;
+        let queue =
+            Arc::new(broker::JetStreamQueue::connect(url, history, options.broker_replicas).await?);
+        tracing::info!("queues on the NATS JetStream broker at {url}");
+        return Ok(Queues {
+            queue: queue.clone(),
+            broker: Some(queue),
+            inflight: None,
+            running_at_stop: Vec::new(),
+        });
+    }
+    let store = open_store(&options.data_dir, dispatch, options.max_store_bytes)?;
+    let (inflight, running_at_stop) =
+        InflightSlots::open(&options.data_dir).map_err(|source| StartError::DataFolder {
+            path: options.data_dir.join("inflight.slots"),
+            source,
+        })?;
+    Ok(Queues {
+        queue: Arc::new(store),
+        broker: None,
+        inflight: Some(inflight),
+        running_at_stop,
+    })
 }
 
 /// The embedded store; every commit routes what it enqueued to the in-memory queues.

@@ -110,6 +110,17 @@ pub enum Op {
         key: String,
         at: i64,
     },
+    /// Record a dead letter of a message that is not in this store (the broker backend's).
+    RecordDeadLetter(DeadLetterRecord),
+    /// Forget a claim (the broker backend, when what the claim guarded could not be published).
+    Unclaim {
+        key: String,
+    },
+    /// A dead letter was put back on its queue elsewhere (the broker backend): drop it and its
+    /// replay request, and reopen its execution.
+    Replayed {
+        dead_letter: i64,
+    },
     /// Move a dead letter back onto its queue.
     Replay {
         dead_letter: i64,
@@ -126,6 +137,18 @@ pub enum Op {
         before: i64,
         claims_before: i64,
     },
+}
+
+/// A dead letter to record as is (see [`Op::RecordDeadLetter`]).
+#[derive(Debug, Clone)]
+pub struct DeadLetterRecord {
+    pub queue: String,
+    pub execution: String,
+    pub step: String,
+    pub attempt: u32,
+    pub body: String,
+    pub error: String,
+    pub at: i64,
 }
 
 /// What a committed request produced: the messages it enqueued (with their ids).
@@ -150,6 +173,9 @@ pub enum StoreError {
     },
     #[error("the store failed: {0}")]
     Sqlite(Arc<rusqlite::Error>),
+    /// The NATS JetStream broker failed (see [`crate::broker`]).
+    #[error("the broker failed: {0}")]
+    Broker(Arc<crate::broker::BrokerError>),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -169,12 +195,12 @@ struct Request {
     reply: Reply,
 }
 
-/// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it; the
-/// NATS JetStream backend of the container deployment maps the same operations onto streams:
-/// `Enqueue` → publish to the step's subject, `Ack` → ack, `Reschedule` → nak with a delay,
-/// `DeadLetter` → publish to the dead-letter stream then terminate, trigger state → a KV bucket.
-/// Where a backend cannot make a commit atomic, it publishes successors before acknowledging,
-/// so a crash can only duplicate work in flight — never lose it.
+/// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it;
+/// so does [`crate::broker::JetStreamQueue`], which maps the queue operations onto NATS
+/// JetStream: `Enqueue` → publish to the step's subject, `Ack` → ack, `Reschedule` → nak with a
+/// delay, `DeadLetter` → record it in its local store, then terminate; history and trigger
+/// state stay in a local [`Store`]. Where a backend cannot make a commit atomic, it publishes
+/// successors before acknowledging, so a crash can only duplicate work in flight — never lose it.
 pub trait Queue: Send + Sync + 'static {
     /// Applies `ops` durably; resolves once they survive a crash.
     /// A request holding a claimed [`Op::Claim`] fails whole with [`StoreError::Duplicate`].
@@ -401,6 +427,18 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A dead letter's queue, execution and body.
+    pub fn dead_letter(&self, id: i64) -> Result<Option<(String, String, String)>, StoreError> {
+        let conn = self.reader();
+        Ok(conn
+            .query_row(
+                "SELECT queue, execution, body FROM dead_letters WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
+
     pub fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.reader();
         Ok(conn
@@ -496,6 +534,26 @@ fn apply(
                 return Err(StoreError::Duplicate(key.clone()));
             }
         }
+        Op::Unclaim { key } => {
+            tx.prepare_cached("DELETE FROM state WHERE key = ?1")?
+                .execute([key])?;
+        }
+        Op::RecordDeadLetter(d) => {
+            tx.prepare_cached(
+                "INSERT INTO dead_letters (queue, execution, step, attempt, body, error, failed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                d.queue,
+                d.execution,
+                d.step,
+                d.attempt,
+                d.body,
+                d.error,
+                d.at
+            ])?;
+        }
+        Op::Replayed { dead_letter } => reopen(tx, *dead_letter)?,
         _ => apply_queue(tx, op, committed)?,
     }
     Ok(())
@@ -605,6 +663,20 @@ fn replay(
         body,
     };
     apply_queue(tx, &Op::Enqueue(message), committed)?;
+    reopen(tx, dead_letter)
+}
+
+/// Drops a replayed dead letter and reopens its execution.
+fn reopen(tx: &rusqlite::Transaction<'_>, dead_letter: i64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
+        .execute([dead_letter])?;
+    let execution: Option<String> = tx
+        .prepare_cached("SELECT execution FROM dead_letters WHERE id = ?1")?
+        .query_row([dead_letter], |r| r.get(0))
+        .optional()?;
+    let Some(execution) = execution else {
+        return Ok(());
+    };
     tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
         .execute([dead_letter])?;
     tx.prepare_cached(

@@ -1,5 +1,6 @@
 //! `weft run`: compiles a repository (or loads built bundles) and runs every enabled flow of
-//! every instance in this process, on the embedded durable queue.
+//! every instance in this process, on the embedded durable queue (or, with `--broker`, on a
+//! NATS JetStream server).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,14 @@ pub struct Args {
     /// and webhooks get 503 until space is freed. Default: the disk's size.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, env = "WEFT_MAX_STORE_SIZE")]
     pub max_store_size: Option<u64>,
+    /// Keep the queues on a NATS JetStream server (nats://HOST:PORT) instead of the embedded
+    /// store: one work-queue stream per flow, one consumer per step. History, trigger state and
+    /// dead letters stay in the data folder.
+    #[arg(long, value_name = "URL", env = "WEFT_BROKER_URL")]
+    pub broker: Option<String>,
+    /// Replicas of each stream on the broker (with --broker).
+    #[arg(long, default_value_t = 1, env = "WEFT_BROKER_REPLICAS")]
+    pub broker_replicas: usize,
 }
 
 /// `10MB`, `512KiB`, `100B`.
@@ -191,6 +200,8 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         read_timeout: Duration::from_secs(args.read_timeout.max(1)),
         max_connections: args.max_connections.unwrap_or_else(connection_capacity),
         max_store_bytes: args.max_store_size,
+        broker: args.broker.clone(),
+        broker_replicas: args.broker_replicas.max(1),
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

