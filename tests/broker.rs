@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use support::{WeftProcess, binary, free_port, reference_repo, sign};
+use support::{WeftProcess, binary, free_port, reference_repo};
 
 /// A `nats-server -js` child process with its store in a folder that outlives restarts.
 struct NatsServer {
@@ -177,6 +177,46 @@ fn repo(dir: &Path, sink: SocketAddr) -> PathBuf {
     repo
 }
 
+/// One broker test's scratch: a nats-server, the short-timeout reference repository, a data
+/// folder, a log and a port for `weft run --broker`.
+struct Setup {
+    /// Kept for the test's life: the folder is removed when it drops.
+    _dir: tempfile::TempDir,
+    nats: NatsServer,
+    repo: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Setup {
+    fn new(sink: SocketAddr) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = NatsServer::start(&dir.path().join("nats"));
+        Setup {
+            repo: repo(dir.path(), sink),
+            data: dir.path().join("data"),
+            log: dir.path().join("weft.log"),
+            port: free_port(),
+            nats,
+            _dir: dir,
+        }
+    }
+
+    /// `weft run --broker` on this scratch.
+    fn spawn(&self) -> WeftProcess {
+        let url = self.nats.url();
+        WeftProcess::spawn_args(
+            &binary(),
+            &self.repo,
+            &self.data,
+            self.port,
+            &self.log,
+            &["--broker", url.as_str()],
+        )
+    }
+}
+
 /// Senders posting events `<prefix>-<s>-<i>` until `stop` (or `per_sender` each); returns the
 /// accepted (2xx) ids.
 fn load(
@@ -199,19 +239,7 @@ fn load(
                         break;
                     }
                     let id = format!("{prefix}-{s}-{i}");
-                    let body = serde_json::to_vec(
-                        &serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }),
-                    )
-                    .unwrap();
-                    let r = client
-                        .post(format!(
-                            "http://127.0.0.1:{port}/hooks/acme/reference/orders"
-                        ))
-                        .header("content-type", "application/json")
-                        .header("X-Signature", sign(&body))
-                        .body(body)
-                        .send()
-                        .await;
+                    let r = support::post_reference(&client, port, &id).await;
                     match r {
                         Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
                         // Not connected (weft is restarting): the event was never sent; send
@@ -275,16 +303,10 @@ async fn check_delivered(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_through_the_broker_survive_weft_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats"));
     let (sink, sink_addr) = KeySink::start().await;
-    let repo = repo(dir.path(), sink_addr);
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let url = nats.url();
-    let args = ["--broker", url.as_str()];
-    let mut weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    let setup = Setup::new(sink_addr);
+    let (log, port) = (setup.log.clone(), setup.port);
+    let mut weft = setup.spawn();
     weft.wait_healthy().await;
 
     // 500 events: every one delivered.
@@ -319,7 +341,7 @@ async fn events_through_the_broker_survive_weft_kill_9() {
         .count();
     weft.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    let weft = setup.spawn();
     weft.wait_healthy().await;
     for s in senders {
         s.await.unwrap();
@@ -340,22 +362,10 @@ async fn events_through_the_broker_survive_weft_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_survive_a_broker_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = NatsServer::start(&dir.path().join("nats"));
     let (sink, sink_addr) = KeySink::start().await;
-    let repo = repo(dir.path(), sink_addr);
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let url = nats.url();
-    let weft = WeftProcess::spawn_args(
-        &binary(),
-        &repo,
-        &data,
-        port,
-        &log,
-        &["--broker", url.as_str()],
-    );
+    let mut setup = Setup::new(sink_addr);
+    let (log, port) = (setup.log.clone(), setup.port);
+    let weft = setup.spawn();
     weft.wait_healthy().await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -367,10 +377,10 @@ async fn accepted_events_survive_a_broker_restart() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let before = accepted.lock().unwrap().len();
-    nats.kill9();
+    setup.nats.kill9();
     // The gateway answers 503 while the broker is down: those are not accepted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    nats.restart();
+    setup.nats.restart();
     // The load goes on until events are accepted again.
     for _ in 0..300 {
         if accepted.lock().unwrap().len() >= before + 100 {
@@ -398,23 +408,11 @@ async fn accepted_events_survive_a_broker_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_recorded_and_replayed_through_the_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats"));
     let (sink, sink_addr) = KeySink::start().await;
     sink.refuse.store(true, Ordering::Relaxed);
-    let repo = repo(dir.path(), sink_addr);
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let url = nats.url();
-    let weft = WeftProcess::spawn_args(
-        &binary(),
-        &repo,
-        &data,
-        port,
-        &log,
-        &["--broker", url.as_str()],
-    );
+    let setup = Setup::new(sink_addr);
+    let (data, log, port) = (setup.data.clone(), setup.log.clone(), setup.port);
+    let weft = setup.spawn();
     weft.wait_healthy().await;
     let (accepted, senders) = load(port, "bad", 1, 1, Arc::new(AtomicBool::new(false)));
     for s in senders {
@@ -470,22 +468,16 @@ async fn a_dead_letter_is_recorded_and_replayed_through_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_crash_loops_weft_is_dead_lettered_by_its_delivery_count() {
-    let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(&dir.path().join("nats"));
     let (sink, sink_addr) = KeySink::start().await;
     // One attempt: the fifth delivery (attempts + 3 exceeded) is dead-lettered unrun.
-    let repo = repo(dir.path(), sink_addr);
+    let setup = Setup::new(sink_addr);
+    let (repo, data, port) = (setup.repo.clone(), setup.data.clone(), setup.port);
     let file = repo.join("integrations/reference/integration.yaml");
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("attempts: 10", "attempts: 1");
     std::fs::write(&file, text).unwrap();
-    let data = dir.path().join("data");
-    let log = dir.path().join("weft.log");
-    let port = free_port();
-    let url = nats.url();
-    let args = ["--broker", url.as_str()];
-    let mut weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+    let mut weft = setup.spawn();
     *sink.victim.lock().unwrap() = Some(weft.child.id());
     weft.wait_healthy().await;
     let (accepted, senders) = load(port, "poison", 1, 1, Arc::new(AtomicBool::new(false)));
@@ -502,7 +494,7 @@ async fn a_message_that_crash_loops_weft_is_dead_lettered_by_its_delivery_count(
         );
         if weft.child.try_wait().unwrap().is_some() {
             crashes += 1;
-            weft = WeftProcess::spawn_args(&binary(), &repo, &data, port, &log, &args);
+            weft = setup.spawn();
             *sink.victim.lock().unwrap() = Some(weft.child.id());
         }
         let dead = weft_runtime::history::open(&data)

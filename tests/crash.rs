@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use support::{CountingSink, WeftProcess, binary, free_port, reference_repo, sign};
+use support::{CountingSink, WeftProcess, binary, free_port, reference_repo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_survive_kill_9() {
@@ -34,20 +34,7 @@ async fn accepted_events_survive_kill_9() {
                     break;
                 }
                 let id = format!("e-{s}-{i}");
-                let body = serde_json::to_vec(
-                    &serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }),
-                )
-                .unwrap();
-                let r = client
-                    .post(format!(
-                        "http://127.0.0.1:{port}/hooks/acme/reference/orders"
-                    ))
-                    .header("content-type", "application/json")
-                    .header("X-Signature", sign(&body))
-                    .body(body)
-                    .send()
-                    .await;
-                match r {
+                match support::post_reference(&client, port, &id).await {
                     Ok(r) if r.status().is_success() => accepted.lock().unwrap().push(id),
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::any;
-use support::{Scratch, WeftProcess, sign};
+use support::{Scratch, WeftProcess};
 
 /// A sink that counts deliveries per id and SIGKILLs the weft process when `poison` arrives:
 /// a step that takes the process down, as an out-of-memory kill would.
@@ -54,17 +54,8 @@ impl KillingSink {
 }
 
 async fn post_event(port: u16, id: &str) -> reqwest::StatusCode {
-    let body =
-        serde_json::to_vec(&serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }))
-            .unwrap();
-    support::http_client(Duration::from_secs(5))
-        .post(format!(
-            "http://127.0.0.1:{port}/hooks/acme/reference/orders"
-        ))
-        .header("content-type", "application/json")
-        .header("X-Signature", sign(&body))
-        .body(body)
-        .send()
+    let client = support::http_client(Duration::from_secs(5));
+    support::post_reference(&client, port, id)
         .await
         .unwrap()
         .status()

@@ -263,6 +263,26 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .unwrap()
 }
 
+/// Posts one signed reference event `{ id, amount_cents: 1000, sent: 0 }` to `weft run`.
+pub async fn post_reference(
+    client: &reqwest::Client,
+    port: u16,
+    id: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }))
+            .unwrap();
+    client
+        .post(format!(
+            "http://127.0.0.1:{port}/hooks/acme/reference/orders"
+        ))
+        .header("content-type", "application/json")
+        .header("X-Signature", sign(&body))
+        .body(body)
+        .send()
+        .await
+}
+
 pub fn sign(body: &[u8]) -> String {
     weft_runtime::auth::sign_hmac(HOOK_SECRET.as_bytes(), body)
 }
