@@ -34,6 +34,20 @@ pub struct Scope<'a> {
     pub trigger: Option<&'a [&'a str]>,
 }
 
+impl<'a> Scope<'a> {
+    /// Templates that may read `config` only (connections, webhook auth, cron).
+    pub fn config_only(config: &'a IndexMap<String, ConfigVar>) -> Scope<'a> {
+        Scope {
+            vars: &["config"],
+            config: Some(config),
+            connections: None,
+            steps: None,
+            flows: None,
+            trigger: None,
+        }
+    }
+}
+
 /// Where a value lies: its file, the file's tree, and the path of the value in it.
 pub struct Site<'a> {
     pub file: FileId,

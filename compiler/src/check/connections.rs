@@ -12,14 +12,7 @@ use crate::yaml::Seg;
 
 impl IntegrationChecker<'_, '_> {
     pub(super) fn check_connections(&mut self, m: &Integration) {
-        let scope = Scope {
-            vars: &["config"],
-            config: Some(&m.config),
-            connections: None,
-            steps: None,
-            flows: None,
-            trigger: None,
-        };
+        let scope = Scope::config_only(&m.config);
         for (name, conn) in &m.connections {
             let mut p = path!["connections", name];
             p.push(Seg::Key("with".into()));

@@ -101,14 +101,7 @@ impl IntegrationChecker<'_, '_> {
         let at = path!["flows", name, "trigger", "webhook", "timeout"];
         self.check_duration(&at, w.timeout.as_ref());
         if let Some(auth) = &w.auth {
-            let config_scope = Scope {
-                vars: &["config"],
-                config: Some(&m.config),
-                connections: None,
-                steps: None,
-                flows: None,
-                trigger: None,
-            };
+            let config_scope = Scope::config_only(&m.config);
             let auth_value = serde_json::to_value(auth).unwrap_or_default();
             let mut p = path!["flows", name, "trigger", "webhook", "auth"];
             let mut diags = Vec::new();
@@ -146,14 +139,7 @@ impl IntegrationChecker<'_, '_> {
     /// A schedule that is a template reads only `config` (resolved per instance), and no
     /// secret.
     fn check_cron_template(&mut self, m: &Integration, at: &[Seg], text: &str) {
-        let scope = Scope {
-            vars: &["config"],
-            config: Some(&m.config),
-            connections: None,
-            steps: None,
-            flows: None,
-            trigger: None,
-        };
+        let scope = Scope::config_only(&m.config);
         let mut diags = Vec::new();
         check_template(&self.site, at, text, &scope, &mut diags);
         self.out.extend(diags);
