@@ -13,6 +13,26 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Lean allocator defaults, set before anything allocates: arenas are committed as they are
+/// used and freed memory is returned at once (idle RSS about 20 MB instead of 30 MB). They are
+/// defaults: `MIMALLOC_ARENA_EAGER_COMMIT` and `MIMALLOC_PURGE_DELAY` in the environment win.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static LEAN_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn lean_allocator() {
+        // `mi_option_e` in mimalloc.h (v2 and v3): not exported as constants by the -sys crate.
+        const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        // SAFETY: mimalloc's option setters only store a value; they are safe to call at any
+        // time, and this runs once, before `main`, on the only thread.
+        unsafe {
+            libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0);
+            libmimalloc_sys::mi_option_set_default(PURGE_DELAY, 0);
+        }
+    }
+    lean_allocator
+};
+
 const EXAMPLES: &str = "\
 Examples:
   weft check                         check the repository in the current folder
