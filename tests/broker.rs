@@ -275,18 +275,7 @@ async fn check_delivered(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = sink.snapshot();
-    let lost: Vec<&String> = accepted
-        .iter()
-        .filter(|id| !seen.contains_key(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} accepted events were lost, e.g. {:?}; log: {}",
-        lost.len(),
-        accepted.len(),
-        &lost[..lost.len().min(5)],
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    support::assert_none_lost(accepted, |id| seen.contains_key(id), log);
     let mut duplicates = 0;
     for id in accepted {
         let keys = &seen[id];

@@ -83,17 +83,7 @@ async fn accepted_events_survive_kill_9() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let seen = sink.seen.lock().unwrap().clone();
-    let lost: Vec<&String> = accepted
-        .iter()
-        .filter(|id| !seen.contains_key(*id))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} accepted events were lost, e.g. {:?}; log: {}",
-        lost.len(),
-        &lost[..lost.len().min(5)],
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
+    support::assert_none_lost(&accepted, |id| seen.contains_key(id), &log);
     let duplicates = seen.values().filter(|(n, _)| *n > 1).count();
     eprintln!(
         "accepted {}, delivered {} distinct, {} delivered more than once (in flight at the kill)",

@@ -20,7 +20,9 @@ pub struct Name(#[schemars(regex(pattern = r"^[a-z][a-z0-9-]*$"))] pub String);
 
 /// A duration such as `500ms`, `30s`, `5m`, `1h` or `1h 30m`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
-pub struct DurationText(#[schemars(regex(pattern = r"^([0-9]+ ?(ms|s|m|h|d) ?)+$"))] pub String);
+pub struct DurationText(
+    #[schemars(regex(pattern = weft_plan::builtin::DURATION_PATTERN))] pub String,
+);
 
 /// `weft.yaml` at the repository root: project-wide defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -119,24 +119,11 @@ fn http_properties(with_method: bool, with_body: bool) -> Value {
 }
 
 impl Builtin {
-    /// Steps that hold other steps (branch cases, loop bodies).
-    pub const fn has_children(self) -> bool {
-        matches!(self, Builtin::Branch | Builtin::ForEach)
-    }
-
     /// Actions a poll trigger may call without a component.
     pub const fn pollable(self) -> bool {
         matches!(
             self,
             Builtin::HttpRequest | Builtin::HttpGet | Builtin::FileList
-        )
-    }
-
-    /// Steps with no side effect whose output depends on their input only.
-    pub const fn is_pure(self) -> bool {
-        matches!(
-            self,
-            Builtin::Transform | Builtin::Branch | Builtin::Respond | Builtin::Log
         )
     }
 

@@ -78,10 +78,6 @@ impl GatewayState {
             limits,
         }
     }
-
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
 }
 
 /// Every webhook route of every instance, with its auth secrets rendered from config.

@@ -283,6 +283,19 @@ pub async fn post_reference(
         .await
 }
 
+/// Fails, naming a few and printing weft's log, if any accepted event was not delivered.
+pub fn assert_none_lost(accepted: &[String], delivered: impl Fn(&str) -> bool, log: &Path) {
+    let lost: Vec<&String> = accepted.iter().filter(|id| !delivered(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} accepted events were lost, e.g. {:?}; log: {}",
+        lost.len(),
+        accepted.len(),
+        &lost[..lost.len().min(5)],
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 pub fn sign(body: &[u8]) -> String {
     weft_runtime::auth::sign_hmac(HOOK_SECRET.as_bytes(), body)
 }
