@@ -42,6 +42,8 @@ Examples:
   weft diff --format markdown        what a pull request changes, per integration and customer
   weft publish                       tag changed integrations as new versions (CI on main)
   weft run examples/event-import     run every instance on the embedded durable queue
+  weft gateway /bundle               container mode: a bundle's gateway, on the broker
+  weft step /bundle --flow F --step S    container mode: one step's worker, on the broker
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
 
@@ -76,6 +78,8 @@ enum Command {
     Catalog(commands::catalog::CatalogArgs),
     New(commands::catalog::NewArgs),
     Run(commands::run::Args),
+    Gateway(commands::gateway::Args),
+    Step(commands::step::Args),
     Executions(commands::executions::Args),
     Dlq(commands::dlq::Args),
     Health(commands::health::Args),
@@ -113,6 +117,8 @@ fn main() -> ExitCode {
         Command::Catalog(args) => commands::catalog::catalog(args),
         Command::New(args) => commands::catalog::new(args),
         Command::Run(args) => commands::run::run(args, cli.color),
+        Command::Gateway(args) => commands::gateway::run(args, cli.color),
+        Command::Step(args) => commands::step::run(args, cli.color),
         Command::Executions(args) => commands::executions::run(args),
         Command::Dlq(args) => commands::dlq::run(args),
         Command::Health(args) => commands::health::run(args),

@@ -78,6 +78,23 @@ pub struct Options {
     pub broker: Option<String>,
     /// Replicas of each stream on the broker.
     pub broker_replicas: usize,
+    /// What this process runs: everything (`weft run`), or one part of a bundle's container
+    /// topology on the broker (`weft gateway`, `weft step`).
+    pub role: Role,
+}
+
+/// The part of the work one process does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Role {
+    /// Triggers, the gateway and every step, in one process (`weft run`).
+    #[default]
+    All,
+    /// Triggers and the gateway; steps run in other processes, on the broker. Keeps the
+    /// execution history, which step workers send through the broker.
+    Gateway,
+    /// One step of one flow, from its consumer on the broker (`weft step`); serves only
+    /// `/healthz` and `/metrics`.
+    Step { flow: String, step: String },
 }
 
 impl Default for Options {
@@ -101,6 +118,7 @@ impl Default for Options {
             max_output: render::DEFAULT_MAX_OUTPUT,
             broker: None,
             broker_replicas: 1,
+            role: Role::All,
         }
     }
 }

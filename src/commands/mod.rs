@@ -6,10 +6,12 @@ pub mod check;
 pub mod diff;
 pub mod dlq;
 pub mod executions;
+pub mod gateway;
 pub mod graph;
 pub mod health;
 pub mod publish;
 pub mod run;
+pub mod step;
 pub mod versions;
 
 use std::path::Path;

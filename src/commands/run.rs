@@ -160,6 +160,15 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
 }
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
+    run_as(args, color, weft_runtime::Role::All)
+}
+
+/// Runs `role`'s part of the plans at `args.path` (`weft run`, `weft gateway`, `weft step`).
+pub fn run_as(
+    args: Args,
+    color: ColorChoice,
+    role: weft_runtime::Role,
+) -> anyhow::Result<ExitCode> {
     let plans = match load_plans(&args.path, color)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
@@ -202,6 +211,7 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         max_store_bytes: args.max_store_size,
         broker: args.broker.clone(),
         broker_replicas: args.broker_replicas.max(1),
+        role,
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
