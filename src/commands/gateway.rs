@@ -19,6 +19,7 @@ served at POST /hooks/<customer>/<integration><path>; /healthz and /metrics on t
 /// Run a bundle's triggers and gateway against a NATS JetStream broker (container mode).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
+#[group(skip)]
 pub struct Args {
     #[command(flatten)]
     pub run: super::run::Args,

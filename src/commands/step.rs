@@ -19,6 +19,7 @@ container per replica of each step.";
 /// Run one step of a bundle from its queue on a NATS JetStream broker (container mode).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
+#[group(skip)]
 pub struct Args {
     /// The flow the step belongs to.
     #[arg(long)]
