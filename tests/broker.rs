@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,10 @@ struct KeySink {
     refuse: Arc<AtomicBool>,
     /// A process to SIGKILL when an event whose id starts with `poison` arrives.
     victim: Arc<Mutex<Option<u32>>>,
+    /// Milliseconds each answer takes (a slow upstream).
+    delay_ms: Arc<AtomicU64>,
+    /// When each first arrival came.
+    arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl KeySink {
@@ -136,7 +140,15 @@ impl KeySink {
             {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
-            sink.seen.lock().unwrap().entry(id).or_default().push(key);
+            let delay = sink.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let mut seen = sink.seen.lock().unwrap();
+            if !seen.contains_key(&id) {
+                sink.arrivals.lock().unwrap().push(Instant::now());
+            }
+            seen.entry(id).or_default().push(key);
             (axum::http::StatusCode::OK, "{}")
         }
         let app = axum::Router::new()
@@ -553,7 +565,15 @@ impl Topology {
     }
 
     fn add_step(&mut self, setup: &Setup, bundle: &Path, step: &str) {
+        self.add_step_with(setup, bundle, step, &[]);
+    }
+
+    fn add_step_with(&mut self, setup: &Setup, bundle: &Path, step: &str, args: &[&str]) {
         let url = setup.nats.url();
+        let args: Vec<&str> = ["--broker", url.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
         let process = WeftProcess::spawn_command(
             &binary(),
             &["step", "--flow", "orders", "--step", step],
@@ -562,7 +582,7 @@ impl Topology {
             &setup.data.join("unused"),
             free_port(),
             &setup.log,
-            &["--broker", url.as_str()],
+            &args,
         );
         self.steps.push((step.to_string(), process));
     }
@@ -689,4 +709,47 @@ async fn a_sync_webhook_is_answered_by_a_respond_step_in_another_process() {
     }
     wait_succeeded(&setup.data, 5, &setup.log).await;
     drop(topology);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throughput() {
+    let (sink, sink_addr) = KeySink::start().await;
+    // The upstream answers in 20 ms; each replica works on 4 messages at once.
+    sink.delay_ms.store(20, Ordering::Relaxed);
+    let setup = Setup::new(sink_addr);
+    let bundle = build_bundle(&setup.repo);
+    let mut rates = Vec::new();
+    for (round, replicas) in [1, 3].into_iter().enumerate() {
+        // The events wait on the HTTP step's queue; then its replicas start and drain it.
+        let topology = Topology::start(&setup, &bundle, &[("shape", 1), ("route", 1)]);
+        topology.wait_healthy(&setup.log).await;
+        let prefix = format!("r{round}");
+        let (accepted, senders) =
+            load(setup.port, &prefix, 8, 50, Arc::new(AtomicBool::new(false)));
+        for s in senders {
+            s.await.unwrap();
+        }
+        let accepted = accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len(), 400);
+        let mut topology = topology;
+        sink.arrivals.lock().unwrap().clear();
+        for _ in 0..replicas {
+            topology.add_step_with(&setup, &bundle, "deliver", &["--step-concurrency", "4"]);
+        }
+        check_delivered(&sink, &accepted, Duration::from_secs(30), &setup.log).await;
+        let arrivals = sink.arrivals.lock().unwrap().clone();
+        let span = arrivals[arrivals.len() - 1] - arrivals[0];
+        let rate = (arrivals.len() - 1) as f64 / span.as_secs_f64();
+        eprintln!(
+            "HTTP step at {replicas} replica(s), 4 at once each, 20 ms upstream: {rate:.0} events/s"
+        );
+        rates.push(rate);
+        drop(topology);
+    }
+    let ratio = rates[1] / rates[0];
+    eprintln!("3 replicas / 1 replica: {ratio:.2}x");
+    assert!(
+        ratio > 2.0,
+        "three replicas drain the shared queue about three times as fast as one ({ratio:.2}x)"
+    );
 }

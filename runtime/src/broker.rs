@@ -192,7 +192,7 @@ impl JetStreamQueue {
                         continue;
                     }
                     let consumer = self.consumer(&stream, step).await?;
-                    let concurrency = step_concurrency.max(1) * step.step.replicas.max(1) as usize;
+                    let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
                     tokio::spawn(self.clone().fetch_loop(
                         engine.clone(),
                         step.clone(),

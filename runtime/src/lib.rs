@@ -92,6 +92,15 @@ impl Role {
             Role::Step { flow: f, step: s } => f == flow && s == step,
         }
     }
+
+    /// How many of `step`'s replicas this process is: all of them in one process, one in a
+    /// step's container (its siblings are other containers on the same consumer).
+    pub fn replicas_here(&self, step: &weft_plan::Step) -> usize {
+        match self {
+            Role::All | Role::Gateway => step.replicas.max(1) as usize,
+            Role::Step { .. } => 1,
+        }
+    }
 }
 
 /// The part of the work one process does.
@@ -522,7 +531,7 @@ fn spawn_workers(engine: &Arc<Engine>, dispatch: &Dispatch, step_concurrency: us
                 continue;
             }
             let queue = dispatch.queues[&step.step.queue].clone();
-            let concurrency = step_concurrency.max(1) * step.step.replicas.max(1) as usize;
+            let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
             tokio::spawn(
                 engine
                     .clone()
