@@ -24,6 +24,9 @@ use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use weft_plan::broker_names::history_subject;
+use weft_plan::broker_names::{self, history_stream};
+
 use crate::Role;
 use crate::clock::now_ms;
 use crate::engine::{Engine, Envelope};
@@ -93,16 +96,6 @@ struct HistoryBatch {
     ops: Vec<Op>,
 }
 
-/// The subject of an instance's history stream.
-pub fn history_subject(customer: &str, integration: &str) -> String {
-    format!("weft.history.{}.{}", name(customer), name(integration))
-}
-
-/// The name of an instance's history stream (flow streams start with `weft_`: no collision).
-fn history_stream(customer: &str, integration: &str) -> String {
-    format!("weft-history_{}_{}", name(customer), name(integration))
-}
-
 /// The JetStream-backed queue.
 pub struct JetStreamQueue {
     js: jetstream::Context,
@@ -110,16 +103,6 @@ pub struct JetStreamQueue {
     replicas: usize,
     held: Mutex<HashMap<i64, Held>>,
     next_id: AtomicI64,
-}
-
-/// A stream or consumer name: `[a-z0-9_-]`, everything else `-`.
-fn name(text: &str) -> String {
-    text.chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '-',
-        })
-        .collect()
 }
 
 /// The stable broker-side de-duplication id of a message to publish.
@@ -211,10 +194,8 @@ impl JetStreamQueue {
         flow: &str,
         steps: &[&Arc<StepRt>],
     ) -> Result<stream::Stream, StoreError> {
-        let stream_name = name(&format!(
-            "weft_{}_{}_{flow}",
-            instance.plan.customer, instance.plan.integration
-        ));
+        let stream_name =
+            broker_names::flow_stream(&instance.plan.customer, &instance.plan.integration, flow);
         // Sorted: every process of a bundle declares the same configuration.
         let mut subjects: Vec<String> = steps.iter().map(|s| s.step.queue.clone()).collect();
         subjects.sort();
@@ -268,7 +249,7 @@ impl JetStreamQueue {
         stream: &stream::Stream,
         step: &StepRt,
     ) -> Result<consumer::PullConsumer, StoreError> {
-        let durable = name(&step.step.id);
+        let durable = broker_names::step_consumer(&step.step.id);
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: step.step.queue.clone(),
@@ -753,8 +734,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_keep_only_safe_characters() {
-        assert_eq!(name("weft_Acme_ref.v2_orders"), "weft_acme_ref-v2_orders");
+    fn message_ids_are_stable() {
         assert_eq!(message_id("q", "e", "b"), message_id("q", "e", "b"));
         assert_ne!(message_id("q", "e", "b"), message_id("q", "eb", ""));
     }
