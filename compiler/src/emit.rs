@@ -32,25 +32,56 @@ pub struct Bundle {
     pub content_hash: String,
 }
 
-/// Emits every file of one instance's bundle.
+/// What a bundle holds besides its plan: `weft build --target compose,k8s [--autoscale]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    /// `docker-compose.yaml` (the default).
+    pub compose: bool,
+    /// `kubernetes.yaml`.
+    pub kubernetes: bool,
+    /// `keda.yaml`: KEDA autoscalers of the steps (with `kubernetes`).
+    pub autoscale: bool,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            compose: true,
+            kubernetes: false,
+            autoscale: false,
+        }
+    }
+}
+
+/// Emits every file of one instance's bundle, for docker-compose.
 pub fn bundle(plan: &Plan, project: &Project) -> Bundle {
+    bundle_for(plan, project, Targets::default())
+}
+
+/// Emits every file of one instance's bundle, for `targets`.
+pub fn bundle_for(plan: &Plan, project: &Project, targets: Targets) -> Bundle {
     let plan_json = serde_json::to_string_pretty(plan).expect("plans serialize") + "\n";
-    let compose = compose(plan, project);
-    let env = env_example(plan);
-    let mut files = vec![
-        EmittedFile {
-            name: "plan.json",
-            contents: plan_json,
-        },
-        EmittedFile {
+    let mut files = vec![EmittedFile {
+        name: "plan.json",
+        contents: plan_json,
+    }];
+    if targets.compose {
+        files.push(EmittedFile {
             name: "docker-compose.yaml",
-            contents: compose,
-        },
-        EmittedFile {
-            name: ".env.example",
-            contents: env,
-        },
-    ];
+            contents: compose(plan, project),
+        });
+    }
+    if targets.kubernetes {
+        files.extend(
+            crate::kubernetes::manifests(plan, project, targets.autoscale)
+                .into_iter()
+                .map(|(name, contents)| EmittedFile { name, contents }),
+        );
+    }
+    files.push(EmittedFile {
+        name: ".env.example",
+        contents: env_example(plan),
+    });
     let mut hasher = Sha256::new();
     let mut file_hashes = serde_json::Map::new();
     for f in &files {
@@ -96,8 +127,10 @@ pub fn bundle(plan: &Plan, project: &Project) -> Bundle {
 /// `.env.example`: the secret names this instance reads, never their values.
 pub fn env_example(plan: &Plan) -> String {
     let mut out = format!(
-        "# Secrets of {} for {}: set each before `docker compose up` (or export them for `weft run`).\n",
-        plan.integration, plan.customer
+        "# Secrets of {} for {}: copy this file to .env and set each before `docker-compose up`\n# (or export them for `weft run`). On Kubernetes, the customer's Secret from .env:\n#   {}\n",
+        plan.integration,
+        plan.customer,
+        crate::kubernetes::secret_command(plan)
     );
     for name in &plan.secrets {
         out.push_str(&format!("{name}=\n"));
