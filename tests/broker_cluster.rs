@@ -313,8 +313,9 @@ impl Setup {
     }
 
     /// `weft run --broker <n1> --broker-replicas 3`, once healthy (fails with weft's log if it
-    /// exits first). One URL: `--broker` does not take a list (`a,b,c` is refused as an invalid
-    /// port), and the client learns the other nodes from the server's INFO.
+    /// exits first). One URL (`--broker` also takes a comma-separated list): the test needs to
+    /// know the node weft is connected to, and the client learns the other nodes from the
+    /// server's INFO.
     async fn spawn_weft(&self) -> WeftProcess {
         let url = self.cluster.nodes[0].url();
         let mut weft = WeftProcess::spawn_args(
