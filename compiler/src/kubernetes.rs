@@ -419,6 +419,10 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
 fn runtime_env(project: &Project) -> Vec<EnvVar> {
     vec![
         plain_env("WEFT_BROKER_URL", &project.broker.url),
+        plain_env(
+            "WEFT_BROKER_REPLICAS",
+            &project.broker.stream_replicas.to_string(),
+        ),
         plain_env("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
         plain_env("MIMALLOC_PURGE_DELAY", "0"),
     ]

@@ -65,6 +65,14 @@ pub struct BrokerSettings {
     /// (`--autoscale`).
     #[serde(default = "default_broker_monitoring")]
     pub monitoring: String,
+    /// Copies of each stream the broker keeps (3 on a 3-node JetStream cluster).
+    #[serde(default = "default_stream_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub stream_replicas: u8,
+}
+
+fn default_stream_replicas() -> u8 {
+    1
 }
 
 fn default_broker_url() -> String {
@@ -79,6 +87,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             url: default_broker_url(),
             monitoring: default_broker_monitoring(),
+            stream_replicas: default_stream_replicas(),
         }
     }
 }
