@@ -308,8 +308,7 @@ pub fn file_folders(plan: &Plan) -> BTreeSet<String> {
         }
         for (field, value) in &step.with {
             let Some(text) = value.as_str() else { continue };
-            let literal = literal_prefix(plan, text);
-            let whole = literal.len() == text.len();
+            let (literal, whole) = literal_prefix(plan, text);
             let folder = match (field.as_str(), whole) {
                 ("folder", true) => literal.as_str(),
                 ("folder" | "path" | "from" | "to", _) => {
@@ -326,14 +325,14 @@ pub fn file_folders(plan: &Plan) -> BTreeSet<String> {
 }
 
 /// `text` with `{{ config.NAME }}` replaced by literal string values, up to the first other
-/// template expression.
-fn literal_prefix(plan: &Plan, text: &str) -> String {
+/// template expression; `true` when that is the whole text.
+fn literal_prefix(plan: &Plan, text: &str) -> (String, bool) {
     let mut out = String::new();
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
         out.push_str(&rest[..open]);
         let Some(close) = rest[open..].find("}}") else {
-            return out;
+            return (out, false);
         };
         let expr = rest[open + 2..open + close].trim();
         let value = expr
@@ -347,12 +346,12 @@ fn literal_prefix(plan: &Plan, text: &str) -> String {
             });
         match value {
             Some(v) => out.push_str(v),
-            None => return out,
+            None => return (out, false),
         }
         rest = &rest[open + close + 2..];
     }
     out.push_str(rest);
-    out
+    (out, true)
 }
 
 /// An absolute, normalised path for `folder` (relative to `/`); `None` for the root, an empty

@@ -434,7 +434,7 @@ fn print_services(specs: &[ContainerSpec], states: &BTreeMap<String, State>, for
                 println!(
                     "{:width$}  {:<8}  {:<9}  {}",
                     r["service"].as_str().unwrap_or(""),
-                    r["replicas"],
+                    r["replicas"].to_string(),
                     r["state"].as_str().unwrap_or(""),
                     r["port"].as_str().unwrap_or("")
                 );
