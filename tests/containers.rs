@@ -1,0 +1,467 @@
+//! The container topology on a real Docker engine (`.ci/run` starts dockerd; without one these
+//! tests fail, never skip): `weft image build` builds both images (once per binary, shared by
+//! the tests of this file under a lock); `weft up` runs a bundle's containers, labelled and
+//! healthy, `weft ps` and `weft logs` show them and `weft down` leaves nothing; the emitted
+//! compose file runs as is under Debian's docker-compose 1.29 and carries an event end to end;
+//! a missing image is named with the command that builds it.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
+use support::{CountingSink, binary, free_port, http_client};
+
+/// The tags the tests build (not the release defaults, which a user may have built).
+const RUNTIME_IMAGE: &str = "weft-test/runtime:latest";
+const BROKER_IMAGE: &str = "weft-test/nats:latest";
+
+fn weft(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("weft runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Builds both images unless this very binary built them already: the test processes of this
+/// file take turns on a lock file, and a stamp (binary size and modification time, and the
+/// image ids) says whether the images on the engine are this binary's.
+fn images() {
+    let lock_path = std::env::temp_dir().join("weft-test-images.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let meta = std::fs::metadata(binary()).unwrap();
+    let stamp_path = std::env::temp_dir().join("weft-test-images.stamp");
+    let identity = format!(
+        "{} {} {:?}",
+        binary().display(),
+        meta.len(),
+        meta.modified().unwrap()
+    );
+    let ids = || -> Option<String> {
+        let runtime = docker_block(|d| async move { d.inspect_image(RUNTIME_IMAGE).await.ok() })?;
+        let broker = docker_block(|d| async move { d.inspect_image(BROKER_IMAGE).await.ok() })?;
+        Some(format!("{:?} {:?}", runtime.id, broker.id))
+    };
+    if let (Ok(stamp), Some(ids)) = (std::fs::read_to_string(&stamp_path), ids())
+        && stamp == format!("{identity}\n{ids}")
+    {
+        return;
+    }
+    for args in [
+        &["image", "build", "--tag", RUNTIME_IMAGE][..],
+        &[
+            "image",
+            "build",
+            "--broker",
+            "--tag",
+            BROKER_IMAGE,
+            "--format",
+            "json",
+        ][..],
+    ] {
+        let out = weft(args);
+        assert!(out.status.success(), "weft {args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains(args[args.iter().position(|a| *a == "--tag").unwrap() + 1])
+        );
+    }
+    std::fs::write(&stamp_path, format!("{identity}\n{}", ids().unwrap())).unwrap();
+}
+
+/// Runs `work` with a connected client, on a thread of its own (callers may be async tests);
+/// fails the test (never skips it) without an engine.
+fn docker_block<F, Fut, T>(work: F) -> T
+where
+    F: FnOnce(Docker) -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let docker = Docker::connect_with_defaults()
+                        .unwrap()
+                        .negotiate_version()
+                        .await
+                        .expect(
+                            "a Docker engine answers (.ci/run starts dockerd; start it: `dockerd &`)",
+                        );
+                    work(docker).await
+                })
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// Every container (any state) labelled with this customer.
+fn containers_of(customer: &str) -> Vec<bollard::models::ContainerSummary> {
+    let customer = customer.to_string();
+    docker_block(|d| async move {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("weft.customer={customer}")],
+        )]);
+        d.list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+    })
+}
+
+/// A one-flow repository with no secrets: a webhook, a transform, and an HTTP POST (two
+/// replicas) to `sink` (as the containers reach it), for `customer`.
+fn plain_repo(dir: &Path, customer: &str, sink: &str) {
+    let files = [
+        ("weft.yaml", "weft: 1\nname: plain\n".to_string()),
+        (
+            "integrations/relay/integration.yaml",
+            format!(
+                r#"weft: 1
+name: relay
+description: A webhook relayed to a sink
+config:
+  sink_url: {{ type: url, default: "http://{sink}" }}
+flows:
+  orders:
+    trigger:
+      webhook: {{ path: /orders }}
+    steps:
+      - id: shape
+        uses: transform
+        with: {{ value: {{ id: "{{{{ trigger.body.id }}}}" }} }}
+      - id: deliver
+        uses: http.post
+        with: {{ url: "{{{{ config.sink_url }}}}/orders", body: "{{{{ steps.shape }}}}" }}
+        retry: {{ attempts: 10, initial: 200ms, max: 2s }}
+        replicas: 2
+"#
+            ),
+        ),
+        (
+            &format!("instances/{customer}/relay.yaml"),
+            "weft: 1\nintegration: relay\n".to_string(),
+        ),
+    ];
+    for (path, contents) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, contents).unwrap();
+    }
+}
+
+/// `weft build` of `repo`; returns the one bundle folder.
+fn build(repo: &Path, out: &Path) -> PathBuf {
+    let built = weft(&["build", repo.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let customer = std::fs::read_dir(out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::read_dir(customer)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
+/// Polls the gateway's /healthz on the host until it answers 200 (at most 90 s).
+async fn wait_gateway(port: u16) {
+    let client = http_client(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ok = client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway on {port} never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Posts `{ id }` to the relay's webhook and waits (at most 60 s) until the sink has it.
+async fn relay_one(port: u16, customer: &str, sink: &CountingSink, id: &str) {
+    let client = http_client(Duration::from_secs(10));
+    let answer = client
+        .post(format!(
+            "http://127.0.0.1:{port}/hooks/{customer}/relay/orders"
+        ))
+        .json(&serde_json::json!({ "id": id }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{}: {}",
+        answer.status(),
+        answer.text().await.unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sink.seen.lock().unwrap().contains_key(id) {
+        assert!(Instant::now() < deadline, "{id} never reached the sink");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing() {
+    images();
+    let customer = "up-test";
+    let (sink, addr) = CountingSink::start_on("0.0.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    plain_repo(
+        &dir.path().join("repo"),
+        customer,
+        &format!("host.docker.internal:{}", addr.port()),
+    );
+    let bundle = build(&dir.path().join("repo"), &dir.path().join("dist"));
+    let bundle_arg = bundle.to_str().unwrap().to_string();
+    // Taken down whatever happens next (the test's own `down` runs first and checks it).
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = weft(&["down", &self.0, "--volumes"]);
+        }
+    }
+    let _guard = Down(bundle_arg.clone());
+    let port = free_port();
+    let started = Instant::now();
+    let up = tokio::task::spawn_blocking({
+        let bundle_arg = bundle_arg.clone();
+        move || {
+            weft(&[
+                "up",
+                &bundle_arg,
+                "--runtime-image",
+                RUNTIME_IMAGE,
+                "--broker-image",
+                BROKER_IMAGE,
+                "--port",
+                &port.to_string(),
+                "--timeout",
+                "90",
+                "--format",
+                "json",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(up.status.success(), "weft up: {}", text(&up.stderr));
+    eprintln!("weft up took {:.1} s", started.elapsed().as_secs_f64());
+    let table: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let services: HashMap<&str, &serde_json::Value> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["service"].as_str().unwrap(), s))
+        .collect();
+    assert_eq!(services.len(), 4, "{table}");
+    assert_eq!(services["step.orders.deliver"]["replicas"], 2);
+    assert_eq!(services["gateway"]["state"], "healthy");
+    assert_eq!(services["gateway"]["port"], format!("127.0.0.1:{port}"));
+    assert_eq!(services["broker"]["state"], "running");
+
+    // Every container: labelled, named after the bundle, on the bundle's network.
+    let containers = containers_of(customer);
+    assert_eq!(containers.len(), 5);
+    for c in &containers {
+        let labels = c.labels.clone().unwrap();
+        let name = c.names.as_ref().unwrap()[0]
+            .trim_start_matches('/')
+            .to_string();
+        assert!(name.starts_with("weft-up-test-relay-"), "{name}");
+        assert_eq!(labels["weft.integration"], "relay");
+        let role = labels["weft.role"].as_str();
+        assert!(
+            ["broker", "gateway", "step"].contains(&role),
+            "{name}: {role}"
+        );
+        if role == "step" {
+            assert_eq!(labels["weft.flow"], "orders");
+            assert!(["shape", "deliver"].contains(&labels["weft.step"].as_str()));
+        }
+        let inspect = docker_block(|d| async move {
+            d.inspect_container(&name, None::<InspectContainerOptions>)
+                .await
+                .unwrap()
+        });
+        let networks = inspect.network_settings.unwrap().networks.unwrap();
+        assert!(networks.contains_key("weft-up-test-relay"), "{networks:?}");
+    }
+
+    // An event through the containers: gateway → broker → shape → deliver → the sink.
+    relay_one(port, customer, &sink, "up-1").await;
+
+    let ps = weft(&["ps", &bundle_arg]);
+    assert!(ps.status.success(), "{}", text(&ps.stderr));
+    let listing = text(&ps.stdout);
+    assert!(
+        listing.contains("step.orders.deliver") && listing.contains("2/2"),
+        "{listing}"
+    );
+    let all = weft(&["ps", "--format", "json"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["customer"] == customer && row["service"] == "gateway"),
+        "{all}"
+    );
+    let logs = weft(&["logs", &bundle_arg, "gateway"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    let log_text = text(&logs.stdout);
+    assert!(log_text.contains("gateway | "), "{log_text}");
+    assert!(log_text.contains("listening"), "{log_text}");
+    let unknown = weft(&["logs", &bundle_arg, "no-such-service"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("step.orders.shape"));
+
+    let down = weft(&["down", &bundle_arg, "--volumes"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert!(
+        containers_of(customer).is_empty(),
+        "containers left after down"
+    );
+    let leftovers = docker_block(|d| async move {
+        let network = d.inspect_network("weft-up-test-relay", None).await.is_ok();
+        let volume = d
+            .inspect_volume("weft-up-test-relay_broker-data")
+            .await
+            .is_ok();
+        (network, volume)
+    });
+    assert_eq!(
+        leftovers,
+        (false, false),
+        "network or volume left after down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emitted_compose_file_runs_under_docker_compose() {
+    images();
+    let customer = "compose-test";
+    let (sink, addr) = CountingSink::start_on("0.0.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    plain_repo(
+        &dir.path().join("repo"),
+        customer,
+        &format!("host.docker.internal:{}", addr.port()),
+    );
+    let bundle = build(&dir.path().join("repo"), &dir.path().join("dist"));
+    // As a user would: .env from .env.example (no secrets in this integration).
+    std::fs::copy(bundle.join(".env.example"), bundle.join(".env")).unwrap();
+    let port = free_port();
+    let compose =
+        {
+            let bundle = bundle.clone();
+            move |args: &[&str]| {
+                Command::new("docker-compose")
+            .args(args)
+            .current_dir(&bundle)
+            .env("WEFT_RUNTIME_IMAGE", RUNTIME_IMAGE)
+            .env("WEFT_BROKER_IMAGE", BROKER_IMAGE)
+            .env("WEFT_PORT", port.to_string())
+            .output()
+            .expect("docker-compose is installed (apt-get install docker-compose; .ci/run does)")
+            }
+        };
+    let up = tokio::task::spawn_blocking({
+        let compose = compose.clone();
+        move || compose(&["up", "-d"])
+    })
+    .await
+    .unwrap();
+    // Taken down whatever happens next.
+    struct Down<F: Fn(&[&str]) -> Output>(F);
+    impl<F: Fn(&[&str]) -> Output> Drop for Down<F> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["down", "-v"]);
+        }
+    }
+    let guard = Down(compose.clone());
+    assert!(
+        up.status.success(),
+        "docker-compose up: {}",
+        text(&up.stderr)
+    );
+    wait_gateway(port).await;
+    let containers = containers_of(customer);
+    // broker, gateway, shape, and deliver twice (deploy.replicas).
+    assert_eq!(containers.len(), 5);
+    for c in &containers {
+        let labels = c.labels.as_ref().unwrap();
+        assert_eq!(
+            labels["com.docker.compose.project"],
+            "weft-compose-test-relay"
+        );
+        assert!(labels.contains_key("weft.role"));
+    }
+    relay_one(port, customer, &sink, "compose-1").await;
+    drop(guard);
+    assert!(
+        containers_of(customer).is_empty(),
+        "containers left after down -v"
+    );
+}
+
+#[test]
+fn a_missing_image_is_named_with_the_command_that_builds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    plain_repo(
+        &dir.path().join("repo"),
+        "missing-test",
+        "host.docker.internal:9",
+    );
+    let bundle = build(&dir.path().join("repo"), &dir.path().join("dist"));
+    let out = weft(&[
+        "up",
+        bundle.to_str().unwrap(),
+        "--runtime-image",
+        "weft-test/absent:none",
+        "--broker-image",
+        "weft-test/absent-broker:none",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("weft image build --tag weft-test/absent:none"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("weft image build --broker --tag weft-test/absent-broker:none"),
+        "{stderr}"
+    );
+    assert!(containers_of("missing-test").is_empty());
+}
