@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,10 @@ struct KeySink {
     refuse: Arc<AtomicBool>,
     /// A process to SIGKILL when an event whose id starts with `poison` arrives.
     victim: Arc<Mutex<Option<u32>>>,
+    /// Milliseconds each answer takes (a slow upstream).
+    delay_ms: Arc<AtomicU64>,
+    /// When each first arrival came.
+    arrivals: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl KeySink {
@@ -136,7 +140,15 @@ impl KeySink {
             {
                 let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             }
-            sink.seen.lock().unwrap().entry(id).or_default().push(key);
+            let delay = sink.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let mut seen = sink.seen.lock().unwrap();
+            if !seen.contains_key(&id) {
+                sink.arrivals.lock().unwrap().push(Instant::now());
+            }
+            seen.entry(id).or_default().push(key);
             (axum::http::StatusCode::OK, "{}")
         }
         let app = axum::Router::new()
@@ -503,4 +515,241 @@ async fn a_message_that_crash_loops_weft_is_dead_lettered_by_its_delivery_count(
     );
     eprintln!("broker crash loop: {crashes} crashes, {runs} runs, then dead-lettered");
     drop(weft);
+}
+
+/// Builds the scratch repository into bundles; returns the reference bundle's folder.
+fn build_bundle(repo: &Path) -> PathBuf {
+    let out = repo.parent().unwrap().join("dist");
+    let status = Command::new(binary())
+        .arg("build")
+        .arg(repo)
+        .arg("-o")
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "weft build");
+    out.join("acme/reference")
+}
+
+/// The container topology as processes: `weft gateway` and one `weft step` per step replica
+/// (the HTTP step at two), on one broker.
+struct Topology {
+    gateway: WeftProcess,
+    steps: Vec<(String, WeftProcess)>,
+}
+
+impl Topology {
+    fn start(setup: &Setup, bundle: &Path, steps: &[(&str, usize)]) -> Topology {
+        let url = setup.nats.url();
+        let broker = ["--broker", url.as_str()];
+        let gateway = WeftProcess::spawn_command(
+            &binary(),
+            &["gateway"],
+            bundle,
+            &setup.data,
+            setup.port,
+            &setup.log,
+            &broker,
+        );
+        let mut topology = Topology {
+            gateway,
+            steps: Vec::new(),
+        };
+        for (step, replicas) in steps {
+            for _ in 0..*replicas {
+                topology.add_step(setup, bundle, step);
+            }
+        }
+        topology
+    }
+
+    fn add_step(&mut self, setup: &Setup, bundle: &Path, step: &str) {
+        self.add_step_with(setup, bundle, step, &[]);
+    }
+
+    fn add_step_with(&mut self, setup: &Setup, bundle: &Path, step: &str, args: &[&str]) {
+        let url = setup.nats.url();
+        let args: Vec<&str> = ["--broker", url.as_str()]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        let process = WeftProcess::spawn_command(
+            &binary(),
+            &["step", "--flow", "orders", "--step", step],
+            bundle,
+            // Unused: a step worker keeps nothing.
+            &setup.data.join("unused"),
+            free_port(),
+            &setup.log,
+            &args,
+        );
+        self.steps.push((step.to_string(), process));
+    }
+
+    async fn wait_healthy(&self, log: &Path) {
+        let client = support::http_client(Duration::from_secs(2));
+        let processes = std::iter::once(("gateway", &self.gateway))
+            .chain(self.steps.iter().map(|(s, p)| (s.as_str(), p)));
+        for (name, process) in processes {
+            let url = format!("http://127.0.0.1:{}/healthz", process.port);
+            let mut healthy = false;
+            for _ in 0..400 {
+                if client
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+                {
+                    healthy = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            assert!(
+                healthy,
+                "{name} did not become healthy at {url}; log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Waits until the gateway's history shows `count` succeeded executions.
+async fn wait_succeeded(data: &Path, count: usize, log: &Path) -> usize {
+    let mut succeeded = 0;
+    for _ in 0..400 {
+        succeeded = weft_runtime::history::open(data)
+            .and_then(|conn| {
+                weft_runtime::history::executions(&conn, None, Some("succeeded"), 100_000)
+            })
+            .map_or(0, |e| e.len());
+        if succeeded >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        succeeded >= count,
+        "the gateway's history shows {succeeded} of {count} executions succeeded; log: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    succeeded
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_runs_as_a_gateway_and_step_workers_through_a_step_kill() {
+    let (sink, sink_addr) = KeySink::start().await;
+    let setup = Setup::new(sink_addr);
+    let bundle = build_bundle(&setup.repo);
+    let mut topology = Topology::start(
+        &setup,
+        &bundle,
+        &[("shape", 1), ("route", 1), ("deliver", 2)],
+    );
+    topology.wait_healthy(&setup.log).await;
+
+    // 300 events; one replica of the HTTP step is killed mid-load and started again.
+    let (accepted, senders) = load(setup.port, "p", 10, 30, Arc::new(AtomicBool::new(false)));
+    for _ in 0..500 {
+        if accepted.lock().unwrap().len() >= 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let index = topology
+        .steps
+        .iter()
+        .position(|(s, _)| s == "deliver")
+        .unwrap();
+    topology.steps.remove(index).1.kill9();
+    topology.add_step(&setup, &bundle, "deliver");
+    for s in senders {
+        s.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 300, "the gateway accepts every event");
+    let (delivered, duplicates) =
+        check_delivered(&sink, &accepted, Duration::from_secs(30), &setup.log).await;
+    // The step workers' history reaches the gateway's store: every execution succeeded.
+    let succeeded = wait_succeeded(&setup.data, accepted.len(), &setup.log).await;
+    eprintln!(
+        "gateway + step processes, a step replica killed: accepted {}, delivered {delivered}, duplicates {duplicates}, succeeded in the history {succeeded}",
+        accepted.len()
+    );
+    drop(topology);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_webhook_is_answered_by_a_respond_step_in_another_process() {
+    let (_sink, sink_addr) = KeySink::start().await;
+    let setup = Setup::new(sink_addr);
+    let file = setup.repo.join("integrations/reference/integration.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "        auth: { hmac_sha256: { secret: \"{{ config.hook_secret }}\", header: X-Signature } }\n",
+        "        auth: { hmac_sha256: { secret: \"{{ config.hook_secret }}\", header: X-Signature } }\n        respond: sync\n",
+    ) + "      - id: answer\n        uses: respond\n        with:\n          status: 201\n          body: { order: \"{{ steps.shape.id }}\" }\n";
+    std::fs::write(&file, text).unwrap();
+    let bundle = build_bundle(&setup.repo);
+    let topology = Topology::start(
+        &setup,
+        &bundle,
+        &[("shape", 1), ("route", 1), ("deliver", 1), ("answer", 1)],
+    );
+    topology.wait_healthy(&setup.log).await;
+    let client = support::http_client(Duration::from_secs(10));
+    for i in 0..5 {
+        let id = format!("s-{i}");
+        let r = support::post_reference(&client, setup.port, &id)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["order"], id.as_str());
+    }
+    wait_succeeded(&setup.data, 5, &setup.log).await;
+    drop(topology);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throughput() {
+    let (sink, sink_addr) = KeySink::start().await;
+    // The upstream answers in 20 ms; each replica works on 4 messages at once.
+    sink.delay_ms.store(20, Ordering::Relaxed);
+    let setup = Setup::new(sink_addr);
+    let bundle = build_bundle(&setup.repo);
+    let mut rates = Vec::new();
+    for (round, replicas) in [1, 3].into_iter().enumerate() {
+        // The events wait on the HTTP step's queue; then its replicas start and drain it.
+        let topology = Topology::start(&setup, &bundle, &[("shape", 1), ("route", 1)]);
+        topology.wait_healthy(&setup.log).await;
+        let prefix = format!("r{round}");
+        let (accepted, senders) =
+            load(setup.port, &prefix, 8, 50, Arc::new(AtomicBool::new(false)));
+        for s in senders {
+            s.await.unwrap();
+        }
+        let accepted = accepted.lock().unwrap().clone();
+        assert_eq!(accepted.len(), 400);
+        let mut topology = topology;
+        sink.arrivals.lock().unwrap().clear();
+        for _ in 0..replicas {
+            topology.add_step_with(&setup, &bundle, "deliver", &["--step-concurrency", "4"]);
+        }
+        check_delivered(&sink, &accepted, Duration::from_secs(30), &setup.log).await;
+        let arrivals = sink.arrivals.lock().unwrap().clone();
+        let span = arrivals[arrivals.len() - 1] - arrivals[0];
+        let rate = (arrivals.len() - 1) as f64 / span.as_secs_f64();
+        eprintln!(
+            "HTTP step at {replicas} replica(s), 4 at once each, 20 ms upstream: {rate:.0} events/s"
+        );
+        rates.push(rate);
+        drop(topology);
+    }
+    let ratio = rates[1] / rates[0];
+    eprintln!("3 replicas / 1 replica: {ratio:.2}x");
+    assert!(
+        ratio > 2.0,
+        "three replicas drain the shared queue about three times as fast as one ({ratio:.2}x)"
+    );
 }

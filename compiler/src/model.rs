@@ -575,6 +575,10 @@ pub struct Instance {
     /// Per-flow settings.
     #[serde(default)]
     pub flows: IndexMap<String, FlowSetting>,
+    /// Container replicas of steps, by step id (1 to 100), overriding the integration's
+    /// `replicas`; the same numbers in docker-compose and Kubernetes output.
+    #[serde(default)]
+    pub replicas: IndexMap<String, u32>,
 }
 
 /// Which version of an integration an instance runs.

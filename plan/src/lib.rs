@@ -4,6 +4,7 @@
 //! so the same sources always serialize to the same bytes. [`Plan::from_json`] checks the
 //! format version before anything else.
 
+pub mod broker_names;
 pub mod builtin;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,13 +1,17 @@
 //! The NATS JetStream backend of [`Queue`]: messages live in one work-queue stream per flow,
-//! one durable pull consumer per step; history, trigger state, claims and dead letters stay in
-//! the local SQLite [`Store`].
+//! one durable pull consumer per step (shared by the step's replicas); history, trigger state,
+//! claims and dead letters stay in one SQLite [`Store`]: this process's (`weft run --broker`,
+//! `weft gateway`), or, for a step worker in its own container (`weft step`), the gateway's,
+//! which applies the history the workers publish on the instance's history stream.
 //!
 //! A commit keeps weft's promise without a shared transaction: claims (and the execution's row)
 //! are applied first, so a duplicate fails the request before anything is published; then every
-//! successor is published and its acknowledgement from the broker awaited (with a stable
-//! `Nats-Msg-Id`, so a retried commit is deduplicated by the broker); then the history is
-//! committed; only then is the input message settled (ack, nak with a delay, or terminated after
-//! its dead letter is recorded). A crash between these steps can only run work again.
+//! successor is published and its acknowledgement from the broker awaited; then the history is
+//! committed (a step worker publishes it, before the successors, so that the gateway knows an
+//! execution before its later steps report); only then is the input message settled (ack, nak
+//! with a delay, or terminated after its dead letter is recorded). A crash between these steps
+//! can only run work again, and what a rerun publishes carries the same `Nats-Msg-Id` as the
+//! first run (derived from the input message's stream sequence), so the broker drops it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -20,6 +24,10 @@ use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use weft_plan::broker_names::history_subject;
+use weft_plan::broker_names::{self, history_stream};
+
+use crate::Role;
 use crate::clock::now_ms;
 use crate::engine::{Engine, Envelope};
 use crate::instance::{InstanceRt, StepRt};
@@ -73,23 +81,28 @@ enum Settle {
     Term(i64),
 }
 
+/// Where a commit's history (step runs, pending counts, dead letters, replies) goes.
+pub enum HistorySink {
+    /// This process's store (`weft run --broker`, `weft gateway`).
+    Store(Store),
+    /// The instance's history stream, applied by its gateway (`weft step`): `subject` is
+    /// [`history_subject`] of the one instance the process runs.
+    Stream { subject: String },
+}
+
+/// A batch of history published by a step worker.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HistoryBatch {
+    ops: Vec<Op>,
+}
+
 /// The JetStream-backed queue.
 pub struct JetStreamQueue {
     js: jetstream::Context,
-    store: Store,
+    history: HistorySink,
     replicas: usize,
     held: Mutex<HashMap<i64, Held>>,
     next_id: AtomicI64,
-}
-
-/// A stream or consumer name: `[a-z0-9_-]`, everything else `-`.
-fn name(text: &str) -> String {
-    text.chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '-',
-        })
-        .collect()
 }
 
 /// The stable broker-side de-duplication id of a message to publish.
@@ -103,10 +116,10 @@ fn message_id(queue: &str, execution: &str, body: &str) -> String {
 }
 
 impl JetStreamQueue {
-    /// Connects to the broker at `url`; history and state go to `store`.
+    /// Connects to the broker at `url`; history and state go to `history`.
     pub async fn connect(
         url: &str,
-        store: Store,
+        history: HistorySink,
         replicas: usize,
     ) -> Result<JetStreamQueue, StoreError> {
         // Reconnect quickly (every 100 ms, growing to 1 s): while the broker is away, webhooks
@@ -120,7 +133,7 @@ impl JetStreamQueue {
             .map_err(broker(format!("connecting to {url}")))?;
         Ok(JetStreamQueue {
             js: jetstream::new(client),
-            store,
+            history,
             replicas: replicas.max(1),
             held: Mutex::default(),
             next_id: AtomicI64::new(1),
@@ -131,20 +144,38 @@ impl JetStreamQueue {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Creates (or updates) the stream of every enabled flow and the consumer of each of its
-    /// steps, then starts one fetch loop per step.
+    /// Creates (or updates) the stream of every enabled flow and each instance's history
+    /// stream, then, for each step `role` runs, the step's consumer and a fetch loop. The
+    /// gateway also applies the history its instances' step workers publish.
     pub async fn start(
         self: &Arc<Self>,
         engine: &Arc<Engine>,
         step_concurrency: usize,
+        role: &Role,
     ) -> Result<(), StoreError> {
         for instance in engine.instances() {
+            let history = self.history_stream(instance).await?;
+            if let (Role::Gateway, HistorySink::Store(store)) = (role, &self.history) {
+                let consumer = history
+                    .create_consumer(consumer::pull::Config {
+                        durable_name: Some("gateway".into()),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(broker("creating the history consumer"))?;
+                tokio::spawn(apply_history(engine.clone(), store.clone(), consumer));
+            }
             for flow in instance.plan.flows.iter().filter(|f| f.enabled) {
                 let steps: Vec<&Arc<StepRt>> = instance.flows[&flow.name].steps.values().collect();
                 let stream = self.stream(instance, &flow.name, &steps).await?;
                 for step in steps {
+                    if !role.runs_step(&flow.name, &step.step.id) {
+                        continue;
+                    }
                     let consumer = self.consumer(&stream, step).await?;
-                    let concurrency = step_concurrency.max(1) * step.step.replicas.max(1) as usize;
+                    let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
                     tokio::spawn(self.clone().fetch_loop(
                         engine.clone(),
                         step.clone(),
@@ -163,27 +194,54 @@ impl JetStreamQueue {
         flow: &str,
         steps: &[&Arc<StepRt>],
     ) -> Result<stream::Stream, StoreError> {
-        let stream_name = name(&format!(
-            "weft_{}_{}_{flow}",
-            instance.plan.customer, instance.plan.integration
-        ));
+        let stream_name =
+            broker_names::flow_stream(&instance.plan.customer, &instance.plan.integration, flow);
+        // Sorted: every process of a bundle declares the same configuration.
+        let mut subjects: Vec<String> = steps.iter().map(|s| s.step.queue.clone()).collect();
+        subjects.sort();
+        self.declare_stream(stream_name, subjects).await
+    }
+
+    /// Creates a work-queue stream, or updates it to this configuration. The processes of a
+    /// bundle start together and declare the same streams: a declaration that loses a race
+    /// to another is tried again.
+    async fn declare_stream(
+        &self,
+        stream_name: String,
+        subjects: Vec<String>,
+    ) -> Result<stream::Stream, StoreError> {
         let config = stream::Config {
             name: stream_name.clone(),
-            subjects: steps.iter().map(|s| s.step.queue.clone()).collect(),
+            subjects,
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             num_replicas: self.replicas,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        self.js
-            .create_or_update_stream(config)
-            .await
-            .map_err(broker(format!("creating stream {stream_name}")))?;
+        let mut tries = 0;
+        loop {
+            match self.js.create_or_update_stream(config.clone()).await {
+                Ok(_) => break,
+                Err(_) if tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(broker(format!("creating stream {stream_name}"))(e)),
+            }
+        }
         self.js
             .get_stream(&stream_name)
             .await
             .map_err(broker(format!("opening stream {stream_name}")))
+    }
+
+    /// The instance's history stream: step workers publish, its gateway applies.
+    async fn history_stream(&self, instance: &InstanceRt) -> Result<stream::Stream, StoreError> {
+        let (customer, integration) = (&instance.plan.customer, &instance.plan.integration);
+        let stream_name = history_stream(customer, integration);
+        self.declare_stream(stream_name, vec![history_subject(customer, integration)])
+            .await
     }
 
     async fn consumer(
@@ -191,7 +249,7 @@ impl JetStreamQueue {
         stream: &stream::Stream,
         step: &StepRt,
     ) -> Result<consumer::PullConsumer, StoreError> {
-        let durable = name(&step.step.id);
+        let durable = broker_names::step_consumer(&step.step.id);
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: step.step.queue.clone(),
@@ -296,32 +354,112 @@ impl JetStreamQueue {
 
     /// Applies a request in the order that keeps the promise (see the module's doc).
     async fn commit_ops(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
-        let first: Vec<Op> = ops
+        let origin = self.origin(&ops);
+        let store = match &self.history {
+            HistorySink::Store(store) => store,
+            HistorySink::Stream { subject } => {
+                return self.commit_via_stream(subject, ops, origin).await;
+            }
+        };
+        // Claims, new executions and their first pending count: a step worker's history may
+        // reach this store (the gateway's) as soon as the first message is published.
+        let started: Vec<&str> = ops
             .iter()
-            .filter(|o| matches!(o, Op::Claim { .. } | Op::StartExecution(_)))
-            .cloned()
+            .filter_map(|o| match o {
+                Op::StartExecution(e) => Some(e.id.as_str()),
+                _ => None,
+            })
             .collect();
+        let is_first = |o: &Op| match o {
+            Op::Claim { .. } | Op::StartExecution(_) => true,
+            Op::Pending { execution, .. } => started.contains(&execution.as_str()),
+            _ => false,
+        };
+        let first: Vec<Op> = ops.iter().filter(|o| is_first(o)).cloned().collect();
+        let rest: Vec<Op> = ops.iter().filter(|o| !is_first(o)).cloned().collect();
         if !first.is_empty() {
-            self.store.commit(first.clone()).await?;
+            store.commit(first.clone()).await?;
         }
-        if let Err(e) = self.publish(&ops).await {
+        let outgoing = self.outgoing(&ops, origin.as_ref())?;
+        if let Err(e) = self.publish(outgoing).await {
             // A request that settles a message is retried as is by the engine; one that starts
             // executions (a webhook, a trigger) is not: take its claims back.
-            let settles = ops.iter().any(|o| {
-                matches!(
-                    o,
-                    Op::Ack(_) | Op::Reschedule { .. } | Op::DeadLetter { .. }
-                )
-            });
-            if !settles {
-                self.undo(&first).await;
+            if origin.is_none() {
+                undo(store, &first).await;
             }
             return Err(e);
         }
+        let (history, settle) = self.split(rest, false);
+        let committed = if history.is_empty() {
+            Committed::default()
+        } else {
+            store.commit(history).await?
+        };
+        for s in settle {
+            self.settle(s).await;
+        }
+        Ok(committed)
+    }
+
+    /// A step worker's commit: the history goes to the gateway through the instance's history
+    /// stream, before the successors (see the module's doc).
+    async fn commit_via_stream(
+        &self,
+        subject: &str,
+        ops: Vec<Op>,
+        origin: Option<Origin>,
+    ) -> Result<Committed, StoreError> {
+        let outgoing = self.outgoing(&ops, origin.as_ref())?;
+        let (history, settle) = self.split(ops, true);
+        if !history.is_empty() {
+            let body = serde_json::to_vec(&HistoryBatch { ops: history })
+                .map_err(broker("encoding the history"))?;
+            let id = match &origin {
+                Some(origin) => format!("history:{}", origin.key),
+                None => message_id(subject, "", &String::from_utf8_lossy(&body)),
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            self.js
+                .publish_with_headers(subject.to_string(), headers, body.into())
+                .await
+                .map_err(broker(format!("publishing to {subject}")))?
+                .await
+                .map_err(broker(format!("publishing to {subject} (acknowledgement)")))?;
+        }
+        self.publish(outgoing).await?;
+        for s in settle {
+            self.settle(s).await;
+        }
+        Ok(Committed::default())
+    }
+
+    /// The held message a request settles, as a key for the ids of what it publishes: a
+    /// rerun of the same delivery (after a crash) publishes the same ids, which the broker
+    /// drops; a retry (a later delivery after a nak) is a new attempt with new ids.
+    fn origin(&self, ops: &[Op]) -> Option<Origin> {
+        let (id, retry) = ops.iter().find_map(|op| match op {
+            Op::Ack(id) | Op::DeadLetter { id, .. } => Some((*id, false)),
+            Op::Reschedule { id, .. } => Some((*id, true)),
+            _ => None,
+        })?;
+        let held = self.held();
+        let info = held.get(&id)?.message.info().ok()?;
+        let mut key = format!("{}:{}", info.stream, info.stream_sequence);
+        if retry {
+            key.push_str(&format!(":{}", info.delivered));
+        }
+        Some(Origin { key })
+    }
+
+    /// Separates what a request records from how it settles its input message. `with_first`:
+    /// the claims and new executions go with the history (a step worker has no store of its own).
+    fn split(&self, ops: Vec<Op>, with_first: bool) -> (Vec<Op>, Vec<Settle>) {
         let mut history = Vec::new();
         let mut settle = Vec::new();
         for op in ops {
             match op {
+                Op::Claim { .. } | Op::StartExecution(_) if with_first => history.push(op),
                 Op::Claim { .. }
                 | Op::StartExecution(_)
                 | Op::Enqueue(_)
@@ -347,15 +485,7 @@ impl JetStreamQueue {
                 other => history.push(other),
             }
         }
-        let committed = if history.is_empty() {
-            Committed::default()
-        } else {
-            self.store.commit(history).await?
-        };
-        for s in settle {
-            self.settle(s).await;
-        }
-        Ok(committed)
+        (history, settle)
     }
 
     /// The dead-letter record of a held message.
@@ -387,57 +517,60 @@ impl JetStreamQueue {
         })
     }
 
-    /// Takes back the claims of a request whose messages could not be published, and fails
-    /// the execution it had started.
-    async fn undo(&self, first: &[Op]) {
-        let undo: Vec<Op> = first
-            .iter()
-            .map(|op| match op {
-                Op::Claim { key, .. } => Op::Unclaim { key: key.clone() },
-                Op::StartExecution(e) => Op::FailExecution {
-                    execution: e.id.clone(),
-                    error: "its first message could not be published to the broker".into(),
-                },
-                other => other.clone(),
-            })
-            .collect();
-        if !undo.is_empty()
-            && let Err(e) = self.store.commit(undo).await
-        {
-            tracing::error!("taking back the claims of an unpublished request: {e}");
-        }
-    }
-
-    /// Publishes every message the request enqueues (or replays) and awaits the broker's
-    /// acknowledgements.
-    async fn publish(&self, ops: &[Op]) -> Result<(), StoreError> {
-        let mut acks = Vec::new();
+    /// The messages a request enqueues (or replays), each with its `Nats-Msg-Id`.
+    fn outgoing(&self, ops: &[Op], origin: Option<&Origin>) -> Result<Vec<Outgoing>, StoreError> {
+        let mut out = Vec::new();
         for op in ops {
-            let (queue, execution, body, id) = match op {
-                Op::Enqueue(m) => (
-                    m.queue.clone(),
-                    m.execution.clone(),
-                    m.body.clone(),
-                    message_id(&m.queue, &m.execution, &m.body),
-                ),
+            match op {
+                Op::Enqueue(m) => {
+                    let id = match origin {
+                        Some(origin) => message_id(
+                            &m.queue,
+                            &m.execution,
+                            &format!("{}#{}", origin.key, out.len()),
+                        ),
+                        None => message_id(&m.queue, &m.execution, &m.body),
+                    };
+                    out.push(Outgoing {
+                        queue: m.queue.clone(),
+                        execution: m.execution.clone(),
+                        body: m.body.clone(),
+                        id,
+                    });
+                }
                 Op::Replay { dead_letter, at } => {
-                    let Some((queue, execution, body)) = self.store.dead_letter(*dead_letter)?
-                    else {
+                    let HistorySink::Store(store) = &self.history else {
                         continue;
                     };
-                    (queue, execution, body, format!("replay:{dead_letter}:{at}"))
+                    let Some((queue, execution, body)) = store.dead_letter(*dead_letter)? else {
+                        continue;
+                    };
+                    out.push(Outgoing {
+                        queue,
+                        execution,
+                        body,
+                        id: format!("replay:{dead_letter}:{at}"),
+                    });
                 }
-                _ => continue,
-            };
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Publishes messages and awaits the broker's acknowledgements.
+    async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
+        let mut acks = Vec::with_capacity(messages.len());
+        for m in messages {
             let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            headers.insert(EXECUTION_HEADER, execution.as_str());
+            headers.insert("Nats-Msg-Id", m.id.as_str());
+            headers.insert(EXECUTION_HEADER, m.execution.as_str());
             let ack = self
                 .js
-                .publish_with_headers(queue.clone(), headers, body.into_bytes().into())
+                .publish_with_headers(m.queue.clone(), headers, m.body.into_bytes().into())
                 .await
-                .map_err(broker(format!("publishing to {queue}")))?;
-            acks.push((queue, ack));
+                .map_err(broker(format!("publishing to {}", m.queue)))?;
+            acks.push((m.queue, ack));
         }
         for (queue, ack) in acks {
             ack.await
@@ -462,6 +595,70 @@ impl JetStreamQueue {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("settling a message with the broker: {e}"),
             Err(_) => tracing::warn!("settling a message with the broker timed out"),
+        }
+    }
+}
+
+/// Takes back the claims of a request whose messages could not be published, and fails the
+/// execution it had started.
+async fn undo(store: &Store, first: &[Op]) {
+    let undo: Vec<Op> = first
+        .iter()
+        .map(|op| match op {
+            Op::Claim { key, .. } => Op::Unclaim { key: key.clone() },
+            Op::StartExecution(e) => Op::FailExecution {
+                execution: e.id.clone(),
+                error: "its first message could not be published to the broker".into(),
+            },
+            other => other.clone(),
+        })
+        .collect();
+    if !undo.is_empty()
+        && let Err(e) = store.commit(undo).await
+    {
+        tracing::error!("taking back the claims of an unpublished request: {e}");
+    }
+}
+
+/// The gateway's side of the history stream: applies each batch a step worker published to
+/// the store, then answers the sync webhooks it releases. A batch that cannot be read is
+/// dropped with an error (it would never apply); one that fails to commit comes back later.
+async fn apply_history(engine: Arc<Engine>, store: Store, consumer: consumer::PullConsumer) {
+    while !engine.is_stopping() {
+        let batch = consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await;
+        let mut messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!("fetching the history from the broker: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        while let Some(Ok(message)) = messages.next().await {
+            let kind = match serde_json::from_slice::<HistoryBatch>(&message.payload) {
+                Err(e) => {
+                    tracing::error!("dropping an unreadable history batch: {e}");
+                    AckKind::Term
+                }
+                Ok(batch) => match store.commit(batch.ops).await {
+                    Ok(committed) => {
+                        engine.release_replies(committed);
+                        AckKind::Ack
+                    }
+                    Err(e) => {
+                        tracing::warn!("recording the history: {e}; retrying");
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                },
+            };
+            if let Err(e) = message.double_ack_with(kind).await {
+                tracing::warn!("settling a history batch with the broker: {e}");
+            }
         }
     }
 }
@@ -497,6 +694,19 @@ fn crash_loop(engine: &Engine, step: &StepRt, message: &StoredMessage) -> Vec<Op
     ]
 }
 
+/// The held message a request settles (see [`JetStreamQueue::origin`]).
+struct Origin {
+    key: String,
+}
+
+/// A message to publish.
+struct Outgoing {
+    queue: String,
+    execution: String,
+    body: String,
+    id: String,
+}
+
 impl Queue for JetStreamQueue {
     fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_> {
         Box::pin(self.commit_ops(ops))
@@ -506,10 +716,16 @@ impl Queue for JetStreamQueue {
         Ok(Vec::new())
     }
     fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.store.state(key)
+        match &self.history {
+            HistorySink::Store(store) => store.state(key),
+            HistorySink::Stream { .. } => Ok(None),
+        }
     }
     fn replay_requests(&self) -> Result<Vec<i64>, StoreError> {
-        self.store.replay_requests()
+        match &self.history {
+            HistorySink::Store(store) => store.replay_requests(),
+            HistorySink::Stream { .. } => Ok(Vec::new()),
+        }
     }
 }
 
@@ -518,8 +734,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_keep_only_safe_characters() {
-        assert_eq!(name("weft_Acme_ref.v2_orders"), "weft_acme_ref-v2_orders");
+    fn message_ids_are_stable() {
         assert_eq!(message_id("q", "e", "b"), message_id("q", "e", "b"));
         assert_ne!(message_id("q", "e", "b"), message_id("q", "eb", ""));
     }

@@ -103,12 +103,6 @@ enum AfterFailure {
     Continue(Value),
 }
 
-/// The commit that settles a message, with the sync reply it releases.
-struct Settlement {
-    ops: Vec<Op>,
-    reply: Option<Reply>,
-}
-
 impl Engine {
     pub fn new(parts: EngineParts) -> Engine {
         Engine {
@@ -356,7 +350,7 @@ impl Engine {
             Ok(e) => e,
             Err(e) => {
                 let ops = self.unreadable(step, &message, &e.to_string());
-                self.commit_or_requeue(ops, queue, message, None).await;
+                self.commit_or_requeue(ops, queue, message).await;
                 return;
             }
         };
@@ -365,17 +359,14 @@ impl Engine {
             Ok(result) => result,
             Err(error) => match self.after_failure(step, &message, &mut run, error) {
                 AfterFailure::Settled(ops) => {
-                    self.commit_or_requeue(ops, queue, message, None).await;
+                    self.commit_or_requeue(ops, queue, message).await;
                     return;
                 }
                 AfterFailure::Continue(output) => StepResult::Output(output),
             },
         };
-        let Settlement { ops, reply } =
-            self.route(instance, step, &envelope, &message, result, run);
-        let execution = message.execution.clone();
-        self.commit_or_requeue(ops, queue, message, reply.map(|r| (execution, r)))
-            .await;
+        let ops = self.route(instance, step, &envelope, &message, result, run);
+        self.commit_or_requeue(ops, queue, message).await;
     }
 
     /// A message whose envelope cannot be read: dead-lettered, and its execution failed (it
@@ -505,7 +496,7 @@ impl Engine {
     }
 
     /// Routes what a step produced along its edges: the ack, the successors, the step's
-    /// record and the execution's pending count, for one commit.
+    /// record, a sync reply and the execution's pending count, for one commit.
     fn route(
         &self,
         instance: &InstanceRt,
@@ -514,9 +505,8 @@ impl Engine {
         message: &StoredMessage,
         result: StepResult,
         mut run: StepRun,
-    ) -> Settlement {
+    ) -> Vec<Op> {
         let mut ops = vec![Op::Ack(message.id)];
-        let mut reply = None;
         // What the step produced, and which of its edges carry it on (with a loop item each).
         let (output, routes): (Value, Vec<Route>) = match result {
             StepResult::Output(v) | StepResult::Outcome(Outcome::Output(v)) => {
@@ -538,7 +528,10 @@ impl Engine {
             }
             StepResult::Outcome(Outcome::Respond(r)) => {
                 let out = json!({ "status": r.status, "body": r.body });
-                reply = Some(r);
+                ops.push(Op::Reply {
+                    execution: message.execution.clone(),
+                    reply: r,
+                });
                 (out, vec![(EdgeKind::Next, None)])
             }
             StepResult::Outcome(Outcome::Dispatch { flow, payload }) => {
@@ -562,7 +555,7 @@ impl Engine {
             delta: count - 1,
             at: now_ms(),
         });
-        Settlement { ops, reply }
+        ops
     }
 
     /// The ops that start the dispatched flow, and the dispatch step's output. The compiler
@@ -595,26 +588,10 @@ impl Engine {
         ops: Vec<Op>,
         queue: &WorkQueue,
         message: StoredMessage,
-        reply: Option<(String, Reply)>,
     ) -> bool {
         match self.commit_with_retry(ops).await {
             Ok(committed) => {
-                // The `respond` step's reply goes first: its commit may also finish the execution.
-                if let Some((execution, reply)) = reply
-                    && let Some(waiter) = self.lock_waiters().remove(&execution)
-                {
-                    let _ = waiter.send(reply);
-                }
-                for (execution, status) in committed.finished {
-                    // A sync webhook whose flow ended without a reply.
-                    if let Some(waiter) = self.lock_waiters().remove(&execution) {
-                        let _ = waiter.send(Reply {
-                            status: 502,
-                            headers: Default::default(),
-                            body: json!({ "error": format!("the flow ended ({status}) without a `respond` step"), "execution_id": execution }),
-                        });
-                    }
-                }
+                self.release_replies(committed);
                 true
             }
             Err(e) => {
@@ -624,6 +601,27 @@ impl Engine {
                 self.dispatch.pending.fetch_add(1, Ordering::Relaxed);
                 queue.push(message);
                 false
+            }
+        }
+    }
+
+    /// Answers the sync webhooks waiting here for what a commit released: `respond` steps'
+    /// replies first (the same commit may also finish the execution), then a 502 for each
+    /// execution that ended without one.
+    pub fn release_replies(&self, committed: crate::store::Committed) {
+        let mut waiters = self.lock_waiters();
+        for (execution, reply) in committed.replies {
+            if let Some(waiter) = waiters.remove(&execution) {
+                let _ = waiter.send(reply);
+            }
+        }
+        for (execution, status) in committed.finished {
+            if let Some(waiter) = waiters.remove(&execution) {
+                let _ = waiter.send(Reply {
+                    status: 502,
+                    headers: Default::default(),
+                    body: json!({ "error": format!("the flow ended ({status}) without a `respond` step"), "execution_id": execution }),
+                });
             }
         }
     }

@@ -39,6 +39,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Role(String),
     #[error("another `weft run` is using {0}; give this one its own --data-dir")]
     Locked(PathBuf),
     #[error(transparent)]

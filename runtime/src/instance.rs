@@ -16,6 +16,8 @@ use crate::triggers::{PollRt, ScheduleRt};
 
 /// A step ready to run: its plan, compiled templates and outgoing edges.
 pub struct StepRt {
+    /// The flow the step belongs to.
+    pub flow: String,
     pub step: plan::Step,
     pub with: Compiled,
     /// Branch conditions, in order.
@@ -271,6 +273,7 @@ impl FlowBuilder<'_> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.template_error(part.clone()))?;
         Ok(StepRt {
+            flow: flow.name.clone(),
             with: self
                 .renderer
                 .compile(&to_value(&step.with))

@@ -83,6 +83,26 @@ pub struct Options {
     pub role: Role,
 }
 
+impl Role {
+    /// Whether this process runs `flow`'s step `step`.
+    pub fn runs_step(&self, flow: &str, step: &str) -> bool {
+        match self {
+            Role::All => true,
+            Role::Gateway => false,
+            Role::Step { flow: f, step: s } => f == flow && s == step,
+        }
+    }
+
+    /// How many of `step`'s replicas this process is: all of them in one process, one in a
+    /// step's container (its siblings are other containers on the same consumer).
+    pub fn replicas_here(&self, step: &weft_plan::Step) -> usize {
+        match self {
+            Role::All | Role::Gateway => step.replicas.max(1) as usize,
+            Role::Step { .. } => 1,
+        }
+    }
+}
+
 /// The part of the work one process does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Role {
@@ -127,7 +147,7 @@ impl Default for Options {
 pub struct Runtime {
     engine: Arc<Engine>,
     /// Held for the life of the runtime: the data folder's lock.
-    _lock: std::fs::File,
+    _lock: Option<std::fs::File>,
     gateway: Arc<GatewayState>,
     options: Options,
 }
@@ -169,15 +189,39 @@ pub fn resolve_secrets(
     plans: &[Plan],
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<HashMap<String, String>, StartError> {
+    resolve_role_secrets(plans, &Role::All, lookup)
+}
+
+/// Resolves the secrets `role` needs (a step's container gets only its step's secrets, the
+/// gateway only its triggers'); others found in the environment are read too.
+pub fn resolve_role_secrets(
+    plans: &[Plan],
+    role: &Role,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<HashMap<String, String>, StartError> {
     let mut values = HashMap::new();
     let mut missing = Vec::new();
     for plan in plans {
+        let needed: std::collections::BTreeSet<&str> = match role {
+            Role::All => plan.secrets.iter().map(String::as_str).collect(),
+            Role::Gateway => plan.trigger_secrets(),
+            Role::Step { flow, step } => plan
+                .flows
+                .iter()
+                .filter(|f| &f.name == flow)
+                .flat_map(|f| f.steps.iter().filter(|s| &s.id == step))
+                .flat_map(|s| s.secrets.iter().map(String::as_str))
+                .collect(),
+        };
         for name in &plan.secrets {
             match lookup(name) {
                 Some(v) if !v.is_empty() => {
                     values.insert(name.clone(), v);
                 }
-                _ => missing.push(format!("{name} (for {})", plan.instance_key())),
+                _ if needed.contains(name.as_str()) => {
+                    missing.push(format!("{name} (for {})", plan.instance_key()));
+                }
+                _ => {}
             }
         }
     }
@@ -196,14 +240,19 @@ pub async fn start(
     secrets: HashMap<String, String>,
 ) -> Result<Runtime, StartError> {
     render::set_max_output(options.max_output);
+    check_role(&plans, &options)?;
     let renderer = Renderer::new();
     let instances = build_instances(&plans, &renderer, &secrets, &options.public_url)?;
-    let lock = lock_data_folder(&options.data_dir)?;
+    // A step worker has no data folder: it keeps nothing.
+    let lock = match options.role {
+        Role::Step { .. } => None,
+        Role::All | Role::Gateway => Some(lock_data_folder(&options.data_dir)?),
+    };
     let dispatch = Arc::new(Dispatch::new(
         work_queues(&instances),
         tokio::runtime::Handle::current(),
     ));
-    let queues = open_queues(&options, &dispatch).await?;
+    let queues = open_queues(&plans, &options, &dispatch).await?;
     let redactor = redactor(&secrets, &instances);
     let engine = Arc::new(Engine::new(EngineParts {
         store: queues.queue.clone(),
@@ -217,13 +266,19 @@ pub async fn start(
         inflight: queues.inflight,
     }));
     resume(&engine, &options.data_dir, &queues.running_at_stop).await?;
-    spawn_workers(&engine, &dispatch, options.step_concurrency);
+    spawn_workers(&engine, &dispatch, options.step_concurrency, &options.role);
     if let Some(broker) = &queues.broker {
-        broker.start(&engine, options.step_concurrency).await?;
+        broker
+            .start(&engine, options.step_concurrency, &options.role)
+            .await?;
     }
-    spawn_triggers(&engine);
-    spawn_housekeeping(&engine, &options);
-    let hooks = gateway::hooks(&engine, options.max_body)?;
+    let hooks = if let Role::Step { .. } = options.role {
+        HashMap::new()
+    } else {
+        spawn_triggers(&engine);
+        spawn_housekeeping(&engine, &options);
+        gateway::hooks(&engine, options.max_body)?
+    };
     let limits = Limits {
         max_pending: options.max_pending,
         max_body: options.max_body,
@@ -237,6 +292,45 @@ pub async fn start(
         gateway,
         options,
     })
+}
+
+/// The gateway and step roles run on a broker; a step's role names a step of the plans.
+fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
+    if options.role != Role::All && options.broker.is_none() {
+        return Err(StartError::Role(
+            "the gateway and step processes need a broker (--broker nats://HOST:PORT)".into(),
+        ));
+    }
+    if let Role::Step { flow, step } = &options.role {
+        let Some(found) = plans
+            .iter()
+            .flat_map(|p| p.flows.iter())
+            .find(|f| &f.name == flow)
+        else {
+            let flows: Vec<_> = plans
+                .iter()
+                .flat_map(|p| &p.flows)
+                .map(|f| f.name.as_str())
+                .collect();
+            return Err(StartError::Role(format!(
+                "no flow `{flow}` in the bundle (its flows: {})",
+                flows.join(", ")
+            )));
+        };
+        if !found.steps.iter().any(|s| &s.id == step) {
+            let steps: Vec<_> = found.steps.iter().map(|s| s.id.as_str()).collect();
+            return Err(StartError::Role(format!(
+                "flow `{flow}` has no step `{step}` (its steps: {})",
+                steps.join(", ")
+            )));
+        }
+        if plans.len() != 1 {
+            return Err(StartError::Role(
+                "a step process runs one bundle: give it a bundle folder (with plan.json)".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every instance, ready to run, by `<customer>/<integration>`.
@@ -308,13 +402,23 @@ struct Queues {
 }
 
 /// The embedded store (with its in-flight slots), or the broker backend when one is named.
-async fn open_queues(options: &Options, dispatch: &Arc<Dispatch>) -> Result<Queues, StartError> {
+async fn open_queues(
+    plans: &[Plan],
+    options: &Options,
+    dispatch: &Arc<Dispatch>,
+) -> Result<Queues, StartError> {
     if let Some(url) = &options.broker {
-        let history = Store::open_with(
-            &options.data_dir.join("weft.db"),
-            Box::new(|_: &[store::StoredMessage]| {}),
-            options.max_store_bytes,
-        )?;
+        let history = match &options.role {
+            // A step worker keeps nothing: its history goes to the gateway.
+            Role::Step { .. } => broker::HistorySink::Stream {
+                subject: broker::history_subject(&plans[0].customer, &plans[0].integration),
+            },
+            Role::All | Role::Gateway => broker::HistorySink::Store(Store::open_with(
+                &options.data_dir.join("weft.db"),
+                Box::new(|_: &[store::StoredMessage]| {}),
+                options.max_store_bytes,
+            )?),
+        };
         let queue =
             Arc::new(broker::JetStreamQueue::connect(url, history, options.broker_replicas).await?);
         tracing::info!("queues on the NATS JetStream broker at {url}");
@@ -419,12 +523,15 @@ fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
     ]
 }
 
-/// One worker loop per step of every enabled flow.
-fn spawn_workers(engine: &Arc<Engine>, dispatch: &Dispatch, step_concurrency: usize) {
+/// One worker loop per step of every enabled flow that `role` runs.
+fn spawn_workers(engine: &Arc<Engine>, dispatch: &Dispatch, step_concurrency: usize, role: &Role) {
     for instance in engine.instances() {
         for step in instance.enabled_steps() {
+            if !role.runs_step(&step.flow, &step.step.id) {
+                continue;
+            }
             let queue = dispatch.queues[&step.step.queue].clone();
-            let concurrency = step_concurrency.max(1) * step.step.replicas.max(1) as usize;
+            let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
             tokio::spawn(
                 engine
                     .clone()

@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 /// A message to add to a queue.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewMessage {
     pub queue: String,
     pub execution: String,
@@ -40,7 +40,7 @@ pub struct StoredMessage {
 }
 
 /// A step's run, for the execution history (already redacted).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepRun {
     pub execution: String,
     pub step: String,
@@ -54,7 +54,7 @@ pub struct StepRun {
 }
 
 /// A new execution.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewExecution {
     pub id: String,
     pub instance: String,
@@ -64,7 +64,7 @@ pub struct NewExecution {
 }
 
 /// One change; a request holds several, applied in order in one transaction.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     StartExecution(NewExecution),
     Enqueue(NewMessage),
@@ -137,10 +137,16 @@ pub enum Op {
         before: i64,
         claims_before: i64,
     },
+    /// A sync webhook's reply from a `respond` step: released to the waiting caller once the
+    /// request is committed (here, or by the gateway that keeps the history).
+    Reply {
+        execution: String,
+        reply: crate::steps::Reply,
+    },
 }
 
 /// A dead letter to record as is (see [`Op::RecordDeadLetter`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetterRecord {
     pub queue: String,
     pub execution: String,
@@ -155,7 +161,10 @@ pub struct DeadLetterRecord {
 #[derive(Debug, Default)]
 pub struct Committed {
     pub enqueued: Vec<StoredMessage>,
+    /// Executions the request finished, with their status.
     pub finished: Vec<(String, String)>,
+    /// Sync replies the request carried ([`Op::Reply`]), by execution.
+    pub replies: Vec<(String, crate::steps::Reply)>,
 }
 
 /// Why a commit or a read failed.
@@ -522,6 +531,9 @@ fn apply(
         | Op::FailExecution { .. }
         | Op::RecordStep(_)
         | Op::Prune { .. } => apply_history(tx, op, committed)?,
+        Op::Reply { execution, reply } => {
+            committed.replies.push((execution.clone(), reply.clone()));
+        }
         Op::SetState { key, value } => {
             tx.prepare_cached("INSERT INTO state (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
                 .execute(params![key, value])?;

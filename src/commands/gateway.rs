@@ -19,8 +19,7 @@ served at POST /hooks/<customer>/<integration><path>; /healthz and /metrics on t
 /// Run a bundle's triggers and gateway against a NATS JetStream broker (container mode).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
-// Its own group id: clap names a struct's group after it, and `run::Args` is `Args` too.
-#[group(id = "container_args")]
+#[group(skip)]
 pub struct Args {
     #[command(flatten)]
     pub run: super::run::Args,

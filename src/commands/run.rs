@@ -179,8 +179,9 @@ pub fn run_as(
             args.path.display()
         );
     }
-    let secrets = weft_runtime::resolve_secrets(&plans, &|name| std::env::var(name).ok())
-        .map_err(anyhow::Error::msg)?;
+    let secrets =
+        weft_runtime::resolve_role_secrets(&plans, &role, &|name| std::env::var(name).ok())
+            .map_err(anyhow::Error::msg)?;
     let listen = SocketAddr::new(args.listen, args.port);
     let options = weft_runtime::Options {
         data_dir: args.data_dir.clone(),

@@ -19,8 +19,7 @@ container per replica of each step.";
 /// Run one step of a bundle from its queue on a NATS JetStream broker (container mode).
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXAMPLES)]
-// Its own group id: clap names a struct's group after it, and `run::Args` is `Args` too.
-#[group(id = "container_args")]
+#[group(skip)]
 pub struct Args {
     /// The flow the step belongs to.
     #[arg(long)]

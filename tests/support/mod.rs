@@ -175,6 +175,20 @@ impl WeftProcess {
         Self::spawn_full(binary, repo, data_dir, port, log, &[], args)
     }
 
+    /// `weft <command>` (`gateway`, or `step --flow F --step S`) on a bundle folder, with extra
+    /// arguments; `port` is the gateway's port, or the step's health port.
+    pub fn spawn_command(
+        binary: &Path,
+        command: &[&str],
+        bundle: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        args: &[&str],
+    ) -> WeftProcess {
+        Self::spawn_as(binary, command, bundle, data_dir, port, log, &[], args)
+    }
+
     pub fn spawn_with_env(
         binary: &Path,
         repo: &Path,
@@ -195,13 +209,27 @@ impl WeftProcess {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> WeftProcess {
+        Self::spawn_as(binary, &["run"], repo, data_dir, port, log, env, args)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_as(
+        binary: &Path,
+        command: &[&str],
+        repo: &Path,
+        data_dir: &Path,
+        port: u16,
+        log: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> WeftProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let child = Command::new(binary)
-            .args(["run"])
+            .args(command)
             .arg(repo)
             .args(["--port", &port.to_string(), "--data-dir"])
             .arg(data_dir)

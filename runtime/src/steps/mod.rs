@@ -32,7 +32,7 @@ pub enum Outcome {
 }
 
 /// A sync webhook's reply.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Reply {
     pub status: u16,
     pub headers: BTreeMap<String, String>,
