@@ -57,6 +57,10 @@ fn images() {
     {
         return;
     }
+    let previous =
+        docker_block(
+            |d| async move { d.inspect_image(RUNTIME_IMAGE).await.ok().and_then(|i| i.id) },
+        );
     for args in [
         &["image", "build", "--tag", RUNTIME_IMAGE][..],
         &[
@@ -76,6 +80,18 @@ fn images() {
         );
     }
     std::fs::write(&stamp_path, format!("{identity}\n{}", ids().unwrap())).unwrap();
+    // The last binary's runtime image (hundreds of MB for a debug build), untagged now.
+    if let Some(previous) = previous {
+        docker_block(|d| async move {
+            let _ = d
+                .remove_image(
+                    &previous,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                )
+                .await;
+        });
+    }
 }
 
 /// Runs `work` with a connected client, on a thread of its own (callers may be async tests);
@@ -464,4 +480,200 @@ fn a_missing_image_is_named_with_the_command_that_builds_it() {
         "{stderr}"
     );
     assert!(containers_of("missing-test").is_empty());
+}
+
+/// What the chaos task did, and when (accepted events at the time).
+#[derive(Debug, Default)]
+struct Chaos {
+    log: Vec<(usize, String)>,
+}
+
+/// SIGKILLs a container and starts it again (as a crashed container is restarted).
+async fn kill_and_start(docker: &Docker, name: &str) {
+    docker
+        .kill_container(
+            name,
+            Some(
+                bollard::query_parameters::KillContainerOptionsBuilder::default()
+                    .signal("SIGKILL")
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    docker.start_container(name, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
+    const EVENTS: usize = 2_000;
+    images();
+    let (sink, addr) = CountingSink::start_on("0.0.0.0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    support::reference_repo(&repo, format!("host.docker.internal:{}", addr.port()));
+    // Two replicas of the HTTP step, and a short timeout: a killed replica's messages come back
+    // to the other after the step's timeout + 5 s.
+    let integration = repo.join("integrations/reference/integration.yaml");
+    let source = std::fs::read_to_string(&integration).unwrap();
+    let anchor = "retry: { attempts: 10, initial: 100ms, max: 2s }";
+    assert!(source.contains(anchor));
+    std::fs::write(
+        &integration,
+        source.replace(
+            anchor,
+            &format!("{anchor}\n                  timeout: 5s\n                  replicas: 2"),
+        ),
+    )
+    .unwrap();
+    let bundle = build(&repo, &dir.path().join("dist"));
+    std::fs::write(
+        bundle.join(".env"),
+        format!(
+            "HOOK_SECRET={}\nCRM_TOKEN={}\n",
+            support::HOOK_SECRET,
+            support::TOKEN
+        ),
+    )
+    .unwrap();
+    let bundle_arg = bundle.to_str().unwrap().to_string();
+    struct Down(String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = weft(&["down", &self.0, "--volumes"]);
+        }
+    }
+    let _guard = Down(bundle_arg.clone());
+    let port = free_port();
+    let up = tokio::task::spawn_blocking({
+        let bundle_arg = bundle_arg.clone();
+        move || {
+            weft(&[
+                "up",
+                &bundle_arg,
+                "--runtime-image",
+                RUNTIME_IMAGE,
+                "--broker-image",
+                BROKER_IMAGE,
+                "--port",
+                &port.to_string(),
+                "--timeout",
+                "90",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(up.status.success(), "weft up: {}", text(&up.stderr));
+
+    // Each container has only the secrets it reads.
+    let envs = docker_block(|d| async move {
+        let mut envs = HashMap::new();
+        for name in [
+            "weft-acme-reference-gateway",
+            "weft-acme-reference-step.orders.deliver-1",
+            "weft-acme-reference-step.orders.shape-1",
+        ] {
+            let inspect = d
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+                .unwrap();
+            envs.insert(name, inspect.config.unwrap().env.unwrap().join(" "));
+        }
+        envs
+    });
+    assert!(envs["weft-acme-reference-gateway"].contains("HOOK_SECRET="));
+    assert!(!envs["weft-acme-reference-gateway"].contains("CRM_TOKEN="));
+    assert!(envs["weft-acme-reference-step.orders.deliver-1"].contains("CRM_TOKEN="));
+    assert!(!envs["weft-acme-reference-step.orders.deliver-1"].contains("HOOK_SECRET="));
+    assert!(!envs["weft-acme-reference-step.orders.shape-1"].contains("CRM_TOKEN="));
+
+    // 16 senders; each event is posted until the gateway accepts it (503 while the broker is
+    // down), at most 60 s.
+    let started = Instant::now();
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..16 {
+        let (accepted, next) = (accepted.clone(), next.clone());
+        senders.push(tokio::spawn(async move {
+            let client = http_client(Duration::from_secs(10));
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n >= EVENTS {
+                    return;
+                }
+                let id = format!("c{n}");
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    match support::post_reference(&client, port, &id).await {
+                        Ok(r) if r.status().is_success() => break,
+                        _ => {
+                            assert!(Instant::now() < deadline, "{id} never accepted");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                accepted.lock().unwrap().push(id);
+            }
+        }));
+    }
+    // The chaos: the HTTP step's replicas SIGKILLed (one, then the other) and the broker
+    // SIGKILLed, each started again, while events keep coming.
+    let chaos = {
+        let accepted = accepted.clone();
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut chaos = Chaos::default();
+            let plan = [
+                (400, "weft-acme-reference-step.orders.deliver-1"),
+                (900, "weft-acme-reference-step.orders.deliver-2"),
+                (1_400, "weft-acme-reference-broker"),
+            ];
+            for (at, name) in plan {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while accepted.lock().unwrap().len() < at {
+                    assert!(Instant::now() < deadline, "the load stalled before {at}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let now = accepted.lock().unwrap().len();
+                docker_block(|d| async move { kill_and_start(&d, name).await });
+                chaos.log.push((
+                    now,
+                    format!("{name} killed with {} delivered", sink.distinct()),
+                ));
+            }
+            chaos
+        })
+    };
+    for s in senders {
+        s.await.unwrap();
+    }
+    let chaos = chaos.await.unwrap();
+    let accepted = accepted.lock().unwrap().clone();
+    let accept_secs = started.elapsed().as_secs_f64();
+    assert_eq!(accepted.len(), EVENTS);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while accepted
+        .iter()
+        .any(|id| !sink.seen.lock().unwrap().contains_key(id))
+    {
+        if Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = dir.path().join("containers.log");
+    std::fs::write(&logs, weft(&["logs", &bundle_arg, "--tail", "40"]).stdout).unwrap();
+    let seen = sink.seen.lock().unwrap().clone();
+    support::assert_none_lost(&accepted, |id| seen.contains_key(id), &logs);
+    let duplicates: usize = seen.values().map(|(n, _)| n - 1).sum();
+    eprintln!(
+        "containers: {EVENTS} accepted in {accept_secs:.1} s, all delivered in {:.1} s, {duplicates} duplicate deliveries; {:?}",
+        started.elapsed().as_secs_f64(),
+        chaos.log
+    );
+    // No secret in any container's log.
+    let all_logs = text(&weft(&["logs", &bundle_arg]).stdout);
+    assert!(!all_logs.contains(support::HOOK_SECRET) && !all_logs.contains(support::TOKEN));
 }
