@@ -113,3 +113,35 @@ fn host_ports_are_distinct_stable_and_in_range() {
         assert_eq!(after[bundle], *port, "{bundle} kept its port");
     }
 }
+
+#[test]
+fn custom_component_images_get_a_service_each() {
+    let compilation = compile("event-import");
+    let mut plan = compilation.plans[0].clone();
+    let component = |image: &str| weft_compiler::plan::Component {
+        version: None,
+        base_url: None,
+        image: Some(image.to_string()),
+        actions: Default::default(),
+    };
+    plan.components
+        .insert("enricher".into(), component("acme/enricher:3"));
+    // A component named like one of weft's services is renamed, and its URL passed on.
+    plan.components
+        .insert("gateway".into(), component("acme/gateway-lookup:1"));
+    let file = emit::compose_file(&plan, &compilation.project, 20_000);
+    let enricher = &file.services["enricher"];
+    assert_eq!(enricher.image, "acme/enricher:3");
+    assert_eq!(enricher.role(), Some(Role::Component));
+    assert_eq!(enricher.labels["weft.component"], "enricher");
+    let renamed = &file.services["component.gateway"];
+    assert_eq!(renamed.image, "acme/gateway-lookup:1");
+    assert_eq!(
+        file.services["gateway"].environment["WEFT_COMPONENT_URL_GATEWAY"],
+        "http://component.gateway:8080"
+    );
+    assert_eq!(
+        file.services["gateway"].image,
+        "${WEFT_RUNTIME_IMAGE:-weft/runtime:0.1.0}"
+    );
+}
