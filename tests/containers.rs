@@ -3,7 +3,9 @@
 //! the tests of this file under a lock); `weft up` runs a bundle's containers, labelled and
 //! healthy, `weft ps` and `weft logs` show them and `weft down` leaves nothing; the emitted
 //! compose file runs as is under Debian's docker-compose 1.29 and carries an event end to end;
-//! a missing image is named with the command that builds it.
+//! a missing image is named with the command that builds it, an unreachable engine with the hint
+//! to start dockerd; 2,000 signed events go through the containers while the HTTP step's
+//! replicas and the broker are SIGKILLed, none lost.
 
 mod support;
 
@@ -676,4 +678,20 @@ async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
     // No secret in any container's log.
     let all_logs = text(&weft(&["logs", &bundle_arg]).stdout);
     assert!(!all_logs.contains(support::HOOK_SECRET) && !all_logs.contains(support::TOKEN));
+}
+
+#[test]
+fn an_unreachable_engine_says_to_start_dockerd() {
+    let out = Command::new(binary())
+        .args(["ps"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Docker engine"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("start dockerd"), "{stderr}");
 }
