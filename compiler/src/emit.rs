@@ -78,30 +78,61 @@ pub fn host_ports(plans: &[Plan]) -> BTreeMap<String, u16> {
     ports
 }
 
-/// Emits every file of one instance's bundle.
-/// `host_port` is the gateway's port on the host, from [`host_ports`].
+/// What a bundle holds besides its plan: `weft build --target compose,k8s [--autoscale]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Targets {
+    /// `docker-compose.yaml` (the default).
+    pub compose: bool,
+    /// `kubernetes.yaml`.
+    pub kubernetes: bool,
+    /// `keda.yaml`: KEDA autoscalers of the steps (with `kubernetes`).
+    pub autoscale: bool,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            compose: true,
+            kubernetes: false,
+            autoscale: false,
+        }
+    }
+}
+
+/// Emits every file of one instance's bundle, for docker-compose. `host_port` is the
+/// gateway's port on the host, from [`host_ports`].
 pub fn bundle(plan: &Plan, project: &Project, host_port: u16) -> Bundle {
+    bundle_for(plan, project, Targets::default(), host_port)
+}
+
+/// Emits every file of one instance's bundle, for `targets`.
+pub fn bundle_for(plan: &Plan, project: &Project, targets: Targets, host_port: u16) -> Bundle {
     let plan_json = serde_json::to_string_pretty(plan).expect("plans serialize") + "\n";
-    let compose = compose(plan, project, host_port);
-    let env = env_example(plan, project, host_port);
-    let mut files = vec![
-        EmittedFile {
-            name: "plan.json",
-            contents: plan_json,
-        },
-        EmittedFile {
+    let mut files = vec![EmittedFile {
+        name: "plan.json",
+        contents: plan_json,
+    }];
+    if targets.compose {
+        files.push(EmittedFile {
             name: "docker-compose.yaml",
-            contents: compose,
-        },
-        EmittedFile {
-            name: ".env.example",
-            contents: env,
-        },
-        EmittedFile {
+            contents: compose(plan, project, host_port),
+        });
+        files.push(EmittedFile {
             name: "nats.conf",
             contents: NATS_CONF.to_string(),
-        },
-    ];
+        });
+    }
+    if targets.kubernetes {
+        files.extend(
+            crate::kubernetes::manifests(plan, project, targets.autoscale)
+                .into_iter()
+                .map(|(name, contents)| EmittedFile { name, contents }),
+        );
+    }
+    files.push(EmittedFile {
+        name: ".env.example",
+        contents: env_example(plan, project, host_port),
+    });
     let mut hasher = Sha256::new();
     let mut file_hashes = serde_json::Map::new();
     for f in &files {
@@ -165,6 +196,10 @@ pub fn env_example(plan: &Plan, project: &Project, host_port: u16) -> String {
         project.images.runtime,
         project.images.broker,
     );
+    out.push_str(&format!(
+        "# On Kubernetes, the customer's Secret from .env:\n#   {}\n",
+        crate::kubernetes::secret_command(plan)
+    ));
     if !plan.secrets.is_empty() {
         out.push_str("# Secrets.\n");
     }

@@ -19,6 +19,7 @@ pub mod emit;
 pub mod git;
 pub mod graph;
 pub mod instance;
+pub mod kubernetes;
 pub mod load;
 pub mod lower;
 pub mod model;

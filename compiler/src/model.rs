@@ -45,6 +45,80 @@ pub struct Project {
     /// Rules the runtime enforces for every instance.
     #[serde(default)]
     pub policy: Policy,
+    /// The NATS JetStream broker of Kubernetes deployments (external to the bundles).
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// Kubernetes output (`weft build --target k8s`).
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+}
+
+/// The broker bundles use on Kubernetes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Its URL; the default is the service the official NATS Helm chart creates (release
+    /// `nats`, same namespace). docker-compose bundles run their own broker.
+    #[serde(default = "default_broker_url")]
+    pub url: String,
+    /// Its monitoring endpoint (`host:port`), which KEDA's NATS JetStream scaler reads
+    /// (`--autoscale`).
+    #[serde(default = "default_broker_monitoring")]
+    pub monitoring: String,
+}
+
+fn default_broker_url() -> String {
+    "nats://nats:4222".into()
+}
+fn default_broker_monitoring() -> String {
+    "nats:8222".into()
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: default_broker_url(),
+            monitoring: default_broker_monitoring(),
+        }
+    }
+}
+
+/// Defaults of the Kubernetes manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// Requests and limits of every container whose step sets none.
+    #[serde(default = "default_resources")]
+    pub resources: Resources,
+    /// Size of the gateway's volume (execution history, dead letters, trigger state).
+    #[serde(default = "default_gateway_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti)$"))]
+    pub gateway_storage: String,
+}
+
+fn default_resources() -> Resources {
+    Resources {
+        requests: Some(ResourceAmounts {
+            cpu: Some("50m".into()),
+            memory: Some("32Mi".into()),
+        }),
+        limits: Some(ResourceAmounts {
+            cpu: Some("1".into()),
+            memory: Some("256Mi".into()),
+        }),
+    }
+}
+fn default_gateway_storage() -> String {
+    "1Gi".into()
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            resources: default_resources(),
+            gateway_storage: default_gateway_storage(),
+        }
+    }
 }
 
 /// Runtime policy for multi-tenant hosts.
@@ -391,6 +465,47 @@ pub struct Step {
     /// Container replicas (scale-out) of this step.
     #[schemars(range(min = 1))]
     pub replicas: Option<u32>,
+    /// Kubernetes requests and limits of this step's containers (`weft build --target k8s`),
+    /// instead of weft.yaml's `kubernetes.resources`.
+    pub resources: Option<Resources>,
+}
+
+/// Kubernetes resource requests and limits of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// What the scheduler reserves for the container.
+    pub requests: Option<ResourceAmounts>,
+    /// The most the container may use.
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// CPU and memory as Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAmounts {
+    /// CPU, e.g. `250m` or `1`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `128Mi` or `1Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub memory: Option<String>,
+}
+
+impl Resources {
+    /// The plan's form.
+    pub fn lower(&self) -> crate::plan::Resources {
+        let amounts = |a: &Option<ResourceAmounts>| {
+            a.as_ref().map(|a| crate::plan::ResourceAmounts {
+                cpu: a.cpu.clone(),
+                memory: a.memory.clone(),
+            })
+        };
+        crate::plan::Resources {
+            requests: amounts(&self.requests),
+            limits: amounts(&self.limits),
+        }
+    }
 }
 
 /// Retry policy.

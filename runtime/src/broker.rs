@@ -46,6 +46,10 @@ const EXTRA_DELIVERIES: u32 = 3;
 const BATCH: usize = 64;
 /// How long settling a message with the broker may take.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes of one message, at most, before a commit fails (see [`JetStreamQueue::publish`]).
+const PUBLISH_TRIES: u32 = 5;
+/// How long the declarations at start wait for the broker to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -122,13 +126,21 @@ impl JetStreamQueue {
         history: HistorySink,
         replicas: usize,
     ) -> Result<JetStreamQueue, StoreError> {
+        // `nats://a:4222,nats://b:4222`: any node of a cluster (the client learns the others).
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(broker(format!("reading the broker URL `{url}`")))?;
         // Reconnect quickly (every 100 ms, growing to 1 s): while the broker is away, webhooks
-        // get 503 and settles wait.
+        // get 503 and settles wait. A broker not up yet at start (containers start together)
+        // is waited for: the declarations at start are retried.
         let client = async_nats::ConnectOptions::new()
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts.min(10) as u64)
             })
-            .connect(url)
+            .retry_on_initial_connect()
+            .connect(servers)
             .await
             .map_err(broker(format!("connecting to {url}")))?;
         Ok(JetStreamQueue {
@@ -219,21 +231,18 @@ impl JetStreamQueue {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        let mut tries = 0;
-        loop {
-            match self.js.create_or_update_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(_) if tries < 5 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(e) => return Err(broker(format!("creating stream {stream_name}"))(e)),
-            }
-        }
-        self.js
-            .get_stream(&stream_name)
-            .await
-            .map_err(broker(format!("opening stream {stream_name}")))
+        let what = format!("creating stream {stream_name}");
+        until_ready(&what, || async {
+            self.js
+                .create_or_update_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     /// The instance's history stream: step workers publish, its gateway applies.
@@ -258,10 +267,10 @@ impl JetStreamQueue {
             max_deliver: i64::from(step.step.retry.attempts + EXTRA_DELIVERIES + 2),
             ..Default::default()
         };
-        stream
-            .create_consumer(config)
-            .await
-            .map_err(broker(format!("creating consumer {durable}")))
+        until_ready(&format!("creating consumer {durable}"), || {
+            stream.create_consumer(config.clone())
+        })
+        .await
     }
 
     /// Pulls the step's messages in batches, at most `concurrency` unsettled at once, and
@@ -534,7 +543,7 @@ impl JetStreamQueue {
                     out.push(Outgoing {
                         queue: m.queue.clone(),
                         execution: m.execution.clone(),
-                        body: m.body.clone(),
+                        body: m.body.clone().into(),
                         id,
                     });
                 }
@@ -548,7 +557,7 @@ impl JetStreamQueue {
                     out.push(Outgoing {
                         queue,
                         execution,
-                        body,
+                        body: body.into(),
                         id: format!("replay:{dead_letter}:{at}"),
                     });
                 }
@@ -558,25 +567,53 @@ impl JetStreamQueue {
         Ok(out)
     }
 
-    /// Publishes messages and awaits the broker's acknowledgements.
+    /// Publishes messages and awaits the broker's acknowledgements. A message whose
+    /// acknowledgement does not come (a timeout while a cluster elects a leader, say) may be
+    /// stored all the same: it is published again under the same `Nats-Msg-Id`, which the
+    /// broker de-duplicates, until the broker answers or [`PUBLISH_TRIES`] are spent.
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
         let mut acks = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", m.id.as_str());
-            headers.insert(EXECUTION_HEADER, m.execution.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(m.queue.clone(), headers, m.body.into_bytes().into())
-                .await
-                .map_err(broker(format!("publishing to {}", m.queue)))?;
-            acks.push((m.queue, ack));
+        for m in &messages {
+            acks.push(self.publish_one(m).await);
         }
-        for (queue, ack) in acks {
-            ack.await
-                .map_err(broker(format!("publishing to {queue} (acknowledgement)")))?;
+        for (m, ack) in messages.iter().zip(acks) {
+            let first = match ack {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(mut error) = first else {
+                continue;
+            };
+            let mut tries = 1;
+            loop {
+                if tries >= PUBLISH_TRIES {
+                    return Err(broker(format!("publishing to {}", m.queue))(error));
+                }
+                tracing::warn!("publishing to {}: {error}; publishing again", m.queue);
+                tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+                tries += 1;
+                match self.publish_one(m).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => break,
+                        Err(e) => error = e.to_string(),
+                    },
+                    Err(e) => error = e.to_string(),
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn publish_one(
+        &self,
+        m: &Outgoing,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", m.id.as_str());
+        headers.insert(EXECUTION_HEADER, m.execution.as_str());
+        self.js
+            .publish_with_headers(m.queue.clone(), headers, m.body.clone())
+            .await
     }
 
     /// Settles a held message. A failure is only logged: the broker redelivers the message
@@ -703,8 +740,31 @@ struct Origin {
 struct Outgoing {
     queue: String,
     execution: String,
-    body: String,
+    body: bytes::Bytes,
     id: String,
+}
+
+/// Retries a declaration at start (a stream, a consumer) while the broker is not ready — not
+/// reachable yet, or a cluster without a leader — for up to [`READY_TIMEOUT`].
+async fn until_ready<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!("{what}: {e}; the broker is not ready, trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(broker(what.to_string())(e)),
+        }
+    }
 }
 
 impl Queue for JetStreamQueue {
