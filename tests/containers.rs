@@ -340,6 +340,35 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
     // An event through the containers: gateway → broker → shape → deliver → the sink.
     relay_one(port, customer, &sink, "up-1").await;
 
+    // `up` again recreates the containers (the volumes stay), and they work as before.
+    let again = tokio::task::spawn_blocking({
+        let bundle_arg = bundle_arg.clone();
+        move || {
+            weft(&[
+                "up",
+                &bundle_arg,
+                "--runtime-image",
+                RUNTIME_IMAGE,
+                "--broker-image",
+                BROKER_IMAGE,
+                "--port",
+                &port.to_string(),
+                "--timeout",
+                "90",
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        again.status.success(),
+        "weft up again: {}",
+        text(&again.stderr)
+    );
+    assert!(text(&again.stdout).contains("step.orders.deliver"));
+    assert_eq!(containers_of(customer).len(), 5);
+    relay_one(port, customer, &sink, "up-2").await;
+
     let ps = weft(&["ps", &bundle_arg]);
     assert!(ps.status.success(), "{}", text(&ps.stderr));
     let listing = text(&ps.stdout);
