@@ -199,6 +199,7 @@ fn build_is_byte_identical_wherever_the_repo_lies() {
         "kubernetes.yaml",
         "keda.yaml",
         ".env.example",
+        "nats.conf",
     ] {
         assert!(
             names.contains(&format!("globex/shop-orders-to-crm/{file}").as_str()),

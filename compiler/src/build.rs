@@ -38,6 +38,7 @@ pub fn write_bundles_for(
     targets: emit::Targets,
     written: &(dyn Fn() + Sync),
 ) -> io::Result<Vec<(String, String)>> {
+    let ports = emit::host_ports(plans);
     plans
         .par_iter()
         .map(|plan| {
@@ -46,7 +47,7 @@ pub fn write_bundles_for(
             std::fs::create_dir_all(&dir).map_err(|e| {
                 io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
             })?;
-            let files = emit::bundle_for(plan, project, targets);
+            let files = emit::bundle_for(plan, project, targets, ports[&rel]);
             for f in &files.files {
                 let path = dir.join(f.name);
                 // Unchanged files are left alone: rebuilds are cheap and mtimes stay meaningful.

@@ -9,6 +9,7 @@
 pub mod build;
 pub mod builtins;
 pub mod check;
+pub mod compose;
 pub mod config_value;
 pub mod cron;
 pub mod diagnostic;

@@ -144,19 +144,23 @@ pub struct Policy {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Images {
-    /// The weft runtime image (gateway and steps).
+    /// The weft runtime image (gateway and steps); `WEFT_RUNTIME_IMAGE` overrides it when the
+    /// compose file runs.
     #[serde(default = "default_runtime_image")]
     pub runtime: String,
-    /// The NATS JetStream broker image.
+    /// The NATS JetStream broker image; `WEFT_BROKER_IMAGE` overrides it when the compose file
+    /// runs.
     #[serde(default = "default_broker_image")]
     pub broker: String,
 }
 
+/// The image `weft image build` tags by default: this version of weft.
 fn default_runtime_image() -> String {
-    "weft/runtime:0.1".into()
+    format!("weft/runtime:{}", env!("CARGO_PKG_VERSION"))
 }
+/// The official NATS image (a JetStream server); `weft image build --broker` builds a local one.
 fn default_broker_image() -> String {
-    "weft/nats:2.15".into()
+    "nats:2.11".into()
 }
 
 impl Default for Images {
@@ -172,7 +176,8 @@ impl Default for Images {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
-    /// The port the gateway publishes on the host.
+    /// The port the gateway listens on in its container (each bundle publishes it on its own
+    /// host port).
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,

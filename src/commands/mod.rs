@@ -5,13 +5,18 @@ pub mod catalog;
 pub mod check;
 pub mod diff;
 pub mod dlq;
+pub mod down;
 pub mod executions;
 pub mod gateway;
 pub mod graph;
 pub mod health;
+pub mod image;
+pub mod logs;
+pub mod ps;
 pub mod publish;
 pub mod run;
 pub mod step;
+pub mod up;
 pub mod versions;
 
 use std::path::Path;
