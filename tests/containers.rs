@@ -369,6 +369,40 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
     assert_eq!(containers_of(customer).len(), 5);
     relay_one(port, customer, &sink, "up-2").await;
 
+    // The history the step containers sent lives in the gateway's volume, read with the
+    // image's own weft (`docker exec`; WEFT_DATA_DIR is set): both executions succeeded.
+    let gateway = Command::new("docker")
+        .args(["ps", "--format", "{{.Names}}", "--filter"])
+        .arg(format!("label=weft.customer={customer}"))
+        .args(["--filter", "label=weft.role=gateway"])
+        .output()
+        .unwrap();
+    let gateway = text(&gateway.stdout).trim().to_string();
+    assert!(!gateway.is_empty(), "the gateway container is listed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = Command::new("docker")
+            .args(["exec", &gateway, "/weft", "executions", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(history.status.success(), "{}", text(&history.stderr));
+        let list: serde_json::Value = serde_json::from_slice(&history.stdout).unwrap();
+        let succeeded = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["status"] == "succeeded")
+            .count();
+        if succeeded >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's history shows {succeeded} succeeded executions: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     let ps = weft(&["ps", &bundle_arg]);
     assert!(ps.status.success(), "{}", text(&ps.stderr));
     let listing = text(&ps.stdout);
