@@ -44,6 +44,7 @@ Examples:
   weft run examples/event-import     run every instance on the embedded durable queue
   weft gateway /bundle               container mode: a bundle's gateway, on the broker
   weft step /bundle --flow F --step S    container mode: one step's worker, on the broker
+  weft test --format junit           run integrations/*/tests/*.yaml offline (mocked HTTP)
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
 
@@ -83,6 +84,7 @@ enum Command {
     Executions(commands::executions::Args),
     Dlq(commands::dlq::Args),
     Health(commands::health::Args),
+    Test(commands::test::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,9 +93,10 @@ enum LogFormat {
     Json,
 }
 
-fn init_logs(format: LogFormat, color: report::ColorChoice) {
+/// Logs go to stderr at `default` level unless `WEFT_LOG` says otherwise.
+fn init_logs(format: LogFormat, color: report::ColorChoice, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -105,7 +108,12 @@ fn init_logs(format: LogFormat, color: report::ColorChoice) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, cli.color);
+    // `weft test` reports what its flows did itself; their log lines would only be noise.
+    let default_logs = match cli.command {
+        Command::Test(_) => "off",
+        _ => "info",
+    };
+    init_logs(cli.log_format, cli.color, default_logs);
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args, cli.color),
         Command::Build(args) => commands::build::run(args, cli.color),
@@ -122,6 +130,7 @@ fn main() -> ExitCode {
         Command::Executions(args) => commands::executions::run(args),
         Command::Dlq(args) => commands::dlq::run(args),
         Command::Health(args) => commands::health::run(args),
+        Command::Test(args) => commands::test::run(args, cli.color),
     };
     match result {
         Ok(code) => code,

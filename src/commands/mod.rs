@@ -12,6 +12,7 @@ pub mod health;
 pub mod publish;
 pub mod run;
 pub mod step;
+pub mod test;
 pub mod versions;
 
 use std::path::Path;

@@ -74,7 +74,9 @@ pub enum Mock {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpMock {
+    /// Which requests this mock answers.
     pub request: RequestMatch,
+    /// What it answers (default: status 200, no body).
     #[serde(default)]
     pub response: MockAnswer,
     /// How many requests this mock answers; later ones go to the next matching mock.
@@ -212,6 +214,7 @@ pub struct StepExpect {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestExpect {
+    /// The HTTP method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// The full URL; `*` matches any run of characters.
@@ -229,6 +232,7 @@ pub struct RequestExpect {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplyExpect {
+    /// The reply's HTTP status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// What the reply's body must contain.
