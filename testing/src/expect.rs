@@ -9,7 +9,7 @@ use weft_plan::Plan;
 
 use crate::execute::{Observed, REAL_TIME_LIMIT, reply, runs_by_step};
 use crate::load::LoadedTest;
-use crate::model::ExpectedStatus;
+use crate::model::{ExpectedStatus, Mock};
 use crate::problem::Problem;
 use crate::wildcard;
 
@@ -118,6 +118,7 @@ pub fn check(test: &LoadedTest, plan: &Plan, observed: &Observed) -> Vec<Problem
     c.steps(observed);
     c.requests(observed);
     c.reply(observed, plan);
+    c.problems.sort_by_key(|p| p.span.start);
     c.problems
 }
 
@@ -149,11 +150,6 @@ impl Checker<'_> {
     }
 
     fn unmatched(&mut self, observed: &Observed) {
-        let at = if self.root.get(&Seg::from("mocks")).is_some() {
-            path!["mocks"]
-        } else {
-            path!["flow"]
-        };
         for request in &observed.unmatched {
             let step = if request.step.is_empty() {
                 String::new()
@@ -164,14 +160,45 @@ impl Checker<'_> {
                 "add a mock: `- request: {{ method: {}, url: \"{}\" }}` with a `response:`",
                 request.method, request.url
             );
-            let span = self.root.key_span(&at);
+            // Point at the mock that comes closest (same method, fewest edits to the URL).
+            let closest = self
+                .test
+                .model
+                .mocks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| match m {
+                    Mock::Http(h) => Some((i, h)),
+                    Mock::Step(_) => None,
+                })
+                .filter(|(_, h)| {
+                    h.request
+                        .method
+                        .as_ref()
+                        .is_none_or(|m| m.eq_ignore_ascii_case(&request.method))
+                })
+                .min_by_key(|(_, h)| strsim::levenshtein(&h.request.url, &request.url));
+            let (span, label) = match closest {
+                Some((i, _)) => (
+                    self.root.at(&path!["mocks", i, "request", "url"]).span.clone(),
+                    "the closest mock: its URL differs".to_string(),
+                ),
+                None if self.root.get(&Seg::from("mocks")).is_some() => (
+                    self.root.key_span(&path!["mocks"]),
+                    format!("no mock here answers {}", request.method),
+                ),
+                None => (
+                    self.root.at(&path!["flow"]).span.clone(),
+                    "this flow's test has no mocks".to_string(),
+                ),
+            };
             self.problems.push(
                 Problem::new(
                     "unmatched-request",
                     format!("{step}{} {} and no mock answers it", request.method, request.url),
                     self.test.file,
                     span,
-                    "no mock here matches the request",
+                    label,
                 )
                 .help(Some(help)),
             );
@@ -180,10 +207,15 @@ impl Checker<'_> {
 
     fn status(&mut self, observed: &Observed) {
         let expected = self.test.model.expect.status;
-        let at = if self.root.at(&path!["expect"]).get(&Seg::from("status")).is_some() {
-            path!["expect", "status"]
+        let written = self
+            .root
+            .at(&path!["expect"])
+            .get(&Seg::from("status"))
+            .is_some();
+        let (at, default) = if written {
+            (path!["expect", "status"], "")
         } else {
-            path!["flow"]
+            (path!["flow"], " (the default)")
         };
         for execution in &observed.executions {
             let e = &execution.execution;
@@ -204,7 +236,7 @@ impl Checker<'_> {
                     expected.as_str()
                 ),
                 &at,
-                &format!("expected `{}`", expected.as_str()),
+                &format!("expected `{}`{default}", expected.as_str()),
                 e.error.clone().map(|error| format!("the execution's error: {error}")),
             );
         }

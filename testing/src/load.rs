@@ -278,5 +278,6 @@ fn check_references(test: &LoadedTest, plans: &[Plan]) -> Vec<Problem> {
             );
         }
     }
+    problems.sort_by_key(|p| p.span.start);
     problems
 }

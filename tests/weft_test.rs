@@ -1,0 +1,234 @@
+//! `weft test` end to end: every example's tests pass; a wrong URL, a wrong body, a missing mock
+//! and a wrong status each fail with the right message and test-file line; test files are
+//! checked like sources; the JSON, JUnit and GitHub outputs keep their shape; exit codes.
+
+mod support;
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use support::{copy_tree, example};
+
+fn weft() -> Command {
+    let mut cmd = Command::cargo_bin("weft").unwrap();
+    cmd.env("NO_COLOR", "1").env_remove("WEFT_LOG");
+    cmd
+}
+
+/// A copy of `examples/event-import` whose only tests are `tests`: (file name, text).
+fn event_import_with(tests: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&example("event-import"), dir.path());
+    let folder = dir.path().join("integrations/shop-orders-to-crm/tests");
+    std::fs::remove_dir_all(&folder).unwrap();
+    std::fs::create_dir_all(&folder).unwrap();
+    for (name, text) in tests {
+        std::fs::write(folder.join(name), text).unwrap();
+    }
+    dir
+}
+
+/// Runs `weft test` with `args` on `dir`: exit code, stdout, stderr.
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = weft()
+        .arg("test")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+const BIG_ORDER: &str = "\
+name: big order
+customer: globex
+flow: order-created
+trigger:
+  body: { id: o-1, amount_cents: 50000, customer: { email: ada@example.com, name: Ada } }
+mocks:
+  - request: { method: POST, url: \"https://crm.globex.example/customers\" }
+    response: { status: 201, body: { id: c-1 } }
+expect:
+  steps:
+    contact: { output: { external_id: o-1, amount: 500 } }
+  skipped: [skip]
+  requests:
+    - { method: POST, url: \"https://crm.globex.example/customers\", body: { external_id: o-1 } }
+";
+
+#[test]
+fn every_example_passes_its_tests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut examples: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("weft.yaml").is_file())
+        .collect();
+    examples.sort();
+    let mut passed = 0;
+    for dir in &examples {
+        let (code, stdout, stderr) = run(dir, &["--format", "json"]);
+        let report: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}\n{stderr}", dir.display()));
+        assert_eq!(code, 0, "{}: {stdout}{stderr}", dir.display());
+        assert_eq!(report["failed"], 0, "{}", dir.display());
+        let count = report["passed"].as_u64().unwrap();
+        assert!(count >= 2, "{}: only {count} tests", dir.display());
+        passed += count;
+    }
+    assert!(passed >= 24, "{passed} tests passed");
+    // No fixture is left in the old JSON format.
+    for dir in &examples {
+        for integration in std::fs::read_dir(dir.join("integrations")).unwrap() {
+            let tests = integration.unwrap().path().join("tests");
+            for f in std::fs::read_dir(&tests).into_iter().flatten() {
+                let f = f.unwrap().path();
+                assert!(f.extension().is_some_and(|e| e == "yaml"), "{}", f.display());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_passing_test_exits_zero_and_retries_run_on_the_virtual_clock() {
+    let dir = event_import_with(&[
+        ("big-order.yaml", BIG_ORDER),
+        (
+            "crm-down.yaml",
+            "customer: globex\nflow: order-created\ntrigger: { body: { id: o-2, amount_cents: 50000, customer: { email: a@b.example } } }\nmocks:\n  - request: { method: POST, url: \"https://crm.globex.example/*\" }\n    response: { status: 503 }\nexpect:\n  status: dead_lettered\n  steps: { push: { attempts: 5 } }\n",
+        ),
+    ]);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = run(dir.path(), &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // 1 s + 2 s + 4 s + 8 s of backoff, without waiting for it.
+    assert!(
+        stdout.contains("crm-down.yaml) ... ok (virtual time 15.0 s)"),
+        "{stdout}"
+    );
+    assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
+    assert!(stdout.contains("test result: ok. 2 passed; 0 failed"), "{stdout}");
+}
+
+#[test]
+fn a_wrong_url_fails_naming_the_request() {
+    let test = BIG_ORDER.replace(
+        "url: \"https://crm.globex.example/customers\" }\n    response",
+        "url: \"https://crm.globex.example/contacts\" }\n    response",
+    );
+    let dir = event_import_with(&[("wrong-url.yaml", &test)]);
+    let (code, stdout, _) = run(dir.path(), &[]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn a_wrong_body_fails_at_the_expected_field() {
+    let test = BIG_ORDER.replace("body: { external_id: o-1 }", "body: { external_id: o-9 }");
+    let dir = event_import_with(&[("wrong-body.yaml", &test)]);
+    let (code, stdout, _) = run(dir.path(), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("wrong-body.yaml:14:"),
+        "the line of the expected body: {stdout}"
+    );
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn a_request_without_a_mock_fails_the_test() {
+    let test = BIG_ORDER
+        .split("mocks:")
+        .next()
+        .unwrap()
+        .to_string()
+        + "expect:\n  status: succeeded\n";
+    let dir = event_import_with(&[("no-mock.yaml", &test)]);
+    let (code, stdout, _) = run(dir.path(), &[]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn a_wrong_status_or_output_fails_with_expected_and_actual() {
+    let test = BIG_ORDER
+        .replace("amount: 500 }", "amount: 5000 }")
+        .replace("expect:\n", "expect:\n  status: failed\n");
+    let dir = event_import_with(&[("wrong-status.yaml", &test)]);
+    let (code, stdout, _) = run(dir.path(), &[]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn test_files_are_checked_like_sources() {
+    let dir = event_import_with(&[
+        (
+            "unknown-customer.yaml",
+            "customer: globx\nflow: order-created\n",
+        ),
+        ("unknown-flow.yaml", "customer: globex\nflow: order-creatd\n"),
+        (
+            "unknown-step.yaml",
+            "customer: globex\nflow: order-created\nmocks:\n  - { step: pusj, output: {} }\nexpect:\n  steps: { contakt: {} }\n  skipped: [skip]\n",
+        ),
+        (
+            "unknown-key.yaml",
+            "customer: globex\nflow: order-created\nexpext: {}\n",
+        ),
+    ]);
+    let (code, stdout, _) = run(dir.path(), &[]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!(stdout);
+}
+
+#[test]
+fn junit_github_and_json_outputs() {
+    let failing = BIG_ORDER.replace("body: { external_id: o-1 }", "body: { external_id: o-9 }");
+    let dir = event_import_with(&[("a-pass.yaml", BIG_ORDER), ("b-fail.yaml", &failing)]);
+    let (code, junit, _) = run(dir.path(), &["--format", "junit"]);
+    assert_eq!(code, 1);
+    insta::assert_snapshot!("junit", junit);
+    let (_, github, _) = run(dir.path(), &["--format", "github"]);
+    insta::assert_snapshot!("github", github);
+    let (_, json, _) = run(dir.path(), &["--format", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    insta::assert_json_snapshot!("json", value);
+}
+
+#[test]
+fn coverage_lists_the_steps_and_cases_no_test_reached() {
+    let dir = event_import_with(&[("big-order.yaml", BIG_ORDER)]);
+    let (code, stdout, _) = run(dir.path(), &["--coverage"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains(
+            "shop-orders-to-crm/order-created: 3/4 steps\n    steps no test ran: skip\n    branch cases no test took: big-enough default"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn filters_select_tests() {
+    let dir = event_import_with(&[("a-pass.yaml", BIG_ORDER), ("other.yaml", BIG_ORDER)]);
+    let (code, stdout, _) = run(dir.path(), &["--filter", "other"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    let (code, _, stderr) = run(dir.path(), &["--integration", "nope"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no integration `nope`"), "{stderr}");
+}
+
+#[test]
+fn an_unreadable_test_file_is_a_usage_error() {
+    let dir = event_import_with(&[]);
+    std::fs::create_dir(dir.path().join("integrations/shop-orders-to-crm/tests/odd.yaml")).unwrap();
+    let (code, _, stderr) = run(dir.path(), &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("odd.yaml: not a regular file"), "{stderr}");
+}
