@@ -50,7 +50,7 @@ Examples:
 
 Exit codes:
   0  success
-  1  the sources have errors (diagnostics were printed)
+  1  the sources have errors (diagnostics were printed), or `weft test`: a test failed
   2  usage error, or a file or folder could not be read or written";
 
 /// weft: a declarative, GitOps integration compiler and runtime.

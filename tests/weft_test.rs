@@ -30,12 +30,7 @@ fn event_import_with(tests: &[(&str, &str)]) -> tempfile::TempDir {
 
 /// Runs `weft test` with `args` on `dir`: exit code, stdout, stderr.
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = weft()
-        .arg("test")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = weft().arg("test").arg(dir).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8(out.stdout).unwrap(),
@@ -87,7 +82,11 @@ fn every_example_passes_its_tests() {
             let tests = integration.unwrap().path().join("tests");
             for f in std::fs::read_dir(&tests).into_iter().flatten() {
                 let f = f.unwrap().path();
-                assert!(f.extension().is_some_and(|e| e == "yaml"), "{}", f.display());
+                assert!(
+                    f.extension().is_some_and(|e| e == "yaml"),
+                    "{}",
+                    f.display()
+                );
             }
         }
     }
@@ -111,7 +110,10 @@ fn a_passing_test_exits_zero_and_retries_run_on_the_virtual_clock() {
         "{stdout}"
     );
     assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
-    assert!(stdout.contains("test result: ok. 2 passed; 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("test result: ok. 2 passed; 0 failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -141,12 +143,8 @@ fn a_wrong_body_fails_at_the_expected_field() {
 
 #[test]
 fn a_request_without_a_mock_fails_the_test() {
-    let test = BIG_ORDER
-        .split("mocks:")
-        .next()
-        .unwrap()
-        .to_string()
-        + "expect:\n  status: succeeded\n";
+    let test =
+        BIG_ORDER.split("mocks:").next().unwrap().to_string() + "expect:\n  status: succeeded\n";
     let dir = event_import_with(&[("no-mock.yaml", &test)]);
     let (code, stdout, _) = run(dir.path(), &[]);
     assert_eq!(code, 1);
@@ -171,7 +169,10 @@ fn test_files_are_checked_like_sources() {
             "unknown-customer.yaml",
             "customer: globx\nflow: order-created\n",
         ),
-        ("unknown-flow.yaml", "customer: globex\nflow: order-creatd\n"),
+        (
+            "unknown-flow.yaml",
+            "customer: globex\nflow: order-creatd\n",
+        ),
         (
             "unknown-step.yaml",
             "customer: globex\nflow: order-created\nmocks:\n  - { step: pusj, output: {} }\nexpect:\n  steps: { contakt: {} }\n  skipped: [skip]\n",
@@ -227,7 +228,11 @@ fn filters_select_tests() {
 #[test]
 fn an_unreadable_test_file_is_a_usage_error() {
     let dir = event_import_with(&[]);
-    std::fs::create_dir(dir.path().join("integrations/shop-orders-to-crm/tests/odd.yaml")).unwrap();
+    std::fs::create_dir(
+        dir.path()
+            .join("integrations/shop-orders-to-crm/tests/odd.yaml"),
+    )
+    .unwrap();
     let (code, _, stderr) = run(dir.path(), &[]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("odd.yaml: not a regular file"), "{stderr}");

@@ -81,7 +81,11 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let run = tokio.block_on(weft_testing::run(&args.path, &compilation.plans, &selection))?;
+    let run = tokio.block_on(weft_testing::run(
+        &args.path,
+        &compilation.plans,
+        &selection,
+    ))?;
     let coverage = args.coverage.then(|| {
         weft_testing::coverage::coverage(
             &compilation.plans,

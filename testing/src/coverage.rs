@@ -35,7 +35,11 @@ pub fn coverage(plans: &[Plan], reached: &Reached, integration: Option<&str>) ->
             if seen.contains_key(&key) {
                 continue;
             }
-            let ran = |step: &str| reached.steps.contains(&(flow.name.clone(), step.to_string()));
+            let ran = |step: &str| {
+                reached
+                    .steps
+                    .contains(&(flow.name.clone(), step.to_string()))
+            };
             let taken = |step: &str, case: &str| {
                 reached
                     .cases

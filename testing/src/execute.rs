@@ -141,13 +141,16 @@ pub async fn execute(
         }
         std::fs::write(target, text)?;
     }
-    let (http, steps) = m.mocks.iter().fold((Vec::new(), Vec::new()), |mut acc, mock| {
-        match mock {
-            Mock::Http(h) => acc.0.push(h.clone()),
-            Mock::Step(s) => acc.1.push(s.clone()),
-        }
-        acc
-    });
+    let (http, steps) = m
+        .mocks
+        .iter()
+        .fold((Vec::new(), Vec::new()), |mut acc, mock| {
+            match mock {
+                Mock::Http(h) => acc.0.push(h.clone()),
+                Mock::Step(s) => acc.1.push(s.clone()),
+            }
+            acc
+        });
     let mocks = Arc::new(Mocks {
         flow: m.flow.clone(),
         used: Mutex::new(vec![0; http.len()]),
@@ -184,13 +187,25 @@ pub async fn execute(
     runtime.stop();
     let conn = history::open(data.path()).map_err(ExecuteError::History)?;
     let mut all = Vec::new();
-    for execution in history::executions(&conn, None, None, i64::MAX).map_err(ExecuteError::History)? {
-        if let Some(detail) = history::execution(&conn, &execution.id).map_err(ExecuteError::History)? {
+    for execution in
+        history::executions(&conn, None, None, i64::MAX).map_err(ExecuteError::History)?
+    {
+        if let Some(detail) =
+            history::execution(&conn, &execution.id).map_err(ExecuteError::History)?
+        {
             all.push(detail);
         }
     }
     // Oldest first (ids are ULIDs: ordered by time, then at random within a millisecond).
-    all.sort_by_key(|d| (started.iter().position(|s| *s == d.execution.id).unwrap_or(usize::MAX), d.execution.started_at));
+    all.sort_by_key(|d| {
+        (
+            started
+                .iter()
+                .position(|s| *s == d.execution.id)
+                .unwrap_or(usize::MAX),
+            d.execution.started_at,
+        )
+    });
     let executions = started
         .iter()
         .filter_map(|id| history::execution(&conn, id).ok().flatten())
@@ -250,8 +265,8 @@ async fn settle(
     loop {
         let engine = runtime.engine();
         if engine.pending() == 0 && engine.in_flight() == 0 {
-            let executions = history::executions(&conn, None, None, i64::MAX)
-                .map_err(ExecuteError::History)?;
+            let executions =
+                history::executions(&conn, None, None, i64::MAX).map_err(ExecuteError::History)?;
             if executions.iter().all(|e| e.finished_at.is_some()) {
                 return Ok(true);
             }
@@ -330,7 +345,9 @@ impl Reached {
             for run in &execution.steps {
                 self.steps.insert((flow.clone(), run.step.clone()));
                 if let Some(case) = run.output.get("case") {
-                    let case = case.as_u64().map_or_else(|| "default".to_string(), |c| c.to_string());
+                    let case = case
+                        .as_u64()
+                        .map_or_else(|| "default".to_string(), |c| c.to_string());
                     self.cases.insert((flow.clone(), run.step.clone(), case));
                 }
             }

@@ -180,7 +180,10 @@ impl Checker<'_> {
                 .min_by_key(|(_, h)| strsim::levenshtein(&h.request.url, &request.url));
             let (span, label) = match closest {
                 Some((i, _)) => (
-                    self.root.at(&path!["mocks", i, "request", "url"]).span.clone(),
+                    self.root
+                        .at(&path!["mocks", i, "request", "url"])
+                        .span
+                        .clone(),
                     "the closest mock: its URL differs".to_string(),
                 ),
                 None if self.root.get(&Seg::from("mocks")).is_some() => (
@@ -195,7 +198,10 @@ impl Checker<'_> {
             self.problems.push(
                 Problem::new(
                     "unmatched-request",
-                    format!("{step}{} {} and no mock answers it", request.method, request.url),
+                    format!(
+                        "{step}{} {} and no mock answers it",
+                        request.method, request.url
+                    ),
                     self.test.file,
                     span,
                     label,
@@ -228,7 +234,11 @@ impl Checker<'_> {
             if ok {
                 continue;
             }
-            let actual = if dead { "dead_lettered" } else { e.status.as_str() };
+            let actual = if dead {
+                "dead_lettered"
+            } else {
+                e.status.as_str()
+            };
             self.problem(
                 "wrong-status",
                 format!(
@@ -237,7 +247,9 @@ impl Checker<'_> {
                 ),
                 &at,
                 &format!("expected `{}`{default}", expected.as_str()),
-                e.error.clone().map(|error| format!("the execution's error: {error}")),
+                e.error
+                    .clone()
+                    .map(|error| format!("the execution's error: {error}")),
             );
         }
     }

@@ -100,7 +100,12 @@ pub async fn run(root: &Path, plans: &[Plan], selection: &Selection) -> Result<R
         {
             continue;
         }
-        let integration = source.path.split('/').nth(1).unwrap_or_default().to_string();
+        let integration = source
+            .path
+            .split('/')
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
         let test = match loaded {
             Ok(test) => test,
             Err(problems) => {
@@ -123,8 +128,8 @@ pub async fn run(root: &Path, plans: &[Plan], selection: &Selection) -> Result<R
             file: source_path(&files, file),
             source,
         };
-        let scratch = tempfile::tempdir()
-            .map_err(|e| execute_error(execute::ExecuteError::Scratch(e)))?;
+        let scratch =
+            tempfile::tempdir().map_err(|e| execute_error(execute::ExecuteError::Scratch(e)))?;
         std::env::set_current_dir(scratch.path())
             .map_err(|e| execute_error(execute::ExecuteError::Scratch(e)))?;
         let observed = execute::execute(&test, plan, scratch.path()).await;

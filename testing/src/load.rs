@@ -99,11 +99,7 @@ pub fn read_test_files(
 }
 
 /// Parses and checks one test file against the compiled plans. `Err` holds every problem.
-pub fn load(
-    file: usize,
-    source: &SourceFile,
-    plans: &[Plan],
-) -> Result<LoadedTest, Vec<Problem>> {
+pub fn load(file: usize, source: &SourceFile, plans: &[Plan]) -> Result<LoadedTest, Vec<Problem>> {
     let root = yaml::parse(&source.text).map_err(|e| {
         vec![Problem::new("yaml-syntax", e.message, file, e.span, e.label).help(e.help)]
     })?;

@@ -117,7 +117,10 @@ pub fn junit(run: &Run) -> String {
         let mut case = TestCase::new(r.name.as_str(), status);
         case.set_classname(format!("{}.{}", r.integration, r.flow));
         case.extra.insert("file".into(), path(run, r).into());
-        if suites.last().is_none_or(|s| s.name.as_str() != r.integration) {
+        if suites
+            .last()
+            .is_none_or(|s| s.name.as_str() != r.integration)
+        {
             suites.push(TestSuite::new(r.integration.as_str()));
         }
         suites.last_mut().expect("pushed").add_test_case(case);

@@ -48,5 +48,8 @@ fn every_property_of_the_test_schema_is_described() {
     }
     let mut missing = Vec::new();
     walk("", &json_schema(), &mut missing);
-    assert!(missing.is_empty(), "properties without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "properties without a description: {missing:#?}"
+    );
 }

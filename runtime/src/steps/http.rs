@@ -7,8 +7,8 @@ use weft_plan::Builtin;
 
 use super::{StepEnv, StepError, duration, required_str, str_field};
 use crate::http::{check_url, is_egress_denial};
-use crate::offline::{MockRequest, OfflineHooks};
 use crate::nesting::{MAX_NESTING, nesting};
+use crate::offline::{MockRequest, OfflineHooks};
 
 /// Runs an `http.*` built-in.
 pub(super) async fn run(
