@@ -237,3 +237,129 @@ fn an_unreadable_test_file_is_a_usage_error() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("odd.yaml: not a regular file"), "{stderr}");
 }
+
+/// Answers any request with 503 once, then 201 with a body that both examples read.
+#[derive(Debug, Default)]
+struct FlakyUpstream {
+    calls: std::sync::Mutex<u32>,
+}
+
+impl weft_runtime::offline::OfflineHooks for FlakyUpstream {
+    fn http(
+        &self,
+        request: weft_runtime::offline::MockRequest,
+    ) -> Result<weft_runtime::offline::MockResponse, String> {
+        let mut calls = self.calls.lock().unwrap();
+        *calls += 1;
+        let (status, body) = if *calls == 1 {
+            (503, serde_json::json!({ "error": "busy" }))
+        } else {
+            (
+                201,
+                serde_json::json!({ "id": "c-9", "email": request.body["email"], "items": [{ "sku": "A-100", "available": 5 }] }),
+            )
+        };
+        Ok(weft_runtime::offline::MockResponse {
+            status,
+            headers: Default::default(),
+            body,
+        })
+    }
+    fn step(&self, _: &str, _: &str) -> Option<weft_runtime::offline::StepOverride> {
+        None
+    }
+    fn advance(&self, _: std::time::Duration) {}
+}
+
+/// Runs `flow` of `customer` in a copy of `example` on the runtime (its HTTP answered by
+/// `hooks`), exports the execution with `weft executions export`, and runs the export with
+/// `weft test`: it must pass. Returns the exported file's text.
+fn export_and_replay(
+    example_name: &str,
+    integration: &str,
+    customer: &str,
+    flow: &str,
+    trigger: serde_json::Value,
+    hooks: std::sync::Arc<dyn weft_runtime::offline::OfflineHooks>,
+) -> String {
+    let repo = tempfile::tempdir().unwrap();
+    copy_tree(&example(example_name), repo.path());
+    let tests = repo
+        .path()
+        .join("integrations")
+        .join(integration)
+        .join("tests");
+    std::fs::remove_dir_all(&tests).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let id = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let sources = weft_compiler::repo::read_repo(repo.path()).unwrap();
+        let plans = weft_compiler::compile(&sources).plans;
+        let secrets = plans
+            .iter()
+            .flat_map(|p| {
+                p.secrets
+                    .iter()
+                    .map(|s| (s.clone(), "s3cr3t-value".to_string()))
+            })
+            .collect();
+        let options = weft_runtime::Options {
+            data_dir: data.path().to_path_buf(),
+            offline: Some(hooks),
+            ..Default::default()
+        };
+        let runtime = weft_runtime::start(plans, options, secrets).await.unwrap();
+        let id = runtime.start_flow(customer, flow, trigger).await.unwrap();
+        let conn = weft_runtime::history::open(data.path()).unwrap();
+        for _ in 0..2000 {
+            let done = weft_runtime::history::execution(&conn, &id)
+                .unwrap()
+                .is_some_and(|d| d.execution.finished_at.is_some());
+            if done {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        runtime.stop();
+        id
+    });
+    let file = tests.join("replay.yaml");
+    weft()
+        .args(["executions", "export", &id, "-o"])
+        .arg(&file)
+        .arg("--repo")
+        .arg(repo.path())
+        .arg("--data-dir")
+        .arg(data.path())
+        .assert()
+        .success();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    let (code, stdout, stderr) = run(repo.path(), &[]);
+    assert_eq!(code, 0, "{text}\n{stdout}{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    text.replace(&id, "<execution>")
+}
+
+#[test]
+fn an_exported_execution_replays_as_a_passing_test() {
+    // A component action: replaced by its output.
+    let text = export_and_replay(
+        "event-import",
+        "shop-orders-to-crm",
+        "globex",
+        "order-created",
+        serde_json::json!({ "body": { "id": "o-5", "amount_cents": 70000, "customer": { "email": "ada@example.com" } }, "headers": {}, "query": {} }),
+        std::sync::Arc::new(FlakyUpstream::default()),
+    );
+    insta::assert_snapshot!("export_component_action", text);
+    // An `http.get` step that fails once: both exchanges become mocks, in order.
+    let text = export_and_replay(
+        "sync-webhook",
+        "stock-check",
+        "globex",
+        "check-stock",
+        serde_json::json!({ "body": { "sku": "A-100", "quantity": 2 }, "headers": {}, "query": {} }),
+        std::sync::Arc::new(FlakyUpstream::default()),
+    );
+    insta::assert_snapshot!("export_http_step", text);
+}

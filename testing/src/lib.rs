@@ -2,11 +2,13 @@
 //! `integrations/<integration>/tests/` ([`model`]) is read and checked ([`load`]), run on the
 //! real runtime with its HTTP requests answered by mocks and its retries on a virtual clock
 //! ([`execute`]), and compared with its expectations ([`expect`]); [`report`] prints the
-//! results for people, machines and CI, [`coverage`] what no test reached.
+//! results for people, machines and CI, [`coverage`] what no test reached. [`export`] turns a
+//! real execution from the history into a test file.
 
 pub mod coverage;
 pub mod execute;
 pub mod expect;
+pub mod export;
 pub mod load;
 pub mod model;
 pub mod problem;
