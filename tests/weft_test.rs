@@ -181,6 +181,10 @@ fn test_files_are_checked_like_sources() {
             "unknown-key.yaml",
             "customer: globex\nflow: order-created\nexpext: {}\n",
         ),
+        (
+            "typos.yaml",
+            "customer: globex\nflow: order-created\nmocks:\n  - request: { method: POST, url: \"https://x\" }\n    respons: { status: 201 }\n  - { step: push, outptu: {} }\nexpect: { status: done }\n",
+        ),
     ]);
     let (code, stdout, _) = run(dir.path(), &[]);
     assert_eq!(code, 1);

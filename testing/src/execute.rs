@@ -381,3 +381,73 @@ pub fn runs_by_step(observed: &Observed) -> BTreeMap<&str, Vec<&history::StepRun
     }
     by_step
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MockAnswer, RequestMatch};
+
+    fn request(url: &str) -> MockRequest {
+        MockRequest {
+            flow: "f".into(),
+            step: "s".into(),
+            key: "E:s".into(),
+            method: "POST".into(),
+            url: url.into(),
+            headers: BTreeMap::new(),
+            body: Value::Null,
+        }
+    }
+
+    fn mock(url: &str, status: u16, times: Option<u32>) -> HttpMock {
+        HttpMock {
+            request: RequestMatch {
+                method: Some("post".into()),
+                url: url.into(),
+            },
+            response: MockAnswer {
+                status,
+                ..MockAnswer::default()
+            },
+            times,
+        }
+    }
+
+    #[test]
+    fn mocks_answer_in_order_each_at_most_its_times_and_record_every_request() {
+        let mocks = Mocks {
+            flow: "f".into(),
+            http: vec![
+                mock("https://x.example/a", 503, Some(2)),
+                mock("https://x.example/*", 201, None),
+            ],
+            steps: Vec::new(),
+            used: Mutex::new(vec![0, 0]),
+            requests: Mutex::default(),
+            unmatched: Mutex::default(),
+            virtual_ms: AtomicU64::new(0),
+        };
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| mocks.http(request("https://x.example/a")).unwrap().status)
+            .collect();
+        assert_eq!(statuses, [503, 503, 201]);
+        let err = mocks.http(request("https://y.example/a")).unwrap_err();
+        assert!(
+            err.contains("no mock answers POST https://y.example/a"),
+            "{err}"
+        );
+        assert_eq!(lock(&mocks.requests).len(), 4);
+        assert_eq!(lock(&mocks.unmatched).len(), 1);
+    }
+
+    #[test]
+    fn requests_are_ordered_by_execution_then_loop_position() {
+        let order: HashMap<&str, usize> = [("A", 0), ("B", 1)].into_iter().collect();
+        let mut keys = vec!["B:post", "A:note/1", "A:fetch", "A:note/0", "A:note/0/2"];
+        keys.sort_by_cached_key(|k| logical_position(k, &order));
+        assert_eq!(
+            keys,
+            ["A:fetch", "A:note/0", "A:note/0/2", "A:note/1", "B:post"]
+        );
+    }
+}

@@ -155,13 +155,12 @@ pub struct StepFailure {
 /// How the execution must end.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+// No doc comments on the variants: the schema then lists them as one `enum`, which the
+// schema check reports with a did-you-mean (`Expect::status` describes them).
 pub enum ExpectedStatus {
     #[default]
     Succeeded,
-    /// Failed (a step failed with `on_error: fail`, or was dead-lettered).
     Failed,
-    /// Failed with a dead letter: retries exhausted (or a permanent error) with
-    /// `on_error: dead_letter`.
     DeadLettered,
 }
 
@@ -180,7 +179,9 @@ impl ExpectedStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
-    /// How the execution ends (default `succeeded`).
+    /// How each execution the test started ends: `succeeded` (the default), `failed` (a step
+    /// failed with `on_error: fail`, or was dead-lettered), or `dead_lettered` (retries
+    /// exhausted, or a permanent error, with `on_error: dead_letter`).
     #[serde(default)]
     pub status: ExpectedStatus,
     /// Steps that must have run, by id, with what they must have output.
@@ -246,5 +247,14 @@ pub fn json_schema() -> Value {
     let mut schema = serde_json::to_value(generator.into_root_schema_for::<TestFile>())
         .expect("a schema serializes");
     schema["$id"] = Value::String("https://weft.dev/schemas/v1/test.schema.json".into());
+    // A mock with `step` is a step mock, any other an HTTP mock: one schema applies, and its
+    // errors (an unknown key, a missing `url`) are reported instead of "no schema matched".
+    let description = schema["$defs"]["Mock"]["description"].clone();
+    schema["$defs"]["Mock"] = serde_json::json!({
+        "description": description,
+        "if": { "type": "object", "required": ["step"] },
+        "then": { "$ref": "#/$defs/StepMock" },
+        "else": { "$ref": "#/$defs/HttpMock" },
+    });
     schema
 }
