@@ -94,7 +94,13 @@ fn every_example_passes_its_tests() {
 
 #[test]
 fn a_passing_test_exits_zero_and_retries_run_on_the_virtual_clock() {
+    // Secrets get dummy values, masked in what is recorded, as in the execution history.
+    let auth = BIG_ORDER.replace(
+        "body: { external_id: o-1 } }",
+        "headers: { Authorization: \"Bearer ***\" }, body: { external_id: o-1 } }",
+    );
     let dir = event_import_with(&[
+        ("auth.yaml", &auth),
         ("big-order.yaml", BIG_ORDER),
         (
             "crm-down.yaml",
@@ -111,7 +117,7 @@ fn a_passing_test_exits_zero_and_retries_run_on_the_virtual_clock() {
     );
     assert!(started.elapsed().as_secs() < 10, "{:?}", started.elapsed());
     assert!(
-        stdout.contains("test result: ok. 2 passed; 0 failed"),
+        stdout.contains("test result: ok. 3 passed; 0 failed"),
         "{stdout}"
     );
 }

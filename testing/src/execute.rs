@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use weft_plan::{Builtin, Plan, Trigger};
 use weft_runtime::history::{self, ExecutionDetail};
 use weft_runtime::offline::{MockRequest, MockResponse, OfflineHooks, StepOverride};
+use weft_runtime::redact::Redactor;
 
 use crate::load::LoadedTest;
 use crate::model::{HttpMock, Mock, StepMock};
@@ -63,10 +64,29 @@ struct Mocks {
     requests: Mutex<Vec<MockRequest>>,
     unmatched: Mutex<Vec<MockRequest>>,
     virtual_ms: AtomicU64,
+    /// The runtime's: the test's (dummy) secrets are `***` in what is recorded and matched,
+    /// as in the execution history.
+    redactor: std::sync::OnceLock<Redactor>,
+}
+
+impl Mocks {
+    fn redact(&self, mut request: MockRequest) -> MockRequest {
+        if let Some(r) = self.redactor.get() {
+            request.url = r.str(&request.url);
+            request.headers = request
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k, r.str(&v)))
+                .collect();
+            request.body = r.value(&request.body);
+        }
+        request
+    }
 }
 
 impl OfflineHooks for Mocks {
     fn http(&self, request: MockRequest) -> Result<MockResponse, String> {
+        let request = self.redact(request);
         lock(&self.requests).push(request.clone());
         let mut used = lock(&self.used);
         let found = self.http.iter().enumerate().find(|(i, mock)| {
@@ -159,6 +179,7 @@ pub async fn execute(
         requests: Mutex::default(),
         unmatched: Mutex::default(),
         virtual_ms: AtomicU64::new(0),
+        redactor: std::sync::OnceLock::new(),
     });
     let data = tempfile::tempdir()?;
     // Dummy values: the flow reads its secrets as usual, and nothing real is at hand.
@@ -175,6 +196,7 @@ pub async fn execute(
     let runtime = weft_runtime::start(vec![plan.clone()], options, secrets)
         .await
         .map_err(|e| ExecuteError::Start(e.to_string()))?;
+    let _ = mocks.redactor.set(runtime.engine().redactor().clone());
     let mut started = Vec::new();
     for trigger in triggers(test, plan) {
         let id = runtime
@@ -426,12 +448,16 @@ mod tests {
             requests: Mutex::default(),
             unmatched: Mutex::default(),
             virtual_ms: AtomicU64::new(0),
+            redactor: std::sync::OnceLock::from(Redactor::new(["s3cr3t".to_string()])),
         };
         let statuses: Vec<u16> = (0..3)
             .map(|_| mocks.http(request("https://x.example/a")).unwrap().status)
             .collect();
         assert_eq!(statuses, [503, 503, 201]);
-        let err = mocks.http(request("https://y.example/a")).unwrap_err();
+        let err = mocks
+            .http(request("https://y.example/a?token=s3cr3t"))
+            .unwrap_err();
+        assert!(!err.contains("s3cr3t"), "{err}");
         assert!(
             err.contains("no mock answers POST https://y.example/a"),
             "{err}"
