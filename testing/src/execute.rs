@@ -249,7 +249,8 @@ pub async fn execute(
         .map(|(i, d)| (d.execution.id.as_str(), i))
         .collect();
     requests.sort_by_cached_key(|r| logical_position(&r.key, &order));
-    let unmatched = lock(&mocks.unmatched).clone();
+    let mut unmatched = lock(&mocks.unmatched).clone();
+    unmatched.sort_by_cached_key(|r| logical_position(&r.key, &order));
     Ok(Observed {
         executions,
         all,
