@@ -188,6 +188,10 @@ fn test_files_are_checked_like_sources() {
             "customer: globex\nflow: order-created\nexpext: {}\n",
         ),
         (
+            "unsafe-file.yaml",
+            "customer: globex\nflow: order-created\nfiles: { \"../../escape.txt\": x, /etc/x: y }\n",
+        ),
+        (
             "typos.yaml",
             "customer: globex\nflow: order-created\nmocks:\n  - request: { method: POST, url: \"https://x\" }\n    respons: { status: 201 }\n  - { step: push, outptu: {} }\nexpect: { status: done }\n",
         ),

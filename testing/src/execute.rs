@@ -218,7 +218,7 @@ pub async fn execute(
             all.push(detail);
         }
     }
-    // Oldest first (ids are ULIDs: ordered by time, then at random within a millisecond).
+    // The executions the test started, in order, then those they dispatched, by start time.
     all.sort_by_key(|d| {
         (
             started

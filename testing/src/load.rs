@@ -252,6 +252,29 @@ fn check_references(test: &LoadedTest, plans: &[Plan]) -> Vec<Problem> {
             check_step(&step.step, path!["mocks", i, "step"], false);
         }
     }
+    for path in m.files.keys() {
+        // Files are written below the test's scratch folder, never elsewhere.
+        let escapes = Path::new(path).components().any(|c| {
+            !matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+        if escapes || path.is_empty() {
+            problems.push(
+                Problem::new(
+                    "invalid-value",
+                    format!("`{path}` is not a path inside the test's scratch folder"),
+                    file,
+                    root.key_span(&path!["files", path.as_str()]),
+                    "an absolute path, or one with `..`",
+                )
+                .help(Some(
+                    "give a relative path without `..`, e.g. `data/inbox/prices.csv`".into(),
+                )),
+            );
+        }
+    }
     for (i, mock) in m.mocks.iter().enumerate() {
         if let Mock::Step(step) = mock
             && step.output.is_some() == step.error.is_some()
