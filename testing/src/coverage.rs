@@ -16,7 +16,8 @@ pub struct FlowCoverage {
     pub steps: usize,
     /// Steps no test ran, in the flow's order.
     pub missed_steps: Vec<String>,
-    /// Branch cases no test took: `<branch step> case <n>` (from 1, as written), or
+    /// Branch cases no test took: `<branch step> case <n>` (from 0, as in the branch step's
+    /// output `{ case: n }`), or
     /// `<branch step> default`.
     pub missed_cases: Vec<String>,
 }
@@ -55,7 +56,7 @@ pub fn coverage(plans: &[Plan], reached: &Reached, integration: Option<&str>) ->
             for step in flow.steps.iter().filter(|s| s.uses.is(Builtin::Branch)) {
                 for i in 0..step.cases.len() {
                     if !taken(&step.id, &i.to_string()) {
-                        missed_cases.push(format!("{} case {}", step.id, i + 1));
+                        missed_cases.push(format!("{} case {i}", step.id));
                     }
                 }
                 if !taken(&step.id, "default") {
