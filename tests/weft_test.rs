@@ -377,3 +377,90 @@ fn an_exported_execution_replays_as_a_passing_test() {
     );
     insta::assert_snapshot!("export_http_step", text);
 }
+
+/// A small repository: a webhook flow that waits an hour, a poll flow, a step that can fail.
+const TIMERS: &[(&str, &str)] = &[
+    ("weft.yaml", "weft: 1\n"),
+    (
+        "integrations/timers/integration.yaml",
+        "weft: 1
+name: timers
+config:
+  api_url: { type: url, default: \"http://api.example\" }
+flows:
+  later:
+    trigger: { webhook: { path: /later } }
+    steps:
+      - { id: wait, uses: delay, with: { duration: 1h } }
+      - { id: done, uses: transform, with: { value: { id: \"{{ trigger.body.id }}\" } } }
+  items:
+    trigger:
+      poll: { every: 1m, uses: http.get, with: { url: \"{{ config.api_url }}/items\" }, items: \"{{ output.body }}\" }
+    steps:
+      - id: push
+        uses: http.post
+        with: { url: \"{{ config.api_url }}/copies\", body: { n: \"{{ trigger.item.n }}\" } }
+        retry: { attempts: 3, backoff: fixed, initial: 10s }
+",
+    ),
+    ("instances/acme/timers.yaml", "weft: 1\nintegration: timers\n"),
+    (
+        "integrations/timers/tests/delay.yaml",
+        "customer: acme
+flow: later
+trigger: { body: { id: 7 } }
+expect:
+  steps: { done: { output: { id: 7 } } }
+  requests: []
+",
+    ),
+    (
+        "integrations/timers/tests/poll-items.yaml",
+        "customer: acme
+flow: items
+trigger: { items: [{ n: 1 }, { n: 2 }] }
+mocks:
+  - request: { method: POST, url: \"http://api.example/copies\" }
+    response: { status: 201 }
+expect:
+  requests:
+    - { method: POST, url: \"http://api.example/copies\", body: { n: 1 } }
+    - { method: POST, url: \"http://api.example/copies\", body: { n: 2 } }
+",
+    ),
+    (
+        "integrations/timers/tests/step-mock.yaml",
+        "customer: acme
+flow: items
+trigger: { item: { n: 3 } }
+mocks:
+  - { step: push, error: { status: 503, message: upstream down } }
+expect:
+  status: dead_lettered
+  steps: { push: { attempts: 3 } }
+  requests: []
+",
+    ),
+];
+
+#[test]
+fn delays_poll_items_and_step_mocks() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, text) in TIMERS {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let (code, stdout, stderr) = run(dir.path(), &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // The hour passes on the virtual clock; two retries of 10 s each.
+    assert!(
+        stdout.contains("delay.yaml) ... ok (virtual time 3600.0 s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("step-mock.yaml) ... ok (virtual time 20.0 s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("poll-items.yaml) ... ok\n"), "{stdout}");
+}
