@@ -464,3 +464,27 @@ fn delays_poll_items_and_step_mocks() {
     );
     assert!(stdout.contains("poll-items.yaml) ... ok\n"), "{stdout}");
 }
+
+#[test]
+fn weft_check_checks_test_files_too() {
+    let dir = event_import_with(&[(
+        "unknown-flow.yaml",
+        "customer: globex\nflow: order-creatd\n",
+    )]);
+    let out = weft().arg("check").arg(dir.path()).output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error[unknown-flow]: `shop-orders-to-crm` has no flow `order-creatd`")
+            && stderr.contains("did you mean `order-created`?")
+            && stderr.contains("check failed:")
+            && stderr.contains("1 problem(s) in test files"),
+        "{stderr}"
+    );
+    // Every example's test files are clean.
+    weft()
+        .arg("check")
+        .arg(example("sync-webhook"))
+        .assert()
+        .success();
+}

@@ -82,6 +82,7 @@ impl Problem {
         let (file, line, column) = self.location(files);
         ProblemJson {
             code: self.code,
+            severity: "error",
             message: self.message.clone(),
             file: file.to_string(),
             line,
@@ -112,6 +113,8 @@ impl Problem {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProblemJson {
     pub code: &'static str,
+    /// Always `error` (the field `weft check --format json` also has).
+    pub severity: &'static str,
     pub message: String,
     pub file: String,
     pub line: usize,
