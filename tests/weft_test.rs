@@ -181,7 +181,7 @@ fn test_files_are_checked_like_sources() {
         ),
         (
             "unknown-step.yaml",
-            "customer: globex\nflow: order-created\nmocks:\n  - { step: pusj, output: {} }\nexpect:\n  steps: { contakt: {} }\n  skipped: [skip]\n",
+            "customer: globex\nflow: order-created\nmocks:\n  - { step: pusj, output: {} }\n  - { step: big-enough, output: {} }\nexpect:\n  steps: { contakt: {} }\n  skipped: [skip]\n",
         ),
         (
             "unknown-key.yaml",

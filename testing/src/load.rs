@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use serde_json::Value;
 use weft_compiler::diagnostic::did_you_mean;
 use weft_compiler::path;
-use weft_compiler::plan::Plan;
+use weft_compiler::plan::{Builtin, Plan};
 use weft_compiler::repo::MAX_FILE_BYTES;
 use weft_compiler::schema::{compile_schema, validate_with};
 use weft_compiler::source::SourceFile;
@@ -271,6 +271,36 @@ fn check_references(test: &LoadedTest, plans: &[Plan]) -> Vec<Problem> {
                 )
                 .help(Some(
                     "give a relative path without `..`, e.g. `data/inbox/prices.csv`".into(),
+                )),
+            );
+        }
+    }
+    for (i, mock) in m.mocks.iter().enumerate() {
+        let Mock::Step(step) = mock else {
+            continue;
+        };
+        let routes = flow
+            .steps
+            .iter()
+            .find(|s| s.id == step.step)
+            .map(|s| &s.uses)
+            .and_then(|u| {
+                [Builtin::Branch, Builtin::ForEach]
+                    .into_iter()
+                    .find(|b| u.is(*b))
+            });
+        if let Some(kind) = routes {
+            problems.push(
+                Problem::new(
+                    "invalid-value",
+                    format!("step `{}` is a `{kind}`: it cannot be mocked", step.step),
+                    file,
+                    root.at(&path!["mocks", i, "step"]).span.clone(),
+                    "decides where the flow goes",
+                )
+                .help(Some(
+                    "give the trigger that takes the path you want, or mock the steps inside it"
+                        .into(),
                 )),
             );
         }
