@@ -226,6 +226,15 @@ fn coverage_lists_the_steps_and_cases_no_test_reached() {
         ),
         "{stdout}"
     );
+    let (_, json, _) = run(dir.path(), &["--coverage", "--format", "json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        value["coverage"][0],
+        serde_json::json!({
+            "integration": "shop-orders-to-crm", "flow": "order-created", "steps": 4,
+            "missed_steps": ["skip"], "missed_cases": ["big-enough default"]
+        })
+    );
 }
 
 #[test]
