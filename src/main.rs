@@ -2,6 +2,8 @@
 //! exit codes. Each subcommand lives in `src/commands/<verb>.rs`.
 
 mod commands;
+mod deployment;
+mod docker;
 mod report;
 
 use std::process::ExitCode;
@@ -44,6 +46,9 @@ Examples:
   weft run examples/event-import     run every instance on the embedded durable queue
   weft gateway /bundle               container mode: a bundle's gateway, on the broker
   weft step /bundle --flow F --step S    container mode: one step's worker, on the broker
+  weft image build                   the runtime image (weft image build --broker: the broker's)
+  weft up dist/globex/event-import   a bundle's containers on the local Docker engine
+  weft ps                            weft's containers; weft logs BUNDLE, weft down BUNDLE
   weft test --format junit           run integrations/*/tests/*.yaml offline (mocked HTTP)
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
@@ -84,6 +89,11 @@ enum Command {
     Executions(commands::executions::Args),
     Dlq(commands::dlq::Args),
     Health(commands::health::Args),
+    Image(commands::image::Args),
+    Up(commands::up::Args),
+    Down(commands::down::Args),
+    Ps(commands::ps::Args),
+    Logs(commands::logs::Args),
     Test(commands::test::Args),
 }
 
@@ -130,6 +140,11 @@ fn main() -> ExitCode {
         Command::Executions(args) => commands::executions::run(args),
         Command::Dlq(args) => commands::dlq::run(args),
         Command::Health(args) => commands::health::run(args),
+        Command::Image(args) => commands::image::run(args),
+        Command::Up(args) => commands::up::run(args),
+        Command::Down(args) => commands::down::run(args),
+        Command::Ps(args) => commands::ps::run(args),
+        Command::Logs(args) => commands::logs::run(args),
         Command::Test(args) => commands::test::run(args, cli.color),
     };
     match result {
@@ -138,5 +153,70 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use weft_compiler::compose::Role;
+
+    use super::{Cli, Command};
+
+    /// Every `command` and healthcheck an emitted compose file gives the runtime image parses
+    /// with this binary's own flags, into the role it is for: emit and CLI cannot drift apart.
+    #[test]
+    fn emitted_commands_parse_with_the_cli() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut dirs: Vec<_> = std::fs::read_dir(&examples)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        dirs.sort();
+        let mut parsed = 0;
+        for dir in dirs {
+            let sources = weft_compiler::repo::read_repo(&dir).unwrap();
+            let compilation = weft_compiler::compile(&sources);
+            let ports = weft_compiler::emit::host_ports(&compilation.plans);
+            for plan in &compilation.plans {
+                let port = ports[&weft_compiler::emit::bundle_dir(plan)];
+                let file = weft_compiler::emit::compose_file(plan, &compilation.project, port);
+                for (name, service) in &file.services {
+                    let role = service.role().unwrap();
+                    if matches!(role, Role::Broker | Role::Component) {
+                        continue;
+                    }
+                    let args =
+                        std::iter::once("weft").chain(service.command.iter().map(String::as_str));
+                    let cli = Cli::try_parse_from(args)
+                        .unwrap_or_else(|e| panic!("{name}: {:?}: {e}", service.command));
+                    match (role, cli.command) {
+                        (Role::Gateway, Command::Gateway(g)) => {
+                            assert_eq!(g.run.path, std::path::Path::new("/bundle"));
+                            assert_eq!(g.run.port, plan.runtime.port);
+                        }
+                        (Role::Step, Command::Step(s)) => {
+                            assert_eq!(weft_compiler::emit::service_name(&s.flow, &s.step), *name);
+                            let step = plan
+                                .flows
+                                .iter()
+                                .find(|f| f.name == s.flow)
+                                .and_then(|f| f.steps.iter().find(|st| st.id == s.step));
+                            assert!(step.is_some(), "{name}: no such step in the plan");
+                        }
+                        (role, other) => panic!("{name}: {role:?} runs {other:?}"),
+                    }
+                    let check = service.healthcheck.as_ref().unwrap();
+                    assert_eq!(check.test[..2], ["CMD".to_string(), "/weft".to_string()]);
+                    let health = Cli::try_parse_from(
+                        std::iter::once("weft").chain(check.test[2..].iter().map(String::as_str)),
+                    )
+                    .unwrap();
+                    assert!(matches!(health.command, Command::Health(_)));
+                    parsed += 1;
+                }
+            }
+        }
+        assert!(parsed > 30, "parsed {parsed} commands");
     }
 }

@@ -38,6 +38,15 @@ impl ColorChoice {
     }
 }
 
+/// How a command's result is printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Lines or a table for people.
+    Human,
+    /// One JSON document.
+    Json,
+}
+
 /// How diagnostics are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiagnosticFormat {

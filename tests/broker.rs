@@ -594,7 +594,7 @@ impl Topology {
         for (name, process) in processes {
             let url = format!("http://127.0.0.1:{}/healthz", process.port);
             let mut healthy = false;
-            for _ in 0..400 {
+            for _ in 0..800 {
                 if client
                     .get(&url)
                     .send()

@@ -173,6 +173,7 @@ fn build_is_byte_identical_wherever_the_repo_lies() {
         .arg(example("event-import"))
         .arg("-o")
         .arg(a.path().join("dist"))
+        .args(["--target", "compose,k8s", "--autoscale"])
         .assert()
         .success();
     weft()
@@ -180,6 +181,7 @@ fn build_is_byte_identical_wherever_the_repo_lies() {
         .arg(&repo_b)
         .arg("-o")
         .arg(b.path().join("out"))
+        .args(["--target", "compose,k8s", "--autoscale"])
         .assert()
         .success();
     let first = read_tree(&a.path().join("dist"));
@@ -194,7 +196,10 @@ fn build_is_byte_identical_wherever_the_repo_lies() {
         "bundle.json",
         "plan.json",
         "docker-compose.yaml",
+        "kubernetes.yaml",
+        "keda.yaml",
         ".env.example",
+        "nats.conf",
     ] {
         assert!(
             names.contains(&format!("globex/shop-orders-to-crm/{file}").as_str()),

@@ -30,7 +30,10 @@ fn docker_compose_accepts_every_emitted_file() {
             let env: String = example
                 .lines()
                 .filter(|l| !l.starts_with('#'))
-                .map(|l| format!("{l}dummy\n"))
+                .map(|l| match l.strip_suffix('=') {
+                    Some(secret) => format!("{secret}=dummy\n"),
+                    None => format!("{l}\n"),
+                })
                 .collect();
             std::fs::write(bundle_dir.join(".env"), env).unwrap();
             let output = Command::new("docker-compose")

@@ -27,6 +27,18 @@ pub fn write_bundles_with_progress(
     project: &Project,
     written: &(dyn Fn() + Sync),
 ) -> io::Result<Vec<(String, String)>> {
+    write_bundles_for(out, plans, project, emit::Targets::default(), written)
+}
+
+/// [`write_bundles_with_progress`] for `targets` (docker-compose, Kubernetes).
+pub fn write_bundles_for(
+    out: &Path,
+    plans: &[Plan],
+    project: &Project,
+    targets: emit::Targets,
+    written: &(dyn Fn() + Sync),
+) -> io::Result<Vec<(String, String)>> {
+    let ports = emit::host_ports(plans);
     plans
         .par_iter()
         .map(|plan| {
@@ -35,7 +47,7 @@ pub fn write_bundles_with_progress(
             std::fs::create_dir_all(&dir).map_err(|e| {
                 io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))
             })?;
-            let files = emit::bundle(plan, project);
+            let files = emit::bundle_for(plan, project, targets, ports[&rel]);
             for f in &files.files {
                 let path = dir.join(f.name);
                 // Unchanged files are left alone: rebuilds are cheap and mtimes stay meaningful.

@@ -395,15 +395,17 @@ pub fn diff(old: &Compilation, new: &Compilation) -> RepoDiff {
     let keys: BTreeSet<_> = olds.keys().chain(news.keys()).cloned().collect();
     let same_project =
         serde_json::to_value(&old.project).ok() == serde_json::to_value(&new.project).ok();
+    let (old_ports, new_ports) = (emit::host_ports(&old.plans), emit::host_ports(&new.plans));
     for k in keys {
         let (a, b) = (olds.get(&k), news.get(&k));
         if same_project && a.is_some() && a == b {
             continue; // same plan, same project: same compose file
         }
-        let compose = |p: Option<&&Plan>, c: &Compilation| {
-            p.map(|p| emit::compose(p, &c.project)).unwrap_or_default()
+        let compose = |p: Option<&&Plan>, c: &Compilation, ports: &BTreeMap<String, u16>| {
+            p.map(|p| emit::compose(p, &c.project, ports[&emit::bundle_dir(p)]))
+                .unwrap_or_default()
         };
-        let (ca, cb) = (compose(a, old), compose(b, new));
+        let (ca, cb) = (compose(a, old, &old_ports), compose(b, new, &new_ports));
         let text = similar::TextDiff::from_lines(&ca, &cb)
             .unified_diff()
             .context_radius(2)

@@ -36,6 +36,8 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub config: &'a IndexMap<String, ConfigVar>,
     pub flows: Vec<&'a str>,
+    /// Every step id of every flow.
+    pub steps: Vec<&'a str>,
     /// Schedules that are templates over config: flow and template.
     pub schedules: Vec<(&'a str, &'a str)>,
 }
@@ -99,6 +101,7 @@ pub fn check<'a>(
     check_config_values(loaded, target, &mut out);
     check_missing_config(loaded, target, &mut out);
     check_flow_settings(loaded, target, &mut out);
+    check_replicas(loaded, target, &mut out);
     // Schedules are resolved from values that fit their variables.
     let crons = if out.iter().any(Diagnostic::is_error) {
         BTreeMap::new()
@@ -278,6 +281,38 @@ fn check_missing_config(loaded: &Loaded<Instance>, target: &Target<'_>, out: &mu
             .at(loaded.file, at, format!("`{key}` is required (no default)"))
             .help(format!("add `{key}: {example}` under `config:`")),
         );
+    }
+}
+
+/// Most replicas of one step.
+pub const MAX_REPLICAS: u32 = 100;
+
+/// `replicas:` names steps of the integration, each with 1 to [`MAX_REPLICAS`] replicas.
+fn check_replicas(loaded: &Loaded<Instance>, target: &Target<'_>, out: &mut Vec<Diagnostic>) {
+    for (step, &count) in &loaded.model.replicas {
+        let at = path!["replicas", step];
+        if !target.steps.contains(&step.as_str()) {
+            out.push(
+                Diagnostic::error(
+                    Code::UnknownStep,
+                    format!("`{}` has no step `{step}`", target.name),
+                )
+                .at(loaded.file, loaded.root.key_span(&at), "unknown step")
+                .help_opt(did_you_mean(step, target.steps.iter().copied())),
+            );
+        } else if !(1..=MAX_REPLICAS).contains(&count) {
+            out.push(
+                Diagnostic::error(
+                    Code::InvalidValue,
+                    format!("`{step}` has {count} replicas; a step runs 1 to {MAX_REPLICAS}"),
+                )
+                .at(
+                    loaded.file,
+                    loaded.root.at(&at).span.clone(),
+                    "out of range",
+                ),
+            );
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod build;
 pub mod builtins;
 pub mod check;
+pub mod compose;
 pub mod config_value;
 pub mod cron;
 pub mod diagnostic;
@@ -18,6 +19,7 @@ pub mod emit;
 pub mod git;
 pub mod graph;
 pub mod instance;
+pub mod kubernetes;
 pub mod load;
 pub mod lower;
 pub mod model;

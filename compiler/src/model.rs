@@ -45,6 +45,89 @@ pub struct Project {
     /// Rules the runtime enforces for every instance.
     #[serde(default)]
     pub policy: Policy,
+    /// The NATS JetStream broker of Kubernetes deployments (external to the bundles).
+    #[serde(default)]
+    pub broker: BrokerSettings,
+    /// Kubernetes output (`weft build --target k8s`).
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
+}
+
+/// The broker bundles use on Kubernetes.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    /// Its URL; the default is the service the official NATS Helm chart creates (release
+    /// `nats`, same namespace). docker-compose bundles run their own broker.
+    #[serde(default = "default_broker_url")]
+    pub url: String,
+    /// Its monitoring endpoint (`host:port`), which KEDA's NATS JetStream scaler reads
+    /// (`--autoscale`).
+    #[serde(default = "default_broker_monitoring")]
+    pub monitoring: String,
+    /// Copies of each stream the broker keeps (3 on a 3-node JetStream cluster).
+    #[serde(default = "default_stream_replicas")]
+    #[schemars(range(min = 1, max = 5))]
+    pub stream_replicas: u8,
+}
+
+fn default_stream_replicas() -> u8 {
+    1
+}
+
+fn default_broker_url() -> String {
+    "nats://nats:4222".into()
+}
+fn default_broker_monitoring() -> String {
+    "nats:8222".into()
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: default_broker_url(),
+            monitoring: default_broker_monitoring(),
+            stream_replicas: default_stream_replicas(),
+        }
+    }
+}
+
+/// Defaults of the Kubernetes manifests.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// Requests and limits of every container whose step sets none.
+    #[serde(default = "default_resources")]
+    pub resources: Resources,
+    /// Size of the gateway's volume (execution history, dead letters, trigger state).
+    #[serde(default = "default_gateway_storage")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti)$"))]
+    pub gateway_storage: String,
+}
+
+fn default_resources() -> Resources {
+    Resources {
+        requests: Some(ResourceAmounts {
+            cpu: Some("50m".into()),
+            memory: Some("32Mi".into()),
+        }),
+        limits: Some(ResourceAmounts {
+            cpu: Some("1".into()),
+            memory: Some("256Mi".into()),
+        }),
+    }
+}
+fn default_gateway_storage() -> String {
+    "1Gi".into()
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            resources: default_resources(),
+            gateway_storage: default_gateway_storage(),
+        }
+    }
 }
 
 /// Runtime policy for multi-tenant hosts.
@@ -61,19 +144,23 @@ pub struct Policy {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Images {
-    /// The weft runtime image (gateway and steps).
+    /// The weft runtime image (gateway and steps); `WEFT_RUNTIME_IMAGE` overrides it when the
+    /// compose file runs.
     #[serde(default = "default_runtime_image")]
     pub runtime: String,
-    /// The NATS JetStream broker image.
+    /// The NATS JetStream broker image; `WEFT_BROKER_IMAGE` overrides it when the compose file
+    /// runs.
     #[serde(default = "default_broker_image")]
     pub broker: String,
 }
 
+/// The image `weft image build` tags by default: this version of weft.
 fn default_runtime_image() -> String {
-    "weft/runtime:0.1".into()
+    format!("weft/runtime:{}", env!("CARGO_PKG_VERSION"))
 }
+/// The official NATS image (a JetStream server); `weft image build --broker` builds a local one.
 fn default_broker_image() -> String {
-    "weft/nats:2.15".into()
+    "nats:2.11".into()
 }
 
 impl Default for Images {
@@ -89,7 +176,8 @@ impl Default for Images {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
-    /// The port the gateway publishes on the host.
+    /// The port the gateway listens on in its container (each bundle publishes it on its own
+    /// host port).
     #[serde(default = "default_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: u16,
@@ -386,6 +474,47 @@ pub struct Step {
     /// Container replicas (scale-out) of this step.
     #[schemars(range(min = 1))]
     pub replicas: Option<u32>,
+    /// Kubernetes requests and limits of this step's containers (`weft build --target k8s`),
+    /// instead of weft.yaml's `kubernetes.resources`.
+    pub resources: Option<Resources>,
+}
+
+/// Kubernetes resource requests and limits of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// What the scheduler reserves for the container.
+    pub requests: Option<ResourceAmounts>,
+    /// The most the container may use.
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// CPU and memory as Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAmounts {
+    /// CPU, e.g. `250m` or `1`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `128Mi` or `1Gi`.
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub memory: Option<String>,
+}
+
+impl Resources {
+    /// The plan's form.
+    pub fn lower(&self) -> crate::plan::Resources {
+        let amounts = |a: &Option<ResourceAmounts>| {
+            a.as_ref().map(|a| crate::plan::ResourceAmounts {
+                cpu: a.cpu.clone(),
+                memory: a.memory.clone(),
+            })
+        };
+        crate::plan::Resources {
+            requests: amounts(&self.requests),
+            limits: amounts(&self.limits),
+        }
+    }
 }
 
 /// Retry policy.
@@ -570,6 +699,10 @@ pub struct Instance {
     /// Per-flow settings.
     #[serde(default)]
     pub flows: IndexMap<String, FlowSetting>,
+    /// Container replicas of steps, by step id (1 to 100), overriding the integration's
+    /// `replicas`; the same numbers in docker-compose and Kubernetes output.
+    #[serde(default)]
+    pub replicas: IndexMap<String, u32>,
 }
 
 /// Which version of an integration an instance runs.

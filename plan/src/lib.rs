@@ -4,6 +4,7 @@
 //! so the same sources always serialize to the same bytes. [`Plan::from_json`] checks the
 //! format version before anything else.
 
+pub mod broker_names;
 pub mod builtin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -422,6 +423,32 @@ pub struct Step {
     pub for_each: Option<String>,
     /// Secret environment variables the step's inputs and connection read (sorted).
     pub secrets: Vec<String>,
+    /// Kubernetes requests and limits of the step's containers, when the step sets its own
+    /// (the project's defaults otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Kubernetes resource requests and limits of a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Resources {
+    /// What the scheduler reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<ResourceAmounts>,
+    /// The most the container may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceAmounts>,
+}
+
+/// CPU and memory, as Kubernetes quantities (`250m`, `1`, `128Mi`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResourceAmounts {
+    /// CPU, e.g. `250m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory, e.g. `128Mi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
 }
 
 /// Retry backoff.

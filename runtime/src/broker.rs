@@ -24,6 +24,9 @@ use futures_util::StreamExt as _;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use weft_plan::broker_names::history_subject;
+use weft_plan::broker_names::{self, history_stream};
+
 use crate::Role;
 use crate::clock::now_ms;
 use crate::engine::{Engine, Envelope};
@@ -43,6 +46,10 @@ const EXTRA_DELIVERIES: u32 = 3;
 const BATCH: usize = 64;
 /// How long settling a message with the broker may take.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes of one message, at most, before a commit fails (see [`JetStreamQueue::publish`]).
+const PUBLISH_TRIES: u32 = 5;
+/// How long the declarations at start wait for the broker to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A failure talking to the broker.
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +100,6 @@ struct HistoryBatch {
     ops: Vec<Op>,
 }
 
-/// The subject of an instance's history stream.
-pub fn history_subject(customer: &str, integration: &str) -> String {
-    format!("weft.history.{}.{}", name(customer), name(integration))
-}
-
-/// The name of an instance's history stream (flow streams start with `weft_`: no collision).
-fn history_stream(customer: &str, integration: &str) -> String {
-    format!("weft-history_{}_{}", name(customer), name(integration))
-}
-
 /// The JetStream-backed queue.
 pub struct JetStreamQueue {
     js: jetstream::Context,
@@ -110,16 +107,6 @@ pub struct JetStreamQueue {
     replicas: usize,
     held: Mutex<HashMap<i64, Held>>,
     next_id: AtomicI64,
-}
-
-/// A stream or consumer name: `[a-z0-9_-]`, everything else `-`.
-fn name(text: &str) -> String {
-    text.chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
-            _ => '-',
-        })
-        .collect()
 }
 
 /// The stable broker-side de-duplication id of a message to publish.
@@ -139,13 +126,21 @@ impl JetStreamQueue {
         history: HistorySink,
         replicas: usize,
     ) -> Result<JetStreamQueue, StoreError> {
+        // `nats://a:4222,nats://b:4222`: any node of a cluster (the client learns the others).
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(broker(format!("reading the broker URL `{url}`")))?;
         // Reconnect quickly (every 100 ms, growing to 1 s): while the broker is away, webhooks
-        // get 503 and settles wait.
+        // get 503 and settles wait. A broker not up yet at start (containers start together)
+        // is waited for: the declarations at start are retried.
         let client = async_nats::ConnectOptions::new()
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts.min(10) as u64)
             })
-            .connect(url)
+            .retry_on_initial_connect()
+            .connect(servers)
             .await
             .map_err(broker(format!("connecting to {url}")))?;
         Ok(JetStreamQueue {
@@ -211,10 +206,8 @@ impl JetStreamQueue {
         flow: &str,
         steps: &[&Arc<StepRt>],
     ) -> Result<stream::Stream, StoreError> {
-        let stream_name = name(&format!(
-            "weft_{}_{}_{flow}",
-            instance.plan.customer, instance.plan.integration
-        ));
+        let stream_name =
+            broker_names::flow_stream(&instance.plan.customer, &instance.plan.integration, flow);
         // Sorted: every process of a bundle declares the same configuration.
         let mut subjects: Vec<String> = steps.iter().map(|s| s.step.queue.clone()).collect();
         subjects.sort();
@@ -238,21 +231,18 @@ impl JetStreamQueue {
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         };
-        let mut tries = 0;
-        loop {
-            match self.js.create_or_update_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(_) if tries < 5 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                }
-                Err(e) => return Err(broker(format!("creating stream {stream_name}"))(e)),
-            }
-        }
-        self.js
-            .get_stream(&stream_name)
-            .await
-            .map_err(broker(format!("opening stream {stream_name}")))
+        let what = format!("creating stream {stream_name}");
+        until_ready(&what, || async {
+            self.js
+                .create_or_update_stream(config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            self.js
+                .get_stream(&stream_name)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
     }
 
     /// The instance's history stream: step workers publish, its gateway applies.
@@ -268,7 +258,7 @@ impl JetStreamQueue {
         stream: &stream::Stream,
         step: &StepRt,
     ) -> Result<consumer::PullConsumer, StoreError> {
-        let durable = name(&step.step.id);
+        let durable = broker_names::step_consumer(&step.step.id);
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: step.step.queue.clone(),
@@ -277,10 +267,10 @@ impl JetStreamQueue {
             max_deliver: i64::from(step.step.retry.attempts + EXTRA_DELIVERIES + 2),
             ..Default::default()
         };
-        stream
-            .create_consumer(config)
-            .await
-            .map_err(broker(format!("creating consumer {durable}")))
+        until_ready(&format!("creating consumer {durable}"), || {
+            stream.create_consumer(config.clone())
+        })
+        .await
     }
 
     /// Pulls the step's messages in batches, at most `concurrency` unsettled at once, and
@@ -553,7 +543,7 @@ impl JetStreamQueue {
                     out.push(Outgoing {
                         queue: m.queue.clone(),
                         execution: m.execution.clone(),
-                        body: m.body.clone(),
+                        body: m.body.clone().into(),
                         id,
                     });
                 }
@@ -567,7 +557,7 @@ impl JetStreamQueue {
                     out.push(Outgoing {
                         queue,
                         execution,
-                        body,
+                        body: body.into(),
                         id: format!("replay:{dead_letter}:{at}"),
                     });
                 }
@@ -577,25 +567,53 @@ impl JetStreamQueue {
         Ok(out)
     }
 
-    /// Publishes messages and awaits the broker's acknowledgements.
+    /// Publishes messages and awaits the broker's acknowledgements. A message whose
+    /// acknowledgement does not come (a timeout while a cluster elects a leader, say) may be
+    /// stored all the same: it is published again under the same `Nats-Msg-Id`, which the
+    /// broker de-duplicates, until the broker answers or [`PUBLISH_TRIES`] are spent.
     async fn publish(&self, messages: Vec<Outgoing>) -> Result<(), StoreError> {
         let mut acks = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", m.id.as_str());
-            headers.insert(EXECUTION_HEADER, m.execution.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(m.queue.clone(), headers, m.body.into_bytes().into())
-                .await
-                .map_err(broker(format!("publishing to {}", m.queue)))?;
-            acks.push((m.queue, ack));
+        for m in &messages {
+            acks.push(self.publish_one(m).await);
         }
-        for (queue, ack) in acks {
-            ack.await
-                .map_err(broker(format!("publishing to {queue} (acknowledgement)")))?;
+        for (m, ack) in messages.iter().zip(acks) {
+            let first = match ack {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let Err(mut error) = first else {
+                continue;
+            };
+            let mut tries = 1;
+            loop {
+                if tries >= PUBLISH_TRIES {
+                    return Err(broker(format!("publishing to {}", m.queue))(error));
+                }
+                tracing::warn!("publishing to {}: {error}; publishing again", m.queue);
+                tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+                tries += 1;
+                match self.publish_one(m).await {
+                    Ok(ack) => match ack.await {
+                        Ok(_) => break,
+                        Err(e) => error = e.to_string(),
+                    },
+                    Err(e) => error = e.to_string(),
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn publish_one(
+        &self,
+        m: &Outgoing,
+    ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", m.id.as_str());
+        headers.insert(EXECUTION_HEADER, m.execution.as_str());
+        self.js
+            .publish_with_headers(m.queue.clone(), headers, m.body.clone())
+            .await
     }
 
     /// Settles a held message. A failure is only logged: the broker redelivers the message
@@ -722,8 +740,31 @@ struct Origin {
 struct Outgoing {
     queue: String,
     execution: String,
-    body: String,
+    body: bytes::Bytes,
     id: String,
+}
+
+/// Retries a declaration at start (a stream, a consumer) while the broker is not ready — not
+/// reachable yet, or a cluster without a leader — for up to [`READY_TIMEOUT`].
+async fn until_ready<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!("{what}: {e}; the broker is not ready, trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(broker(what.to_string())(e)),
+        }
+    }
 }
 
 impl Queue for JetStreamQueue {
@@ -753,8 +794,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_keep_only_safe_characters() {
-        assert_eq!(name("weft_Acme_ref.v2_orders"), "weft_acme_ref-v2_orders");
+    fn message_ids_are_stable() {
         assert_eq!(message_id("q", "e", "b"), message_id("q", "e", "b"));
         assert_ne!(message_id("q", "e", "b"), message_id("q", "eb", ""));
     }

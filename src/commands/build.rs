@@ -14,7 +14,9 @@ Examples:
   weft build                       # writes dist/<customer>/<integration>/
   weft build path/to/repo -o out
   weft build --format json         # a JSON summary of the bundles on stdout
-  weft build --rev main -o dist    # any commit, without checking it out";
+  weft build --rev main -o dist    # any commit, without checking it out
+  weft build --target compose,k8s  # docker-compose.yaml and kubernetes.yaml per bundle
+  weft build --target k8s --autoscale   # also keda.yaml: steps scaled on their queue's lag";
 
 /// Compile every instance into a bundle: bundle.json, plan.json, docker-compose.yaml, .env.example.
 #[derive(Debug, clap::Args)]
@@ -33,10 +35,35 @@ pub struct Args {
     /// Output format: human (diagnostics on stderr) or json (one summary document on stdout).
     #[arg(long, value_enum, default_value_t = DiagnosticFormat::Human)]
     pub format: DiagnosticFormat,
+    /// What to emit beside plan.json: compose (docker-compose.yaml), k8s (kubernetes.yaml), or
+    /// both, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "compose")]
+    pub target: Vec<Target>,
+    /// With --target k8s: also keda.yaml, a KEDA ScaledObject per step scaling it on its
+    /// queue's lag.
+    #[arg(long)]
+    pub autoscale: bool,
+}
+
+/// A deployment target of `weft build`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// docker-compose.yaml: the broker, the gateway and every step on one Docker host.
+    Compose,
+    /// kubernetes.yaml: Deployments, Services, a ConfigMap and a ServiceAccount.
+    K8s,
 }
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let targets = weft_compiler::emit::Targets {
+        compose: args.target.contains(&Target::Compose),
+        kubernetes: args.target.contains(&Target::K8s),
+        autoscale: args.autoscale,
+    };
+    if args.autoscale && !targets.kubernetes {
+        anyhow::bail!("--autoscale emits KEDA objects for Kubernetes: add --target k8s");
+    }
     let (sources, commit) = match &args.rev {
         Some(rev) => {
             let commit = weft_compiler::git::resolve(&args.path, rev)
@@ -80,10 +107,11 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let written = weft_compiler::build::write_bundles_with_progress(
+    let written = weft_compiler::build::write_bundles_for(
         &args.out,
         &compilation.plans,
         &compilation.project,
+        targets,
         &|| progress.inc(1),
     )
     .with_context(|| format!("writing bundles into {}", args.out.display()))?;

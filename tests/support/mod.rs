@@ -19,7 +19,7 @@ pub const HOOK_SECRET: &str = "bench-hook-secret-5d3e";
 pub const TOKEN: &str = "bench-crm-token-8f2a";
 
 /// Writes the reference repository; the sink is at `sink`.
-pub fn reference_repo(dir: &Path, sink: SocketAddr) {
+pub fn reference_repo(dir: &Path, sink: impl std::fmt::Display) {
     let files = [
         ("weft.yaml", "weft: 1\nname: reference\n".to_string()),
         (
@@ -76,6 +76,11 @@ pub struct CountingSink {
 
 impl CountingSink {
     pub async fn start() -> (CountingSink, SocketAddr) {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// The sink on `ip` (`0.0.0.0`: reachable from containers as host.docker.internal).
+    pub async fn start_on(ip: &str) -> (CountingSink, SocketAddr) {
         let sink = CountingSink::default();
         async fn handle(State(sink): State<CountingSink>, body: Bytes) -> &'static str {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -92,7 +97,7 @@ impl CountingSink {
         let app = Router::new()
             .route("/orders", post(handle))
             .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         (sink, addr)

@@ -32,6 +32,8 @@ pub fn project_model(repo: &Repo) -> Project {
             gateway: Default::default(),
             defaults: Default::default(),
             policy: Default::default(),
+            broker: Default::default(),
+            kubernetes: Default::default(),
         })
 }
 

@@ -97,6 +97,7 @@ fn lower_step(
         replicas: step.replicas.or(defaults.replicas).unwrap_or(1),
         for_each: for_each.map(str::to_string),
         secrets: Vec::new(),
+        resources: step.resources.as_ref().map(crate::model::Resources::lower),
     }
 }
 

@@ -102,6 +102,9 @@ fn instance_flows(
             f.entry_queue = f.entry_queue.map(|q| format!("{prefix}.{q}"));
             for s in &mut f.steps {
                 s.queue = format!("{prefix}.{}", s.queue);
+                if let Some(&replicas) = checked.model.replicas.get(&s.id) {
+                    s.replicas = replicas;
+                }
             }
             for e in &mut f.edges {
                 e.queue = format!("{prefix}.{}", e.queue);

@@ -51,6 +51,16 @@ impl CompiledIntegration {
             name: &self.name,
             config: &self.config,
             flows: self.flows.iter().map(|f| f.name.as_str()).collect(),
+            steps: {
+                let mut steps: Vec<&str> = self
+                    .flows
+                    .iter()
+                    .flat_map(|f| f.steps.iter().map(|s| s.id.as_str()))
+                    .collect();
+                steps.sort_unstable();
+                steps.dedup();
+                steps
+            },
             schedules: self
                 .flows
                 .iter()

@@ -1,0 +1,147 @@
+//! The emitted container topology: a compose file snapshot (file folders on volumes, ports,
+//! labels, replicas), host ports that are stable and distinct, and file folders found from
+//! templates over config.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use weft_compiler::compose::{ComposeFile, Role};
+use weft_compiler::emit;
+
+fn compile(example: &str) -> weft_compiler::Compilation {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(example);
+    let sources = weft_compiler::repo::read_repo(&dir).unwrap();
+    let compilation = weft_compiler::compile(&sources);
+    assert_eq!(compilation.error_count(), 0);
+    compilation
+}
+
+#[test]
+fn file_import_compose_snapshot() {
+    let compilation = compile("file-import");
+    let plan = &compilation.plans[0];
+    let ports = emit::host_ports(&compilation.plans);
+    let port = ports[&emit::bundle_dir(plan)];
+    let text = emit::compose(plan, &compilation.project, port);
+    insta::assert_snapshot!("file_import_compose", text);
+    insta::assert_snapshot!(
+        "file_import_env_example",
+        emit::env_example(plan, &compilation.project, port)
+    );
+    // What weft emits reads back into the same typed file (`weft up` reads it so).
+    let file = ComposeFile::from_yaml(&text).unwrap();
+    assert_eq!(file, emit::compose_file(plan, &compilation.project, port));
+    for (name, service) in &file.services {
+        let role = service.role().unwrap();
+        assert_eq!(service.labels["weft.customer"], plan.customer, "{name}");
+        assert_eq!(
+            service.labels["weft.integration"], plan.integration,
+            "{name}"
+        );
+        if role == Role::Step {
+            assert!(service.labels.contains_key("weft.flow"), "{name}");
+            assert!(service.labels.contains_key("weft.step"), "{name}");
+        }
+        if role != Role::Broker {
+            assert_eq!(
+                service.extra_hosts,
+                ["host.docker.internal:host-gateway"],
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn file_steps_mount_one_volume_at_their_common_folder() {
+    let compilation = compile("file-import");
+    let folders = emit::file_folders(&compilation.plans[0]);
+    assert_eq!(
+        folders,
+        BTreeSet::from([
+            "/data/globex/done".to_string(),
+            "/data/globex/failed".to_string(),
+            "/data/globex/inbox".to_string(),
+        ])
+    );
+    let volumes = emit::file_volumes(&folders);
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes["files-data-globex"], "/data/globex");
+    // Folders with no common parent: one volume each (the outermost ones).
+    let apart = BTreeSet::from([
+        "/srv/in".to_string(),
+        "/var/out".to_string(),
+        "/var/out/old".to_string(),
+    ]);
+    let volumes = emit::file_volumes(&apart);
+    assert_eq!(
+        volumes.values().cloned().collect::<Vec<_>>(),
+        ["/srv/in", "/var/out"]
+    );
+    // A report folder under a templated file name.
+    let report = compile("report-export");
+    for plan in &report.plans {
+        let folders = emit::file_folders(plan);
+        assert_eq!(
+            folders,
+            BTreeSet::from([format!("/data/{}/reports", plan.customer)])
+        );
+    }
+}
+
+#[test]
+fn host_ports_are_distinct_stable_and_in_range() {
+    let compilation = compile("event-import");
+    let mut plans = compilation.plans.clone();
+    let before = emit::host_ports(&plans);
+    assert_eq!(before, emit::host_ports(&plans), "deterministic");
+    // Many more customers of the same integration: the first ones keep their ports unless a
+    // newcomer hashes onto the same run of ports (rare in 10,000).
+    let template = plans[0].clone();
+    for i in 0..200 {
+        let mut p = template.clone();
+        p.customer = format!("customer-{i:03}");
+        plans.push(p);
+    }
+    let after = emit::host_ports(&plans);
+    let distinct: BTreeSet<u16> = after.values().copied().collect();
+    assert_eq!(distinct.len(), after.len(), "one port per bundle");
+    assert!(after.values().all(|p| emit::HOST_PORTS.contains(p)));
+    for (bundle, port) in &before {
+        assert_eq!(after[bundle], *port, "{bundle} kept its port");
+    }
+}
+
+#[test]
+fn custom_component_images_get_a_service_each() {
+    let compilation = compile("event-import");
+    let mut plan = compilation.plans[0].clone();
+    let component = |image: &str| weft_compiler::plan::Component {
+        version: None,
+        base_url: None,
+        image: Some(image.to_string()),
+        actions: Default::default(),
+    };
+    plan.components
+        .insert("enricher".into(), component("acme/enricher:3"));
+    // A component named like one of weft's services is renamed, and its URL passed on.
+    plan.components
+        .insert("gateway".into(), component("acme/gateway-lookup:1"));
+    let file = emit::compose_file(&plan, &compilation.project, 20_000);
+    let enricher = &file.services["enricher"];
+    assert_eq!(enricher.image, "acme/enricher:3");
+    assert_eq!(enricher.role(), Some(Role::Component));
+    assert_eq!(enricher.labels["weft.component"], "enricher");
+    let renamed = &file.services["component.gateway"];
+    assert_eq!(renamed.image, "acme/gateway-lookup:1");
+    assert_eq!(
+        file.services["gateway"].environment["WEFT_COMPONENT_URL_GATEWAY"],
+        "http://component.gateway:8080"
+    );
+    assert_eq!(
+        file.services["gateway"].image,
+        "${WEFT_RUNTIME_IMAGE:-weft/runtime:0.1.0}"
+    );
+}
