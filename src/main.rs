@@ -49,12 +49,13 @@ Examples:
   weft image build                   the runtime image (weft image build --broker: the broker's)
   weft up dist/globex/event-import   a bundle's containers on the local Docker engine
   weft ps                            weft's containers; weft logs BUNDLE, weft down BUNDLE
+  weft test --format junit           run integrations/*/tests/*.yaml offline (mocked HTTP)
   weft executions --status failed    the execution history
   weft dlq replay --all              replay dead letters after a fix
 
 Exit codes:
   0  success
-  1  the sources have errors (diagnostics were printed)
+  1  the sources have errors (diagnostics were printed), or `weft test`: a test failed
   2  usage error, or a file or folder could not be read or written";
 
 /// weft: a declarative, GitOps integration compiler and runtime.
@@ -93,6 +94,7 @@ enum Command {
     Down(commands::down::Args),
     Ps(commands::ps::Args),
     Logs(commands::logs::Args),
+    Test(commands::test::Args),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -101,9 +103,10 @@ enum LogFormat {
     Json,
 }
 
-fn init_logs(format: LogFormat, color: report::ColorChoice) {
+/// Logs go to stderr at `default` level unless `WEFT_LOG` says otherwise.
+fn init_logs(format: LogFormat, color: report::ColorChoice, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -115,7 +118,12 @@ fn init_logs(format: LogFormat, color: report::ColorChoice) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, cli.color);
+    // `weft test` reports what its flows did itself; their log lines would only be noise.
+    let default_logs = match cli.command {
+        Command::Test(_) => "off",
+        _ => "info",
+    };
+    init_logs(cli.log_format, cli.color, default_logs);
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args, cli.color),
         Command::Build(args) => commands::build::run(args, cli.color),
@@ -137,6 +145,7 @@ fn main() -> ExitCode {
         Command::Down(args) => commands::down::run(args),
         Command::Ps(args) => commands::ps::run(args),
         Command::Logs(args) => commands::logs::run(args),
+        Command::Test(args) => commands::test::run(args, cli.color),
     };
     match result {
         Ok(code) => code,

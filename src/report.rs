@@ -15,6 +15,17 @@ pub enum ColorChoice {
 }
 
 impl ColorChoice {
+    /// Whether to colour output written to stdout.
+    pub fn stdout(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
+        }
+    }
+
     /// Whether to colour output written to stderr.
     pub fn stderr(self) -> bool {
         match self {

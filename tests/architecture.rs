@@ -39,6 +39,7 @@ fn every_path_the_architecture_names_exists() {
                 "compiler/src",
                 "runtime/src",
                 "plan/src",
+                "testing/src",
                 "src",
                 "schemas",
                 "tests",

@@ -133,7 +133,7 @@ fn help_has_examples_and_exit_codes() {
         stdout.contains("Examples:") && stdout.contains("Exit codes:"),
         "{stdout}"
     );
-    for verb in ["check", "build", "graph"] {
+    for verb in ["check", "build", "graph", "test"] {
         let out = weft().args([verb, "--help"]).assert().success();
         let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
         assert!(stdout.contains("Examples:"), "{verb}: {stdout}");

@@ -20,6 +20,7 @@ use crate::error::TriggerError;
 use crate::inflight::InflightSlots;
 use crate::instance::{InstanceRt, StepRt};
 use crate::metrics::Metrics;
+use crate::offline::{OfflineHooks, StepOverride};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer};
 use crate::steps::{self, ActionCall, Outcome, Reply, StepEnv, StepError};
@@ -58,6 +59,8 @@ pub struct EngineParts {
     /// Marks of the messages running now, for quarantining poison messages (the embedded
     /// store's; the broker backend counts deliveries instead).
     pub inflight: Option<InflightSlots>,
+    /// `weft test`'s mocks and virtual clock (see [`crate::offline`]).
+    pub offline: Option<Arc<dyn OfflineHooks>>,
 }
 
 /// Everything the workers share.
@@ -71,6 +74,7 @@ pub struct Engine {
     component_urls: HashMap<String, String>,
     redactor: Redactor,
     inflight: Option<InflightSlots>,
+    offline: Option<Arc<dyn OfflineHooks>>,
     metrics: Metrics,
     /// Sync webhooks waiting for their `respond` step, by execution.
     waiters: Mutex<HashMap<String, oneshot::Sender<Reply>>>,
@@ -115,6 +119,7 @@ impl Engine {
             component_urls: parts.component_urls,
             redactor: parts.redactor,
             inflight: parts.inflight,
+            offline: parts.offline,
             metrics: Metrics::new(),
             waiters: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -216,6 +221,9 @@ impl Engine {
             connection,
             action,
             component_urls: &self.component_urls,
+            offline: self.offline.as_deref(),
+            flow: "",
+            step: "",
         }
     }
 
@@ -450,10 +458,18 @@ impl Engine {
             let delay = backoff(retry, message.attempt);
             tracing::warn!(step = %id, execution = %execution, attempt = message.attempt, "attempt failed, retrying in {delay:?}: {text}");
             run.status = StepRunStatus::Retrying;
+            // Offline, the wait passes on the virtual clock: the retry is due at once.
+            let wait = match &self.offline {
+                Some(offline) => {
+                    offline.advance(backoff_base(retry, message.attempt));
+                    0
+                }
+                None => delay.as_millis() as i64,
+            };
             return AfterFailure::Settled(vec![
                 Op::Reschedule {
                     id: message.id,
-                    visible_at: at + delay.as_millis() as i64,
+                    visible_at: at + wait,
                     attempt: message.attempt + 1,
                 },
                 Op::RecordStep(run.clone()),
@@ -713,6 +729,19 @@ impl Engine {
         input_seen: &mut Value,
     ) -> Result<StepResult, StepError> {
         let permanent = |e: crate::error::TemplateError| StepError::permanent(e.to_string());
+        if let Some(replaced) = self
+            .offline
+            .as_ref()
+            .and_then(|o| o.step(&step.flow, &step.step.id))
+        {
+            return match replaced {
+                StepOverride::Output(output) => Ok(StepResult::Output(output)),
+                StepOverride::Error { status, message } if StepOverride::retryable(status) => {
+                    Err(StepError::retryable(message))
+                }
+                StepOverride::Error { message, .. } => Err(StepError::permanent(message)),
+            };
+        }
         if step.step.uses.is(Builtin::Branch) {
             for (i, case) in step.cases.iter().enumerate() {
                 if render::truthy(&render::render(case, ctx).map_err(permanent)?) {
@@ -743,7 +772,9 @@ impl Engine {
             .transpose()
             .map_err(permanent)?;
         let timeout = Duration::from_millis(step.step.timeout_ms);
-        let env = self.step_env(instance, key, timeout, connection, action);
+        let mut env = self.step_env(instance, key, timeout, connection, action);
+        env.flow = &step.flow;
+        env.step = &step.step.id;
         let run = std::panic::AssertUnwindSafe(steps::run(&step.step.uses, input, &env));
         let outcome = match tokio::time::timeout(
             timeout + Duration::from_secs(1),
@@ -778,15 +809,22 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Exponential (or fixed) backoff with jitter: a random wait between half and all of the step.
-pub fn backoff(retry: &plan::RetryPolicy, attempt: u32) -> Duration {
-    let base = match retry.backoff {
+/// The wait after failed attempt `attempt`, before jitter: exponential (or fixed), capped.
+/// `weft test`'s virtual clock advances by it, so that its reports do not vary.
+pub fn backoff_base(retry: &plan::RetryPolicy, attempt: u32) -> Duration {
+    let ms = match retry.backoff {
         plan::Backoff::Fixed => retry.initial_ms,
         plan::Backoff::Exponential => retry
             .initial_ms
             .saturating_mul(1u64 << (attempt.saturating_sub(1)).min(30)),
     }
     .min(retry.max_ms.max(retry.initial_ms));
+    Duration::from_millis(ms)
+}
+
+/// Exponential (or fixed) backoff with jitter: a random wait between half and all of the step.
+pub fn backoff(retry: &plan::RetryPolicy, attempt: u32) -> Duration {
+    let base = backoff_base(retry, attempt).as_millis() as u64;
     let half = base / 2;
     Duration::from_millis(half + fastrand::u64(0..=half.max(1)))
 }

@@ -19,6 +19,7 @@ pub mod inflight;
 pub mod instance;
 pub mod metrics;
 pub mod nesting;
+pub mod offline;
 pub mod redact;
 pub mod render;
 pub mod steps;
@@ -81,6 +82,9 @@ pub struct Options {
     /// What this process runs: everything (`weft run`), or one part of a bundle's container
     /// topology on the broker (`weft gateway`, `weft step`).
     pub role: Role,
+    /// `weft test`: mocks answer every HTTP request, steps may be replaced, retries and
+    /// `delay` steps run on a virtual clock, and no trigger fires by itself.
+    pub offline: Option<Arc<dyn offline::OfflineHooks>>,
 }
 
 impl Role {
@@ -139,6 +143,7 @@ impl Default for Options {
             broker: None,
             broker_replicas: 1,
             role: Role::All,
+            offline: None,
         }
     }
 }
@@ -264,6 +269,7 @@ pub async fn start(
         component_urls: options.component_urls.clone(),
         redactor,
         inflight: queues.inflight,
+        offline: options.offline.clone(),
     }));
     resume(&engine, &options.data_dir, &queues.running_at_stop).await?;
     spawn_workers(&engine, &dispatch, options.step_concurrency, &options.role);
@@ -274,6 +280,9 @@ pub async fn start(
     }
     let hooks = if let Role::Step { .. } = options.role {
         HashMap::new()
+    } else if options.offline.is_some() {
+        // A test starts each execution itself.
+        gateway::hooks(&engine, options.max_body)?
     } else {
         spawn_triggers(&engine);
         spawn_housekeeping(&engine, &options);

@@ -12,6 +12,7 @@ Examples:
   weft executions
   weft executions --flow order-created --status failed
   weft executions show 01JD5X3T0Q9J6W4V2K8M7N1B3C
+  weft executions export 01JD5X3T0Q9J6W4V2K8M7N1B3C -o integrations/acme/tests/replay.yaml
   weft executions --format json | jq '.[].status'";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +48,18 @@ pub enum Command {
     Show {
         /// The execution id.
         id: String,
+    },
+    /// Turn an execution into a `weft test` file: its trigger, its HTTP exchanges as mocks,
+    /// its step outputs as expectations (secrets stay masked).
+    Export {
+        /// The execution id.
+        id: String,
+        /// The test file to write (e.g. integrations/<integration>/tests/<name>.yaml).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The repository the execution's bundle was compiled from (for its steps' kinds).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
     },
 }
 
@@ -111,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 eprintln!("no executions");
             }
         }
+        Some(Command::Export { id, output, repo }) => export(&args.data_dir, &id, &output, &repo)?,
         Some(Command::Show { id }) => {
             let Some(detail) = history::execution(&conn, &id).map_err(anyhow::Error::msg)? else {
                 bail!("no execution {id}");
@@ -148,4 +162,40 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the test file that replays execution `id`.
+fn export(
+    data_dir: &std::path::Path,
+    id: &str,
+    output: &std::path::Path,
+    repo: &std::path::Path,
+) -> anyhow::Result<()> {
+    let conn = history::open(data_dir).map_err(anyhow::Error::msg)?;
+    let Some(detail) = history::execution(&conn, id).map_err(anyhow::Error::msg)? else {
+        bail!("no execution {id}");
+    };
+    let sources = super::read(repo)?;
+    let compilation = weft_compiler::compile_with(&sources, super::versions(repo).as_ref());
+    if compilation.error_count() > 0 {
+        bail!(
+            "the repository at {} has errors: run `weft check {}`",
+            repo.display(),
+            repo.display()
+        );
+    }
+    let dead_lettered = history::dead_letters(&conn)
+        .map_err(anyhow::Error::msg)?
+        .iter()
+        .any(|d| d.execution == id);
+    let test = weft_testing::export::export(&detail, &compilation.plans, dead_lettered)?;
+    let text = weft_testing::export::to_yaml(&test).map_err(anyhow::Error::msg)?;
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::write(output, text)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", output.display()))?;
+    eprintln!("wrote {} (run it with `weft test`)", output.display());
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod ps;
 pub mod publish;
 pub mod run;
 pub mod step;
+pub mod test;
 pub mod up;
 pub mod versions;
 

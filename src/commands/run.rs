@@ -213,6 +213,7 @@ pub fn run_as(
         broker: args.broker.clone(),
         broker_replicas: args.broker_replicas.max(1),
         role,
+        offline: None,
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -30,7 +30,10 @@ pub(super) async fn run(
         }
         Builtin::Delay => {
             let d = duration(required_str(&input, "duration")?)?;
-            tokio::time::sleep(d).await;
+            match env.offline {
+                Some(offline) => offline.advance(d),
+                None => tokio::time::sleep(d).await,
+            }
             Ok(Outcome::Output(
                 json!({ "waited_ms": d.as_millis() as u64 }),
             ))

@@ -8,6 +8,7 @@ use weft_plan::Builtin;
 use super::{StepEnv, StepError, duration, required_str, str_field};
 use crate::http::{check_url, is_egress_denial};
 use crate::nesting::{MAX_NESTING, nesting};
+use crate::offline::{MockRequest, OfflineHooks};
 
 /// Runs an `http.*` built-in.
 pub(super) async fn run(
@@ -104,7 +105,10 @@ pub(super) async fn send(
         }
         Some(v) => req = req.json(v),
     }
-    let response = req.send().await.map_err(|e| send_error(url, &e))?;
+    let response = match env.offline {
+        Some(offline) => answer_offline(env, offline, req)?,
+        None => req.send().await.map_err(|e| send_error(url, &e))?,
+    };
     let status = response.status().as_u16();
     let response_headers: Map<String, Value> = response
         .headers()
@@ -133,6 +137,59 @@ pub(super) async fn send(
             truncate(&env.redactor.str(&body.to_string()), 300)
         ))),
     }
+}
+
+/// `weft test`: the request goes to the test's mocks instead of the network; the answer then
+/// goes through the same checks as a real one. A request no mock matches fails permanently.
+fn answer_offline(
+    env: &StepEnv<'_>,
+    offline: &dyn OfflineHooks,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, StepError> {
+    let req = req
+        .build()
+        .map_err(|e| StepError::permanent(format!("building the request: {e}")))?;
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = match req.body().and_then(reqwest::Body::as_bytes) {
+        None | Some([]) => Value::Null,
+        Some(bytes) => serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned())),
+    };
+    let request = MockRequest {
+        flow: env.flow.to_string(),
+        step: env.step.to_string(),
+        key: env.idempotency_key.to_string(),
+        method: req.method().to_string(),
+        url: req.url().to_string(),
+        headers,
+        body,
+    };
+    let answer = offline.http(request).map_err(StepError::permanent)?;
+    let mut response = axum::http::Response::builder().status(answer.status);
+    for (k, v) in &answer.headers {
+        response = response.header(k.as_str(), v.as_str());
+    }
+    let bytes = match &answer.body {
+        Value::Null => Vec::new(),
+        Value::String(s) => s.clone().into_bytes(),
+        other => {
+            response = response.header("content-type", "application/json");
+            serde_json::to_vec(other).unwrap_or_default()
+        }
+    };
+    let response = response
+        .body(bytes)
+        .map_err(|e| StepError::permanent(format!("the mock's answer: {e}")))?;
+    Ok(reqwest::Response::from(response))
 }
 
 /// A request that got no answer: timeouts and connection errors are retried; the egress

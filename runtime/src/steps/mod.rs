@@ -78,6 +78,11 @@ pub struct StepEnv<'a> {
     pub action: Option<ActionCall>,
     /// Base URLs of custom components' containers, by component.
     pub component_urls: &'a std::collections::HashMap<String, String>,
+    /// `weft test`: HTTP answered by mocks, `delay` on the virtual clock.
+    pub offline: Option<&'a dyn crate::offline::OfflineHooks>,
+    /// The flow and step running (for offline mocks; empty for a poll).
+    pub flow: &'a str,
+    pub step: &'a str,
 }
 
 /// A component action ready to send.
@@ -181,6 +186,9 @@ mod tests {
             connection: None,
             action: None,
             component_urls: &urls,
+            offline: None,
+            flow: "",
+            step: "",
         };
         for url in [
             "http://127.0.0.1:9/x",
