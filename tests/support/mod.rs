@@ -1,5 +1,6 @@
 //! Shared pieces of the process-level tests and the benchmark: the reference flow (signed
-//! webhook → transform → branch → HTTP POST), a counting sink, and a `weft run` child process.
+//! webhook → transform → branch → HTTP POST), a counting sink, a `weft run` child process, and
+//! the benchmarks' load.
 
 #![allow(dead_code)]
 
@@ -314,6 +315,112 @@ pub async fn post_reference(
         .body(body)
         .send()
         .await
+}
+
+/// What one `load` measured.
+pub struct Figures {
+    pub accepted: usize,
+    pub delivered: usize,
+    pub accepted_per_sec: f64,
+    pub delivered_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The benchmarks' load: sends `events` signed reference events to `url` with `concurrency`
+/// senders, then waits (at most 10 minutes) until `sink` has every accepted one.
+pub async fn load(
+    url: &str,
+    sink: &CountingSink,
+    prefix: &str,
+    events: usize,
+    concurrency: usize,
+) -> Figures {
+    let client = http_client(Duration::from_secs(30));
+    let sent_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, sent_at, next, url, prefix) = (
+            client.clone(),
+            sent_at.clone(),
+            next.clone(),
+            url.to_string(),
+            prefix.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = 0usize;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= events {
+                    return accepted;
+                }
+                let id = format!("{prefix}-{i}");
+                let body = serde_json::to_vec(
+                    &serde_json::json!({ "id": id, "amount_cents": 1000 + i, "sent": 0 }),
+                )
+                .unwrap();
+                let signature = sign(&body);
+                sent_at.lock().unwrap().insert(id, Instant::now());
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("X-Signature", signature)
+                    .body(body)
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().is_success()) {
+                    accepted += 1;
+                }
+            }
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.unwrap();
+    }
+    let accept_time = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let prefix_dash = format!("{prefix}-");
+    loop {
+        let delivered = sink
+            .seen
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(&prefix_dash))
+            .count();
+        if delivered >= accepted || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seen = sink.seen.lock().unwrap();
+    let sent = sent_at.lock().unwrap();
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut last = start;
+    for (id, at) in sent.iter() {
+        if let Some((_, arrived)) = seen.get(id) {
+            latencies.push(arrived.saturating_duration_since(*at).as_secs_f64() * 1000.0);
+            last = last.max(*arrived);
+        }
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Figures {
+        accepted,
+        delivered: latencies.len(),
+        accepted_per_sec: accepted as f64 / accept_time.as_secs_f64(),
+        delivered_per_sec: latencies.len() as f64 / last.duration_since(start).as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    }
 }
 
 /// Fails, naming a few and printing weft's log, if any accepted event was not delivered.
