@@ -12,62 +12,20 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use bollard::Docker;
 use bollard::query_parameters::{
     InspectContainerOptions, ListContainersOptionsBuilder, RemoveImageOptions,
 };
 use support::{
-    CountingSink, Figures, WeftProcess, binary, free_port, http_client, load, reference_repo,
+    CountingSink, Figures, WeftProcess, binary, docker_block, free_port, http_client, load,
+    reference_repo, text, weft,
 };
 
 const RUNTIME_IMAGE: &str = "weft/runtime:bench";
 const BROKER_IMAGE: &str = "weft/nats:bench";
 /// The bundle's customer (not the tests' `acme`, so that a test run beside it does not clash).
 const CUSTOMER: &str = "bench";
-
-fn weft(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("weft runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `work` with a connected Docker client on a thread of its own (the caller may be on the
-/// benchmark's runtime, or in a drop guard).
-fn docker_block<F, Fut, T>(work: F) -> T
-where
-    F: FnOnce(Docker) -> Fut + Send,
-    Fut: Future<Output = T>,
-    T: Send,
-{
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    let docker = Docker::connect_with_defaults()
-                        .unwrap()
-                        .negotiate_version()
-                        .await
-                        .expect("a Docker engine answers (start it: `dockerd &`)");
-                    work(docker).await
-                })
-            })
-            .join()
-            .unwrap()
-    })
-}
 
 /// Takes the bundle down with its volumes and deletes the bench images, also on a panic.
 struct Cleanup {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use support::{WeftProcess, binary, free_port, reference_repo};
+use support::{WeftProcess, binary, free_port, short_timeout_reference_repo};
 
 /// A `nats-server -js` child process with its store in a folder that outlives restarts.
 struct NatsServer {
@@ -165,30 +165,6 @@ impl KeySink {
     }
 }
 
-/// The reference repository with short step timeouts: a consumer's `ack_wait` is the step's
-/// timeout plus a margin, so what was in flight at a crash comes back within seconds.
-fn repo(dir: &Path, sink: SocketAddr) -> PathBuf {
-    let repo = dir.join("repo");
-    reference_repo(&repo, sink);
-    let file = repo.join("integrations/reference/integration.yaml");
-    let text = std::fs::read_to_string(&file)
-        .unwrap()
-        .replace(
-            "        uses: transform\n",
-            "        uses: transform\n        timeout: 1s\n",
-        )
-        .replace(
-            "        uses: branch\n",
-            "        uses: branch\n        timeout: 1s\n",
-        )
-        .replace(
-            "                  uses: http.post\n",
-            "                  uses: http.post\n                  timeout: 1s\n",
-        );
-    std::fs::write(&file, text).unwrap();
-    repo
-}
-
 /// One broker test's scratch: a nats-server, the short-timeout reference repository, a data
 /// folder, a log and a port for `weft run --broker`.
 struct Setup {
@@ -206,7 +182,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let nats = NatsServer::start(&dir.path().join("nats"));
         Setup {
-            repo: repo(dir.path(), sink),
+            repo: short_timeout_reference_repo(dir.path(), sink),
             data: dir.path().join("data"),
             log: dir.path().join("weft.log"),
             port: free_port(),

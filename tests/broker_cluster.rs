@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{CountingSink, WeftProcess, binary, free_port, reference_repo};
+use support::{CountingSink, WeftProcess, binary, free_port, short_timeout_reference_repo};
 
 /// The stream weft creates for the reference flow.
 const STREAM: &str = "weft_acme_reference_orders";
@@ -281,26 +281,7 @@ impl Setup {
         let (sink, sink_addr) = CountingSink::start().await;
         let dir = tempfile::tempdir().unwrap();
         let cluster = Cluster::start(dir.path()).await;
-        let repo = dir.path().join("repo");
-        reference_repo(&repo, sink_addr);
-        // Short step timeouts: a consumer's `ack_wait` is the step's timeout plus 5 s, so what
-        // was in flight at a crash comes back within seconds.
-        let file = repo.join("integrations/reference/integration.yaml");
-        let text = std::fs::read_to_string(&file)
-            .unwrap()
-            .replace(
-                "        uses: transform\n",
-                "        uses: transform\n        timeout: 1s\n",
-            )
-            .replace(
-                "        uses: branch\n",
-                "        uses: branch\n        timeout: 1s\n",
-            )
-            .replace(
-                "                  uses: http.post\n",
-                "                  uses: http.post\n                  timeout: 1s\n",
-            );
-        std::fs::write(&file, text).unwrap();
+        let repo = short_timeout_reference_repo(dir.path(), sink_addr);
         Setup {
             data: dir.path().join("data"),
             log: dir.path().join("weft.log"),

@@ -16,22 +16,38 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{InspectContainerOptions, ListContainersOptionsBuilder};
-use support::{CountingSink, binary, free_port, http_client};
+use support::{CountingSink, binary, docker_block, free_port, http_client, text, weft};
 
 /// The tags the tests build (not the release defaults, which a user may have built).
 const RUNTIME_IMAGE: &str = "weft-test/runtime:latest";
 const BROKER_IMAGE: &str = "weft-test/nats:latest";
 
-fn weft(args: &[&str]) -> Output {
-    Command::new(binary())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("weft runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+/// `weft up BUNDLE` with the test images on `port` (90 s to become healthy), off the async
+/// threads.
+async fn weft_up(bundle: &str, port: u16, extra: &[&str]) -> Output {
+    let port = port.to_string();
+    let args: Vec<String> = [
+        "up",
+        bundle,
+        "--runtime-image",
+        RUNTIME_IMAGE,
+        "--broker-image",
+        BROKER_IMAGE,
+        "--port",
+        &port,
+        "--timeout",
+        "90",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|a| a.to_string())
+    .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        weft(&args)
+    })
+    .await
+    .unwrap()
 }
 
 /// Builds both images unless this very binary built them already: the test processes of this
@@ -94,37 +110,6 @@ fn images() {
                 .await;
         });
     }
-}
-
-/// Runs `work` with a connected client, on a thread of its own (callers may be async tests);
-/// fails the test (never skips it) without an engine.
-fn docker_block<F, Fut, T>(work: F) -> T
-where
-    F: FnOnce(Docker) -> Fut + Send,
-    Fut: Future<Output = T>,
-    T: Send,
-{
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    let docker = Docker::connect_with_defaults()
-                        .unwrap()
-                        .negotiate_version()
-                        .await
-                        .expect(
-                            "a Docker engine answers (.ci/run starts dockerd; start it: `dockerd &`)",
-                        );
-                    work(docker).await
-                })
-            })
-            .join()
-            .unwrap()
-    })
 }
 
 /// Every container (any state) labelled with this customer.
@@ -273,27 +258,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
     let _guard = Down(bundle_arg.clone());
     let port = free_port();
     let started = Instant::now();
-    let up = tokio::task::spawn_blocking({
-        let bundle_arg = bundle_arg.clone();
-        move || {
-            weft(&[
-                "up",
-                &bundle_arg,
-                "--runtime-image",
-                RUNTIME_IMAGE,
-                "--broker-image",
-                BROKER_IMAGE,
-                "--port",
-                &port.to_string(),
-                "--timeout",
-                "90",
-                "--format",
-                "json",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let up = weft_up(&bundle_arg, port, &["--format", "json"]).await;
     assert!(up.status.success(), "weft up: {}", text(&up.stderr));
     eprintln!("weft up took {:.1} s", started.elapsed().as_secs_f64());
     let table: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
@@ -341,25 +306,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
     relay_one(port, customer, &sink, "up-1").await;
 
     // `up` again recreates the containers (the volumes stay), and they work as before.
-    let again = tokio::task::spawn_blocking({
-        let bundle_arg = bundle_arg.clone();
-        move || {
-            weft(&[
-                "up",
-                &bundle_arg,
-                "--runtime-image",
-                RUNTIME_IMAGE,
-                "--broker-image",
-                BROKER_IMAGE,
-                "--port",
-                &port.to_string(),
-                "--timeout",
-                "90",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let again = weft_up(&bundle_arg, port, &[]).await;
     assert!(
         again.status.success(),
         "weft up again: {}",
@@ -610,25 +557,7 @@ async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
     }
     let _guard = Down(bundle_arg.clone());
     let port = free_port();
-    let up = tokio::task::spawn_blocking({
-        let bundle_arg = bundle_arg.clone();
-        move || {
-            weft(&[
-                "up",
-                &bundle_arg,
-                "--runtime-image",
-                RUNTIME_IMAGE,
-                "--broker-image",
-                BROKER_IMAGE,
-                "--port",
-                &port.to_string(),
-                "--timeout",
-                "90",
-            ])
-        }
-    })
-    .await
-    .unwrap();
+    let up = weft_up(&bundle_arg, port, &[]).await;
     assert!(up.status.success(), "weft up: {}", text(&up.stderr));
 
     // Each container has only the secrets it reads.

@@ -464,3 +464,71 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weft"))
 }
+
+/// Runs the `weft` binary with `args` (no colours) and collects its output.
+pub fn weft(args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("weft runs")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `work` with a connected client, on a thread of its own (callers may be async tests);
+/// fails the test (never skips it) without an engine.
+pub fn docker_block<F, Fut, T>(work: F) -> T
+where
+    F: FnOnce(bollard::Docker) -> Fut + Send,
+    Fut: std::future::Future<Output = T>,
+    T: Send,
+{
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let docker = bollard::Docker::connect_with_defaults()
+                        .unwrap()
+                        .negotiate_version()
+                        .await
+                        .expect(
+                            "a Docker engine answers (.ci/run starts dockerd; start it: `dockerd &`)",
+                        );
+                    work(docker).await
+                })
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// The reference repository in `dir/repo`, with 1 s step timeouts: a consumer's `ack_wait` is the step's
+/// timeout plus a margin, so what was in flight at a crash comes back within seconds.
+pub fn short_timeout_reference_repo(dir: &Path, sink: SocketAddr) -> PathBuf {
+    let repo = dir.join("repo");
+    reference_repo(&repo, sink);
+    let file = repo.join("integrations/reference/integration.yaml");
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            "        uses: transform\n",
+            "        uses: transform\n        timeout: 1s\n",
+        )
+        .replace(
+            "        uses: branch\n",
+            "        uses: branch\n        timeout: 1s\n",
+        )
+        .replace(
+            "                  uses: http.post\n",
+            "                  uses: http.post\n                  timeout: 1s\n",
+        );
+    std::fs::write(&file, text).unwrap();
+    repo
+}
