@@ -283,6 +283,7 @@ impl JetStreamQueue {
         concurrency: usize,
     ) {
         let slots = Arc::new(Semaphore::new(concurrency));
+        let what = format!("step `{}`", step.step.id);
         while !engine.is_stopping() {
             let Ok(first) = slots.clone().acquire_owned().await else {
                 return;
@@ -294,19 +295,8 @@ impl JetStreamQueue {
                     Err(_) => break,
                 }
             }
-            let batch = consumer
-                .fetch()
-                .max_messages(permits.len())
-                .expires(Duration::from_secs(1))
-                .messages()
-                .await;
-            let mut messages = match batch {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(step = %step.step.id, "fetching from the broker: {e}");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    continue;
-                }
+            let Some(mut messages) = fetch(&consumer, permits.len(), &what).await else {
+                continue;
             };
             while let Some(next) = messages.next().await {
                 let (Ok(message), Some(permit)) = (next, permits.pop()) else {
@@ -657,24 +647,36 @@ async fn undo(store: &Store, first: &[Op]) {
     }
 }
 
+/// Pulls at most `max` messages for `what`, waiting up to a second for them; `None` (after a
+/// pause) when the broker cannot be asked: the caller's loop tries again.
+async fn fetch(
+    consumer: &consumer::PullConsumer,
+    max: usize,
+    what: &str,
+) -> Option<consumer::pull::Batch> {
+    match consumer
+        .fetch()
+        .max_messages(max)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+    {
+        Ok(messages) => Some(messages),
+        Err(e) => {
+            tracing::warn!("fetching {what} from the broker: {e}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            None
+        }
+    }
+}
+
 /// The gateway's side of the history stream: applies each batch a step worker published to
 /// the store, then answers the sync webhooks it releases. A batch that cannot be read is
 /// dropped with an error (it would never apply); one that fails to commit comes back later.
 async fn apply_history(engine: Arc<Engine>, store: Store, consumer: consumer::PullConsumer) {
     while !engine.is_stopping() {
-        let batch = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await;
-        let mut messages = match batch {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!("fetching the history from the broker: {e}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
-            }
+        let Some(mut messages) = fetch(&consumer, BATCH, "the history").await else {
+            continue;
         };
         while let Some(Ok(message)) = messages.next().await {
             let kind = match serde_json::from_slice::<HistoryBatch>(&message.payload) {
@@ -710,25 +712,7 @@ fn crash_loop(engine: &Engine, step: &StepRt, message: &StoredMessage) -> Vec<Op
         message.attempt
     );
     tracing::error!(execution = %message.execution, "{error}");
-    let at = now_ms();
-    vec![
-        Op::DeadLetter {
-            id: message.id,
-            step: step_id.clone(),
-            error: error.clone(),
-            at,
-            body: Some(engine.redactor().str(&message.body)),
-        },
-        Op::FailExecution {
-            execution: message.execution.clone(),
-            error: format!("step `{step_id}`: {error}"),
-        },
-        Op::Pending {
-            execution: message.execution.clone(),
-            delta: -1,
-            at,
-        },
-    ]
+    engine.give_up(message, &step_id, error)
 }
 
 /// The held message a request settles (see [`JetStreamQueue::origin`]).

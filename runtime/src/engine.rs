@@ -381,19 +381,28 @@ impl Engine {
     /// cannot go on, and must not look succeeded).
     fn unreadable(&self, step: &StepRt, message: &StoredMessage, error: &str) -> Vec<Op> {
         tracing::error!(message = message.id, "unreadable message: {error}");
+        self.give_up(
+            message,
+            &step.step.id,
+            format!("unreadable message: {error}"),
+        )
+    }
+
+    /// The ops that take a message out of its execution for good: its dead letter (the body
+    /// with secrets masked), the execution failed with `error`, and one message fewer pending.
+    pub fn give_up(&self, message: &StoredMessage, step: &str, error: String) -> Vec<Op> {
         let at = now_ms();
-        let error = format!("unreadable message: {error}");
         vec![
             Op::DeadLetter {
                 id: message.id,
-                step: step.step.id.clone(),
+                step: step.to_string(),
                 error: error.clone(),
                 at,
                 body: Some(self.redactor.str(&message.body)),
             },
             Op::FailExecution {
                 execution: message.execution.clone(),
-                error: format!("step `{}`: {error}", step.step.id),
+                error: format!("step `{step}`: {error}"),
             },
             Op::Pending {
                 execution: message.execution.clone(),

@@ -511,25 +511,7 @@ fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
         message.crashes
     );
     tracing::error!(message = message.id, execution = %message.execution, "{error}");
-    let at = clock::now_ms();
-    vec![
-        Op::DeadLetter {
-            id: message.id,
-            step: step.clone(),
-            error: error.clone(),
-            at,
-            body: Some(engine.redactor().str(&message.body)),
-        },
-        Op::FailExecution {
-            execution: message.execution.clone(),
-            error: format!("step `{step}`: {error}"),
-        },
-        Op::Pending {
-            execution: message.execution.clone(),
-            delta: -1,
-            at,
-        },
-    ]
+    engine.give_up(message, &step, error)
 }
 
 /// One worker loop per step of every enabled flow that `role` runs.
