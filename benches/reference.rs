@@ -1,54 +1,73 @@
-//! Runtime benchmark on the reference flow — signed webhook → transform → branch → HTTP POST to
-//! a local sink — against `weft run` (a separate process, embedded durable queue, fsync'd group
-//! commits) and, in the same run, a minimal hand-written handler with no queue.
-//! Prints accepted events/s and p50/p99 from request to delivery at 16 and 64 concurrent
-//! senders, and weft's idle and peak RSS. Run: `cargo bench --bench reference`.
-//! `WEFT_BENCH_EVENTS=N` changes the events per run (default 20,000).
+//! Runtime benchmark on the reference flow — signed webhook → map → HTTP POST to a local sink
+//! → reply with the sink's answer — run by `weft run` (a separate process, embedded durable
+//! queue, fsync'd group commits) with `respond: sync` and with `respond: async`, and in the same
+//! run by a hand-written axum + reqwest handler with no queue (also a separate process: this
+//! bench re-executed as one).
+//! Prints, per run and as ranges over the runs: delivered events/s, p50/p99 from request to
+//! delivery at 16 and 64 concurrent senders, the ratios to the hand-written handler, CPU seconds
+//! per 1,000 events of each server process, and weft's idle and peak RSS.
+//! Run: `cargo bench --bench reference`. `WEFT_BENCH_EVENTS=N` changes the events per load
+//! (default 20,000), `WEFT_BENCH_RUNS=N` the runs (default 3), `WEFT_BENCH_BINARY=PATH` the
+//! `weft` binary measured (default: the one built with the bench), to compare two builds.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::io::BufRead as _;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::post;
-use support::{CountingSink, WeftProcess, binary, free_port, http_client, load, reference_repo};
+use support::{CountingSink, Figures, WeftProcess, binary, free_port, http_client, load};
 
-/// The hand-written handler: check the signature, transform, branch, POST — no queue.
+/// Set in the re-executed bench: the sink the hand-written handler posts to.
+const HANDWRITTEN_SINK: &str = "WEFT_BENCH_HANDWRITTEN_SINK";
+
+/// The hand-written handler: check the signature, map, POST, answer with the sink's reply.
 async fn handwritten(sink: SocketAddr) -> SocketAddr {
     #[derive(Clone)]
     struct S {
         client: reqwest::Client,
         sink: String,
     }
-    async fn handle(State(s): State<S>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    async fn handle(
+        State(s): State<S>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::response::Response {
         let sig = headers
             .get("x-signature")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         if support::sign(&body) != sig {
-            return StatusCode::UNAUTHORIZED;
+            return StatusCode::UNAUTHORIZED.into_response();
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
-            return StatusCode::BAD_REQUEST;
+            return StatusCode::BAD_REQUEST.into_response();
         };
         let shaped = serde_json::json!({ "id": v["id"], "amount": v["amount_cents"].as_f64().unwrap_or(0.0) / 100.0, "sent": v["sent"] });
-        if shaped["amount"].as_f64().unwrap_or(0.0) >= 0.0 {
-            let r = s
-                .client
-                .post(&s.sink)
-                .bearer_auth(support::TOKEN)
-                .json(&shaped)
-                .send()
-                .await;
-            if !r.is_ok_and(|r| r.status().is_success()) {
-                return StatusCode::BAD_GATEWAY;
-            }
+        let r = s
+            .client
+            .post(&s.sink)
+            .bearer_auth(support::TOKEN)
+            .json(&shaped)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => match r.json::<serde_json::Value>().await {
+                Ok(answer) => {
+                    axum::Json(serde_json::json!({ "delivered": answer })).into_response()
+                }
+                Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+            },
+            _ => StatusCode::BAD_GATEWAY.into_response(),
         }
-        StatusCode::ACCEPTED
     }
     let state = S {
         client: http_client(Duration::from_secs(10)),
@@ -63,11 +82,155 @@ async fn handwritten(sink: SocketAddr) -> SocketAddr {
     addr
 }
 
-fn main() {
-    let events: usize = std::env::var("WEFT_BENCH_EVENTS")
+/// The bench's repository: the reference flow twice, answering at once (`orders`) and with the
+/// sink's reply (`orders-sync`).
+fn repo(dir: &Path, sink: SocketAddr) {
+    let flow = |respond: &str, reply: &str| {
+        format!(
+            r#"    trigger:
+      webhook:
+        path: /{path}
+        respond: {respond}
+        auth: {{ hmac_sha256: {{ secret: "{{{{ config.hook_secret }}}}", header: X-Signature }} }}
+    steps:
+      - id: shape
+        uses: transform
+        with:
+          value: {{ id: "{{{{ trigger.body.id }}}}", amount: "{{{{ trigger.body.amount_cents / 100 }}}}", sent: "{{{{ trigger.body.sent }}}}" }}
+      - id: deliver
+        uses: http.post
+        with:
+          url: "{{{{ config.sink_url }}}}/orders"
+          headers: {{ Authorization: "Bearer {{{{ config.token }}}}" }}
+          body: "{{{{ steps.shape }}}}"
+        retry: {{ attempts: 10, initial: 100ms, max: 2s }}
+{reply}"#,
+            path = if respond == "sync" {
+                "orders-sync"
+            } else {
+                "orders"
+            },
+        )
+    };
+    let reply = r#"      - id: reply
+        uses: respond
+        with: { body: { delivered: "{{ steps.deliver.body }}" } }
+"#;
+    let integration = format!(
+        "weft: 1\nname: reference\ndescription: The reference flow\nconfig:\n  sink_url: {{ type: url, default: \"http://{sink}\" }}\n  hook_secret: {{ type: secret }}\n  token: {{ type: secret }}\nflows:\n  orders:\n{}  orders-sync:\n{}",
+        flow("async", ""),
+        flow("sync", reply)
+    );
+    let files = [
+        ("weft.yaml", "weft: 1\nname: reference\n".to_string()),
+        ("integrations/reference/integration.yaml", integration),
+        ("instances/acme/reference.yaml", "weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n".to_string()),
+    ];
+    for (path, text) in files {
+        let p = dir.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One load against one server, with the server's CPU time over it.
+struct Measured {
+    figures: Figures,
+    cpu_per_1k: f64,
+}
+
+async fn measure(
+    url: &str,
+    sink: &CountingSink,
+    prefix: &str,
+    events: usize,
+    concurrency: usize,
+    pid: u32,
+) -> Measured {
+    let before = cpu_seconds(pid);
+    let figures = load(url, sink, prefix, events, concurrency).await;
+    let cpu = cpu_seconds(pid) - before;
+    assert_eq!(
+        figures.delivered, events,
+        "{prefix}: every event is delivered"
+    );
+    Measured {
+        cpu_per_1k: cpu * 1000.0 / figures.delivered.max(1) as f64,
+        figures,
+    }
+}
+
+/// `min–max` of a column, or one figure when the runs agree to the digit.
+fn range(values: &[f64], decimals: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (a, b) = (format!("{min:.decimals$}"), format!("{max:.decimals$}"));
+    if a == b { a } else { format!("{a}–{b}") }
+}
+
+/// Starts the hand-written handler as its own process and reads its address.
+fn spawn_handwritten(sink: SocketAddr) -> (Child, SocketAddr) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(HANDWRITTEN_SINK, sink.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().parse().unwrap())
+}
+
+fn main() {
+    if let Ok(sink) = std::env::var(HANDWRITTEN_SINK) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let addr = handwritten(sink.parse().unwrap()).await;
+            println!("{addr}");
+            std::future::pending::<()>().await
+        });
+        return;
+    }
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let events = env("WEFT_BENCH_EVENTS", 20_000);
+    let runs = env("WEFT_BENCH_RUNS", 3).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -76,51 +239,71 @@ fn main() {
     rt.block_on(async move {
         let (sink, sink_addr) = CountingSink::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        reference_repo(&repo, sink_addr);
+        let repo_dir = dir.path().join("repo");
+        repo(&repo_dir, sink_addr);
         let port = free_port();
-        let weft = WeftProcess::spawn(&binary(), &repo, &dir.path().join("data"), port, &dir.path().join("weft.log"));
+        let weft_binary = std::env::var_os("WEFT_BENCH_BINARY").map_or_else(binary, std::path::PathBuf::from);
+        let weft = WeftProcess::spawn(&weft_binary, &repo_dir, &dir.path().join("data"), port, &dir.path().join("weft.log"));
         weft.wait_healthy().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle_rss = weft.rss_kib().unwrap_or(0);
-        let hand = handwritten(sink_addr).await;
-        let weft_url = format!("http://127.0.0.1:{port}/hooks/acme/reference/orders");
-        let hand_url = format!("http://{hand}/hooks/acme/reference/orders");
-        // Warm both up.
-        load(&weft_url, &sink, "warm-w", 500, 16).await;
-        load(&hand_url, &sink, "warm-h", 500, 16).await;
-        println!("reference flow: signed webhook → transform → branch → HTTP POST; {events} events per run; 2 cores");
-        println!("{:<34} {:>11} {:>11} {:>9} {:>9}", "", "accepted/s", "delivered/s", "p50 ms", "p99 ms");
-        let mut rows = Vec::new();
-        for concurrency in [16, 64] {
-            let w = load(&weft_url, &sink, &format!("w{concurrency}"), events, concurrency).await;
-            let h = load(&hand_url, &sink, &format!("h{concurrency}"), events, concurrency).await;
-            println!("{:<34} {:>11.0} {:>11.0} {:>9.2} {:>9.2}", format!("weft run (durable), {concurrency} senders"), w.accepted_per_sec, w.delivered_per_sec, w.p50_ms, w.p99_ms);
-            println!("{:<34} {:>11.0} {:>11.0} {:>9.2} {:>9.2}", format!("hand-written, no queue, {concurrency} senders"), h.accepted_per_sec, h.delivered_per_sec, h.p50_ms, h.p99_ms);
-            rows.push((concurrency, w.delivered_per_sec / h.delivered_per_sec));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let weft_pid = weft.child.id();
+        let idle_rss = status_kib(weft_pid, "VmRSS:");
+        let (mut hand, hand_addr) = spawn_handwritten(sink_addr);
+        let hand_pid = hand.id();
+        let targets = [
+            ("hand-written, no queue", format!("http://{hand_addr}/hooks/acme/reference/orders"), hand_pid),
+            ("weft run, respond: sync", format!("http://127.0.0.1:{port}/hooks/acme/reference/orders-sync"), weft_pid),
+            ("weft run, respond: async", format!("http://127.0.0.1:{port}/hooks/acme/reference/orders"), weft_pid),
+        ];
+        for (i, (_, url, _)) in targets.iter().enumerate() {
+            load(url, &sink, &format!("warm{i}"), 1_000, 16).await;
         }
-        for (c, ratio) in rows {
-            println!("weft / hand-written delivered events/s at {c} senders: {ratio:.2}×");
+        println!("reference flow: signed webhook → map → HTTP POST → reply; {events} events per load, {runs} runs, {} cores; weft pid {weft_pid}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+        println!("{:<4} {:<26} {:>7} {:>11} {:>8} {:>8} {:>9} {:>13}", "run", "", "senders", "delivered/s", "p50 ms", "p99 ms", "× hand", "CPU s/1k ev");
+        // [concurrency][target] → per-run (events/s, p99, cpu/1k)
+        let mut table: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); targets.len()]; 2];
+        for run in 1..=runs {
+            for (c, concurrency) in [16usize, 64].into_iter().enumerate() {
+                let mut hand_rate = f64::NAN;
+                for (t, (name, url, pid)) in targets.iter().enumerate() {
+                    let m = measure(url, &sink, &format!("r{run}c{concurrency}t{t}"), events, concurrency, *pid).await;
+                    let rate = m.figures.delivered_per_sec;
+                    if t == 0 {
+                        hand_rate = rate;
+                    }
+                    println!("{run:<4} {name:<26} {concurrency:>7} {rate:>11.0} {:>8.2} {:>8.2} {:>8.2}× {:>13.3}", m.figures.p50_ms, m.figures.p99_ms, rate / hand_rate, m.cpu_per_1k);
+                    table[c][t].push((rate, m.figures.p99_ms, m.cpu_per_1k));
+                }
+            }
         }
-        let peak = std::fs::read_to_string(format!("/proc/{}/status", weft.child.id()))
-            .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
-            .unwrap_or(0);
-        println!("weft RSS: idle {:.1} MB, peak {:.1} MB", idle_rss as f64 / 1024.0, peak as f64 / 1024.0);
-        // The same process with mimalloc's lazy arena commit and immediate purge (as in compose).
-        let lean_port = free_port();
-        let lean = WeftProcess::spawn_with_env(
-            &binary(),
-            &repo,
-            &dir.path().join("data-lean"),
-            lean_port,
-            &dir.path().join("weft-lean.log"),
-            &[("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")],
+        println!();
+        println!("ranges over {runs} runs:");
+        println!("{:<26} {:>7} {:>15} {:>13} {:>15} {:>13} {:>11}", "", "senders", "delivered/s", "× hand", "p99 ms", "CPU s/1k ev", "CPU × hand");
+        for (c, concurrency) in [16usize, 64].into_iter().enumerate() {
+            for (t, (name, _, _)) in targets.iter().enumerate() {
+                let rows = &table[c][t];
+                let hand = &table[c][0];
+                let column = |f: &dyn Fn(usize) -> f64| (0..rows.len()).map(f).collect::<Vec<f64>>();
+                println!(
+                    "{name:<26} {concurrency:>7} {:>15} {:>12}× {:>15} {:>13} {:>10}×",
+                    range(&column(&|r| rows[r].0), 0),
+                    range(&column(&|r| rows[r].0 / hand[r].0), 2),
+                    range(&column(&|r| rows[r].1), 2),
+                    range(&column(&|r| rows[r].2), 3),
+                    range(&column(&|r| rows[r].2 / hand[r].2), 2),
+                );
+            }
+        }
+        let peak = status_kib(weft_pid, "VmHWM:");
+        println!(
+            "weft RSS: idle {:.1} MB, peak {:.1} MB; hand-written peak {:.1} MB",
+            idle_rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            status_kib(hand_pid, "VmHWM:") as f64 / 1024.0
         );
-        lean.wait_healthy().await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        println!("weft RSS with MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=0: idle {:.1} MB", lean.rss_kib().unwrap_or(0) as f64 / 1024.0);
         let dupes = sink.seen.lock().unwrap().values().filter(|(n, _)| *n > 1).count();
         println!("duplicate deliveries: {dupes}");
+        let _ = hand.kill();
+        let _ = hand.wait();
     });
 }

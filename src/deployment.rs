@@ -329,7 +329,7 @@ mod tests {
             .flows
             .iter()
             .filter(|f| f.enabled)
-            .flat_map(|f| &f.steps)
+            .flat_map(|f| f.leading_steps())
             .map(|s| s.replicas.max(1) as usize)
             .sum();
         assert_eq!(

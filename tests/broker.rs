@@ -618,11 +618,7 @@ async fn a_bundle_runs_as_a_gateway_and_step_workers_through_a_step_kill() {
     let (sink, sink_addr) = KeySink::start().await;
     let setup = Setup::new(sink_addr);
     let bundle = build_bundle(&setup.repo);
-    let mut topology = Topology::start(
-        &setup,
-        &bundle,
-        &[("shape", 1), ("route", 1), ("deliver", 2)],
-    );
+    let mut topology = Topology::start(&setup, &bundle, &[("deliver", 2)]);
     topology.wait_healthy(&setup.log).await;
 
     // 300 events; one replica of the HTTP step is killed mid-load and started again.
@@ -667,11 +663,7 @@ async fn a_sync_webhook_is_answered_by_a_respond_step_in_another_process() {
     ) + "      - id: answer\n        uses: respond\n        with:\n          status: 201\n          body: { order: \"{{ steps.shape.id }}\" }\n";
     std::fs::write(&file, text).unwrap();
     let bundle = build_bundle(&setup.repo);
-    let topology = Topology::start(
-        &setup,
-        &bundle,
-        &[("shape", 1), ("route", 1), ("deliver", 1), ("answer", 1)],
-    );
+    let topology = Topology::start(&setup, &bundle, &[("deliver", 1)]);
     topology.wait_healthy(&setup.log).await;
     let client = support::http_client(Duration::from_secs(10));
     for i in 0..5 {
@@ -698,7 +690,7 @@ async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throu
     let mut rates = Vec::new();
     for (round, replicas) in [1, 3].into_iter().enumerate() {
         // The events wait on the HTTP step's queue; then its replicas start and drain it.
-        let topology = Topology::start(&setup, &bundle, &[("shape", 1), ("route", 1)]);
+        let topology = Topology::start(&setup, &bundle, &[]);
         topology.wait_healthy(&setup.log).await;
         let prefix = format!("r{round}");
         let (accepted, senders) =

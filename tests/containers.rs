@@ -268,7 +268,8 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
         .iter()
         .map(|s| (s["service"].as_str().unwrap(), s))
         .collect();
-    assert_eq!(services.len(), 4, "{table}");
+    // broker, gateway and deliver: the pure `shape` runs fused in the gateway.
+    assert_eq!(services.len(), 3, "{table}");
     assert_eq!(services["step.orders.deliver"]["replicas"], 2);
     assert_eq!(services["gateway"]["state"], "healthy");
     assert_eq!(services["gateway"]["port"], format!("127.0.0.1:{port}"));
@@ -276,7 +277,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
 
     // Every container: labelled, named after the bundle, on the bundle's network.
     let containers = containers_of(customer);
-    assert_eq!(containers.len(), 5);
+    assert_eq!(containers.len(), 4);
     for c in &containers {
         let labels = c.labels.clone().unwrap();
         let name = c.names.as_ref().unwrap()[0]
@@ -291,7 +292,8 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
         );
         if role == "step" {
             assert_eq!(labels["weft.flow"], "orders");
-            assert!(["shape", "deliver"].contains(&labels["weft.step"].as_str()));
+            // `shape` is pure: it runs fused, in the gateway, with no container of its own.
+            assert_eq!(labels["weft.step"], "deliver");
         }
         let inspect = docker_block(|d| async move {
             d.inspect_container(&name, None::<InspectContainerOptions>)
@@ -302,7 +304,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
         assert!(networks.contains_key("weft-up-test-relay"), "{networks:?}");
     }
 
-    // An event through the containers: gateway → broker → shape → deliver → the sink.
+    // An event through the containers: gateway (and its fused shape) → broker → deliver → the sink.
     relay_one(port, customer, &sink, "up-1").await;
 
     // `up` again recreates the containers (the volumes stay), and they work as before.
@@ -373,7 +375,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
     assert!(log_text.contains("listening"), "{log_text}");
     let unknown = weft(&["logs", &bundle_arg, "no-such-service"]);
     assert_eq!(unknown.status.code(), Some(2));
-    assert!(text(&unknown.stderr).contains("step.orders.shape"));
+    assert!(text(&unknown.stderr).contains("step.orders.deliver"));
 
     let down = weft(&["down", &bundle_arg, "--volumes"]);
     assert!(down.status.success(), "{}", text(&down.stderr));
@@ -446,8 +448,8 @@ async fn the_emitted_compose_file_runs_under_docker_compose() {
     );
     wait_gateway(port).await;
     let containers = containers_of(customer);
-    // broker, gateway, shape, and deliver twice (deploy.replicas).
-    assert_eq!(containers.len(), 5);
+    // broker, gateway (which runs the fused `shape`), and deliver twice (deploy.replicas).
+    assert_eq!(containers.len(), 4);
     for c in &containers {
         let labels = c.labels.as_ref().unwrap();
         assert_eq!(
@@ -566,7 +568,6 @@ async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
         for name in [
             "weft-acme-reference-gateway",
             "weft-acme-reference-step.orders.deliver-1",
-            "weft-acme-reference-step.orders.shape-1",
         ] {
             let inspect = d
                 .inspect_container(name, None::<InspectContainerOptions>)
@@ -580,7 +581,6 @@ async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
     assert!(!envs["weft-acme-reference-gateway"].contains("CRM_TOKEN="));
     assert!(envs["weft-acme-reference-step.orders.deliver-1"].contains("CRM_TOKEN="));
     assert!(!envs["weft-acme-reference-step.orders.deliver-1"].contains("HOOK_SECRET="));
-    assert!(!envs["weft-acme-reference-step.orders.shape-1"].contains("CRM_TOKEN="));
 
     // 16 senders; each event is posted until the gateway accepts it (503 while the broker is
     // down), at most 60 s.

@@ -230,7 +230,7 @@ fn diff_shows_a_branch_per_integration_and_customer_with_breaking_changes() {
         d,
         INTEGRATION,
         "      - id: big-enough",
-        "      - id: audit\n        uses: log\n        with: { message: \"order {{ trigger.body.id }}\" }\n      - id: big-enough",
+        "      - id: audit\n        uses: http.post\n        with: { url: \"https://audit.example.com/orders\", body: \"{{ trigger.body }}\" }\n      - id: big-enough",
     );
     edit(d, GLOBEX, "  min_amount: 100", "  min_amount: 250");
     git(d, &["commit", "-qam", "Move the webhook and audit orders"]);

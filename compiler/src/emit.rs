@@ -532,8 +532,9 @@ pub fn compose_file(plan: &Plan, project: &Project, host_port: u16) -> ComposeFi
             },
         );
     }
-    // The gateway runs the triggers: it needs the secrets of webhook auth and poll calls.
-    let mut gateway_env = environment(plan, plan.trigger_secrets());
+    // The gateway runs the triggers and the fused steps right after them: it needs the
+    // secrets of webhook auth, poll calls and those steps.
+    let mut gateway_env = environment(plan, plan.gateway_secrets());
     gateway_env.insert("WEFT_DATA_DIR".into(), GATEWAY_DATA.into());
     gateway_env.extend(component_env.clone());
     services.insert(
@@ -560,7 +561,8 @@ pub fn compose_file(plan: &Plan, project: &Project, host_port: u16) -> ComposeFi
         volumes.insert(name.clone(), compose::NamedVolume {});
     }
     for flow in plan.flows.iter().filter(|f| f.enabled) {
-        for step in &flow.steps {
+        // A fused step runs in its leader's container (see `weft_plan::Step::fused`).
+        for step in flow.leading_steps() {
             let mut step_volumes = vec![plan_mount.clone()];
             if step.uses.builtin().map(|b| b.family()) == Some(Family::File) {
                 step_volumes.extend(
@@ -572,7 +574,7 @@ pub fn compose_file(plan: &Plan, project: &Project, host_port: u16) -> ComposeFi
             let mut step_labels = labels(plan, Role::Step);
             step_labels.insert(label::FLOW.to_string(), flow.name.clone());
             step_labels.insert(label::STEP.to_string(), step.id.clone());
-            let mut env = environment(plan, step.secrets.iter().map(String::as_str));
+            let mut env = environment(plan, flow.step_process_secrets(step));
             if matches!(step.uses, Uses::Action { .. }) {
                 env.extend(component_env.clone());
             }

@@ -38,6 +38,8 @@ pub struct Target<'a> {
     pub flows: Vec<&'a str>,
     /// Every step id of every flow.
     pub steps: Vec<&'a str>,
+    /// The pure steps, which run fused in their leader's process (no replicas of their own).
+    pub fused_steps: Vec<&'a str>,
     /// Schedules that are templates over config: flow and template.
     pub schedules: Vec<(&'a str, &'a str)>,
 }
@@ -299,6 +301,17 @@ fn check_replicas(loaded: &Loaded<Instance>, target: &Target<'_>, out: &mut Vec<
                 )
                 .at(loaded.file, loaded.root.key_span(&at), "unknown step")
                 .help_opt(did_you_mean(step, target.steps.iter().copied())),
+            );
+        } else if target.fused_steps.contains(&step.as_str()) {
+            out.push(
+                Diagnostic::warning(
+                    Code::InvalidValue,
+                    format!(
+                        "`{step}` is a pure step: it runs fused, in the process of the step before it, and has no replicas of its own"
+                    ),
+                )
+                .at(loaded.file, loaded.root.key_span(&at), "no effect")
+                .help("scale the step with a side effect before it (an HTTP call, a component action)"),
             );
         } else if !(1..=MAX_REPLICAS).contains(&count) {
             out.push(

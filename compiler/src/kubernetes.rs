@@ -186,7 +186,7 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
     }));
     let mut env = runtime_env(project);
     env.push(plain_env("WEFT_DATA_DIR", "/data"));
-    env.extend(secret_env(plan, plan.trigger_secrets()));
+    env.extend(secret_env(plan, plan.gateway_secrets()));
     let container = Container {
         args: Some(strings(&[
             "gateway",
@@ -221,7 +221,7 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
     docs.push(yaml(&service(plan, &gateway, PORT)));
 
     for flow in plan.flows.iter().filter(|f| f.enabled) {
-        for step in &flow.steps {
+        for step in flow.leading_steps() {
             let workload = Workload {
                 role: "step",
                 name: step_name(plan, &flow.name, &step.id),
@@ -230,7 +230,7 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
             };
             let mut env = runtime_env(project);
             env.extend(component_env(plan));
-            env.extend(secret_env(plan, step.secrets.iter().map(String::as_str)));
+            env.extend(secret_env(plan, flow.step_process_secrets(step)));
             let container = Container {
                 args: Some(strings(&[
                     "step",
@@ -317,7 +317,7 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
 fn scaled_objects(plan: &Plan, project: &Project) -> String {
     let mut docs = Vec::new();
     for flow in plan.flows.iter().filter(|f| f.enabled) {
-        for step in &flow.steps {
+        for step in flow.leading_steps() {
             let name = step_name(plan, &flow.name, &step.id);
             let workload = Workload {
                 role: "step",

@@ -94,6 +94,19 @@ impl Plan {
             .flat_map(|f| f.trigger_secrets.iter().map(String::as_str))
             .collect()
     }
+
+    /// The secrets the gateway's process reads: its triggers' and those of the fused steps
+    /// it runs (the pure steps right after a trigger).
+    pub fn gateway_secrets(&self) -> BTreeSet<&str> {
+        let mut secrets = self.trigger_secrets();
+        for flow in &self.flows {
+            secrets.extend(
+                flow.fused_with(None)
+                    .flat_map(|s| s.secrets.iter().map(String::as_str)),
+            );
+        }
+        secrets
+    }
 }
 
 /// A config value as the runtime sees it.
@@ -224,6 +237,59 @@ pub struct Flow {
     pub steps: Vec<Step>,
     /// What links the trigger and the steps.
     pub edges: Vec<Edge>,
+}
+
+impl Flow {
+    /// The step whose process runs fused step `step` (`None`: the trigger's, the gateway):
+    /// edges are followed back through fused steps to the first step with a queue hop of its
+    /// own. A step reached along several edges belongs to its first edge's leader.
+    pub fn fused_leader(&self, step: &str) -> Option<&str> {
+        let mut at = step;
+        for _ in 0..=self.steps.len() {
+            let from = self.edges.iter().find(|e| e.to == at)?.from.as_str();
+            match self.steps.iter().find(|s| s.id == from) {
+                Some(s) if s.fused => at = &s.id,
+                Some(s) => return Some(&s.id),
+                None => return None, // the trigger
+            }
+        }
+        None
+    }
+
+    /// The secrets the process of step `step` reads: its own and its fused steps'.
+    pub fn step_process_secrets<'a>(&'a self, step: &'a Step) -> BTreeSet<&'a str> {
+        std::iter::once(step)
+            .chain(self.fused_with(Some(&step.id)))
+            .flat_map(|s| s.secrets.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// The steps with a process of their own (every step but the fused ones).
+    pub fn leading_steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps.iter().filter(|s| !s.fused)
+    }
+
+    /// The fused steps run in the process of `leader` (a step id, or `None`: the trigger's).
+    pub fn fused_with<'a>(
+        &'a self,
+        leader: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Step> + 'a {
+        self.steps
+            .iter()
+            .filter(move |s| s.fused && self.fused_leader(&s.id) == leader)
+    }
+}
+
+/// Whether steps of this kind run fused (see [`Step::fused`]).
+pub fn is_pure(uses: &Uses) -> bool {
+    [
+        Builtin::Transform,
+        Builtin::Branch,
+        Builtin::Log,
+        Builtin::Respond,
+    ]
+    .into_iter()
+    .any(|b| uses.is(b))
 }
 
 /// When a webhook's caller gets its answer.
@@ -419,6 +485,12 @@ pub struct Step {
     pub timeout_ms: u64,
     /// Workers (containers) running the step.
     pub replicas: u32,
+    /// A pure step (`transform`, `branch`, `log`, `respond`: no side effect, deterministic)
+    /// runs inline, in the same durable commit as what its predecessor produced, with no queue
+    /// hop of its own; its process is its group leader's (see [`Flow::fused_leader`]). Its
+    /// queue still serves a failed inline run, which is retried there like any other step's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fused: bool,
     /// The enclosing `for_each` step, for steps of a loop body.
     pub for_each: Option<String>,
     /// Secret environment variables the step's inputs and connection read (sorted).

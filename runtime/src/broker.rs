@@ -183,7 +183,7 @@ impl JetStreamQueue {
                 let steps: Vec<&Arc<StepRt>> = instance.flows[&flow.name].steps.values().collect();
                 let stream = self.stream(instance, &flow.name, &steps).await?;
                 for step in steps {
-                    if !role.runs_step(&flow.name, &step.step.id) {
+                    if !role.runs_step(flow, &step.step) {
                         continue;
                     }
                     let consumer = self.consumer(&stream, step).await?;

@@ -237,14 +237,17 @@ impl Engine {
         extra: Vec<Op>,
     ) -> Result<String, TriggerError> {
         let id = ulid::Ulid::new().to_string();
-        let ops = self.start_ops(instance, flow, trigger, &id, extra)?;
-        self.store.commit(ops).await?;
+        let ops = self.start_ops(instance, flow, trigger, &id, extra).await?;
+        let committed = self.store.commit(ops).await?;
+        self.release_replies(committed);
         self.metrics.executions.inc();
         Ok(id)
     }
 
-    /// The ops that start an execution (also used inside larger commits: dispatch, polls).
-    pub fn start_ops(
+    /// The ops that start an execution (also used inside larger commits: polls). The flow's
+    /// first steps run here when they are fused (pure): their records go into the same commit,
+    /// and only the first step with a side effect is enqueued.
+    pub async fn start_ops(
         &self,
         instance: &InstanceRt,
         flow: &str,
@@ -252,56 +255,70 @@ impl Engine {
         id: &str,
         extra: Vec<Op>,
     ) -> Result<Vec<Op>, TriggerError> {
+        let (start, first) = self.opening(instance, flow, trigger, id)?;
+        let mut ops = vec![start];
+        ops.extend(extra);
+        let enqueued = match first {
+            Some(first) => self.pass_on(instance, id, vec![first], &mut ops).await,
+            None => 0,
+        };
+        ops.push(Op::Pending {
+            execution: id.to_string(),
+            delta: enqueued,
+            at: now_ms(),
+        });
+        Ok(ops)
+    }
+
+    /// An execution's record, and its first step with the envelope it gets (none for a flow
+    /// without steps).
+    fn opening(
+        &self,
+        instance: &InstanceRt,
+        flow: &str,
+        trigger: Value,
+        id: &str,
+    ) -> Result<(Op, Option<(Arc<StepRt>, Envelope)>), TriggerError> {
         let f = instance
             .flows
             .get(flow)
             .ok_or_else(|| TriggerError::UnknownFlow(flow.to_string()))?;
-        let at = now_ms();
-        let mut ops = vec![Op::StartExecution(NewExecution {
+        let start = Op::StartExecution(NewExecution {
             id: id.to_string(),
             instance: instance.key.clone(),
             flow: flow.to_string(),
             trigger: self.redactor.json(&trigger),
-            started_at: at,
-        })];
-        ops.extend(extra);
-        let Some(queue) = &f.entry_queue else {
-            ops.push(Op::Pending {
-                execution: id.to_string(),
-                delta: 0,
-                at,
-            });
-            return Ok(ops);
-        };
-        let first = f
-            .steps
-            .values()
-            .find(|s| &s.step.queue == queue)
-            .map(|s| s.step.id.clone())
-            .unwrap_or_default();
-        let envelope = Envelope {
-            instance: instance.key.clone(),
-            flow: flow.to_string(),
-            step: first,
-            trigger,
-            steps: Map::new(),
-            item: None,
-            index: None,
-            path: String::new(),
-        };
-        ops.push(Op::Enqueue(NewMessage {
-            queue: queue.clone(),
-            execution: id.to_string(),
-            visible_at: at,
-            attempt: 1,
-            body: serde_json::to_string(&envelope).expect("an envelope serializes"),
-        }));
-        ops.push(Op::Pending {
-            execution: id.to_string(),
-            delta: 1,
-            at,
+            started_at: now_ms(),
         });
-        Ok(ops)
+        let first = f
+            .entry_queue
+            .as_ref()
+            .and_then(|queue| f.steps.values().find(|s| &s.step.queue == queue))
+            .map(|first| {
+                let envelope = Envelope {
+                    instance: instance.key.clone(),
+                    flow: flow.to_string(),
+                    step: first.step.id.clone(),
+                    trigger,
+                    steps: Map::new(),
+                    item: None,
+                    index: None,
+                    path: String::new(),
+                };
+                (first.clone(), envelope)
+            });
+        Ok((start, first))
+    }
+
+    /// The queued message that carries `envelope` to `step`.
+    fn message(step: &StepRt, envelope: &Envelope, execution: &str) -> NewMessage {
+        NewMessage {
+            queue: step.step.queue.clone(),
+            execution: execution.to_string(),
+            visible_at: now_ms(),
+            attempt: 1,
+            body: serde_json::to_string(envelope).expect("an envelope serializes"),
+        }
     }
 
     /// Runs the worker loop of one step until the engine stops.
@@ -362,7 +379,15 @@ impl Engine {
                 return;
             }
         };
-        let Attempt { mut run, result } = self.attempt(instance, step, &envelope, &message).await;
+        let Attempt { mut run, result } = self
+            .attempt(
+                instance,
+                step,
+                &envelope,
+                &message.execution,
+                message.attempt,
+            )
+            .await;
         let result = match result {
             Ok(result) => result,
             Err(error) => match self.after_failure(step, &message, &mut run, error) {
@@ -373,7 +398,9 @@ impl Engine {
                 AfterFailure::Continue(output) => StepResult::Output(output),
             },
         };
-        let ops = self.route(instance, step, &envelope, &message, result, run);
+        let ops = self
+            .route(instance, step, &envelope, &message, result, run)
+            .await;
         self.commit_or_requeue(ops, queue, message).await;
     }
 
@@ -418,14 +445,15 @@ impl Engine {
         instance: &InstanceRt,
         step: &StepRt,
         envelope: &Envelope,
-        message: &StoredMessage,
+        execution: &str,
+        attempt: u32,
     ) -> Attempt {
         let started_at = now_ms();
         let clock = Instant::now();
         let ctx = self.context(instance, envelope);
         let mut input_seen = Value::Null;
         // The idempotency key: one per execution, step and loop position.
-        let key = format!("{}:{}{}", message.execution, step.step.id, envelope.path);
+        let key = format!("{execution}:{}{}", step.step.id, envelope.path);
         let result = self
             .run_step(instance, step, &key, &ctx, &mut input_seen)
             .await;
@@ -435,9 +463,9 @@ impl Engine {
             .get_or_create(&step.labels)
             .observe(elapsed.as_secs_f64());
         let run = StepRun {
-            execution: message.execution.clone(),
+            execution: execution.to_string(),
             step: step.step.id.clone(),
-            attempt: message.attempt,
+            attempt,
             status: StepRunStatus::Succeeded,
             input: Some(self.redactor.json(&input_seen)),
             output: None,
@@ -520,9 +548,9 @@ impl Engine {
         ])
     }
 
-    /// Routes what a step produced along its edges: the ack, the successors, the step's
-    /// record, a sync reply and the execution's pending count, for one commit.
-    fn route(
+    /// Routes what a step produced along its edges: the ack, the successors (fused ones run
+    /// here), the step's record, a sync reply and the execution's pending count, for one commit.
+    async fn route(
         &self,
         instance: &InstanceRt,
         step: &StepRt,
@@ -532,8 +560,38 @@ impl Engine {
         mut run: StepRun,
     ) -> Vec<Op> {
         let mut ops = vec![Op::Ack(message.id)];
-        // What the step produced, and which of its edges carry it on (with a loop item each).
-        let (output, routes): (Value, Vec<Route>) = match result {
+        let (output, routes) =
+            self.produce(instance, envelope, &message.execution, result, &mut ops);
+        let mut next = Vec::new();
+        for (kind, item) in routes {
+            next.extend(self.follow(instance, step, envelope, kind, &output, item));
+        }
+        if run.status == StepRunStatus::Succeeded {
+            run.output = Some(self.redactor.json(&output));
+        }
+        ops.push(Op::RecordStep(run));
+        let enqueued = self
+            .pass_on(instance, &message.execution, next, &mut ops)
+            .await;
+        ops.push(Op::Pending {
+            execution: message.execution.clone(),
+            delta: enqueued - 1,
+            at: now_ms(),
+        });
+        ops
+    }
+
+    /// What a step produced, and which of its edges carry it on (with a loop item each); a
+    /// reply or a dispatch adds its ops to `ops`.
+    fn produce(
+        &self,
+        instance: &InstanceRt,
+        envelope: &Envelope,
+        execution: &str,
+        result: StepResult,
+        ops: &mut Vec<Op>,
+    ) -> (Value, Vec<Route>) {
+        match result {
             StepResult::Output(v) | StepResult::Outcome(Outcome::Output(v)) => {
                 (v, vec![(EdgeKind::Next, None)])
             }
@@ -554,49 +612,81 @@ impl Engine {
             StepResult::Outcome(Outcome::Respond(r)) => {
                 let out = json!({ "status": r.status, "body": r.body });
                 ops.push(Op::Reply {
-                    execution: message.execution.clone(),
+                    execution: execution.to_string(),
                     reply: r,
                 });
                 (out, vec![(EdgeKind::Next, None)])
             }
             StepResult::Outcome(Outcome::Dispatch { flow, payload }) => {
-                let (out, start) = self.dispatch_ops(instance, envelope, message, &flow, payload);
+                let (out, start) = self.dispatch_ops(instance, envelope, execution, &flow, payload);
                 ops.extend(start);
                 (out, vec![(EdgeKind::Next, None)])
             }
-        };
-        let mut next = Vec::new();
-        for (kind, item) in routes {
-            next.extend(self.follow(instance, step, envelope, message, kind, &output, item));
         }
-        if run.status == StepRunStatus::Succeeded {
-            run.output = Some(self.redactor.json(&output));
+    }
+
+    /// Passes messages on to their steps: a fused step runs here, now, and its record (and
+    /// reply) joins `ops`, and so on along its own edges; every other step's message is
+    /// enqueued. Returns how many messages were enqueued.
+    ///
+    /// A fused step is pure, so running it again after a crash gives the same result: it needs
+    /// no durable hop of its own. A failed inline run leaves no trace; the step's message is
+    /// enqueued instead, and its own queue retries it and follows its `on_error`.
+    async fn pass_on(
+        &self,
+        instance: &InstanceRt,
+        execution: &str,
+        successors: Vec<(Arc<StepRt>, Envelope)>,
+        ops: &mut Vec<Op>,
+    ) -> i64 {
+        let mut work: std::collections::VecDeque<_> = successors.into();
+        let mut enqueued = 0;
+        while let Some((step, envelope)) = work.pop_front() {
+            if step.step.fused {
+                let Attempt { mut run, result } =
+                    self.attempt(instance, &step, &envelope, execution, 1).await;
+                if let Ok(result) = result {
+                    let (output, routes) =
+                        self.produce(instance, &envelope, execution, result, ops);
+                    for (kind, item) in routes {
+                        work.extend(self.follow(instance, &step, &envelope, kind, &output, item));
+                    }
+                    run.output = Some(self.redactor.json(&output));
+                    ops.push(Op::RecordStep(run));
+                    continue;
+                }
+            }
+            ops.push(Op::Enqueue(Self::message(&step, &envelope, execution)));
+            enqueued += 1;
         }
-        let count = next.len() as i64;
-        ops.extend(next.into_iter().map(Op::Enqueue));
-        ops.push(Op::RecordStep(run));
-        ops.push(Op::Pending {
-            execution: message.execution.clone(),
-            delta: count - 1,
-            at: now_ms(),
-        });
-        ops
+        enqueued
     }
 
     /// The ops that start the dispatched flow, and the dispatch step's output. The compiler
     /// checks dispatch targets; a target missing at run time is an error in the step's output.
+    /// The dispatched flow's first step is enqueued, fused or not (its queue serves it).
     fn dispatch_ops(
         &self,
         instance: &InstanceRt,
         envelope: &Envelope,
-        message: &StoredMessage,
+        execution: &str,
         flow: &str,
         payload: Value,
     ) -> (Value, Vec<Op>) {
         let id = ulid::Ulid::new().to_string();
-        let trigger = json!({ "body": payload, "dispatched_from": { "flow": envelope.flow, "execution": message.execution } });
-        match self.start_ops(instance, flow, trigger, &id, vec![]) {
-            Ok(start) => (json!({ "execution": id, "flow": flow }), start),
+        let trigger = json!({ "body": payload, "dispatched_from": { "flow": envelope.flow, "execution": execution } });
+        match self.opening(instance, flow, trigger, &id) {
+            Ok((start, first)) => {
+                let mut ops = vec![start];
+                let delta = i64::from(first.is_some());
+                ops.extend(first.map(|(step, env)| Op::Enqueue(Self::message(&step, &env, &id))));
+                ops.push(Op::Pending {
+                    execution: id.clone(),
+                    delta,
+                    at: now_ms(),
+                });
+                (json!({ "execution": id, "flow": flow }), ops)
+            }
             Err(e) => {
                 tracing::error!("dispatch to `{flow}`: {e}");
                 (json!({ "error": e.to_string(), "flow": flow }), Vec::new())
@@ -688,18 +778,16 @@ impl Engine {
         minijinja::Value::from(ctx)
     }
 
-    /// The messages for the targets of this step's edges of one kind.
-    #[allow(clippy::too_many_arguments)]
+    /// The targets of this step's edges of one kind, with the envelopes they get.
     fn follow(
         &self,
         instance: &InstanceRt,
         step: &StepRt,
         envelope: &Envelope,
-        message: &StoredMessage,
         kind: EdgeKind,
         output: &Value,
         item: Option<(usize, Value)>,
-    ) -> Vec<NewMessage> {
+    ) -> Vec<(Arc<StepRt>, Envelope)> {
         let Some(flow) = instance.flows.get(&envelope.flow) else {
             return Vec::new();
         };
@@ -716,13 +804,7 @@ impl Engine {
                     next.index = Some(*i);
                     next.path = format!("{}/{i}", envelope.path);
                 }
-                Some(NewMessage {
-                    queue: target.step.queue.clone(),
-                    execution: message.execution.clone(),
-                    visible_at: now_ms(),
-                    attempt: 1,
-                    body: serde_json::to_string(&next).expect("an envelope serializes"),
-                })
+                Some((target.clone(), next))
             })
             .collect()
     }

@@ -542,6 +542,7 @@ async fn enqueue(
     }
     let ops = engine
         .start_ops(&hook.instance, &hook.flow, trigger, execution, extra)
+        .await
         .map_err(|e| {
             Refusal::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -549,7 +550,9 @@ async fn enqueue(
             )
         })?;
     match engine.store().commit(ops).await {
-        Ok(_) => {
+        Ok(committed) => {
+            // Fused steps ran in the commit: a `respond` among them answers now.
+            engine.release_replies(committed);
             engine.metrics().executions.inc();
             Ok(())
         }

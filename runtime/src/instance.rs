@@ -146,6 +146,15 @@ impl InstanceRt {
         })
     }
 
+    /// The plan of flow `name` (one of the instance's flows).
+    pub fn flow_plan(&self, name: &str) -> &plan::Flow {
+        self.plan
+            .flows
+            .iter()
+            .find(|f| f.name == name)
+            .expect("a flow of the instance")
+    }
+
     /// Every step of the instance's enabled flows.
     pub fn enabled_steps(&self) -> impl Iterator<Item = &Arc<StepRt>> {
         self.plan

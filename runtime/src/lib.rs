@@ -88,12 +88,17 @@ pub struct Options {
 }
 
 impl Role {
-    /// Whether this process runs `flow`'s step `step`.
-    pub fn runs_step(&self, flow: &str, step: &str) -> bool {
+    /// Whether this process runs `flow`'s step `step`: a step's process also serves the
+    /// queues of the fused steps it leads, and the gateway those right after a trigger (see
+    /// `weft_plan::Step::fused`).
+    pub fn runs_step(&self, flow: &weft_plan::Flow, step: &weft_plan::Step) -> bool {
         match self {
             Role::All => true,
-            Role::Gateway => false,
-            Role::Step { flow: f, step: s } => f == flow && s == step,
+            Role::Gateway => step.fused && flow.fused_leader(&step.id).is_none(),
+            Role::Step { flow: f, step: s } => {
+                *f == flow.name
+                    && (step.id == *s || step.fused && flow.fused_leader(&step.id) == Some(s))
+            }
         }
     }
 
@@ -209,13 +214,17 @@ pub fn resolve_role_secrets(
     for plan in plans {
         let needed: std::collections::BTreeSet<&str> = match role {
             Role::All => plan.secrets.iter().map(String::as_str).collect(),
-            Role::Gateway => plan.trigger_secrets(),
+            Role::Gateway => plan.gateway_secrets(),
             Role::Step { flow, step } => plan
                 .flows
                 .iter()
                 .filter(|f| &f.name == flow)
-                .flat_map(|f| f.steps.iter().filter(|s| &s.id == step))
-                .flat_map(|s| s.secrets.iter().map(String::as_str))
+                .flat_map(|f| {
+                    f.steps
+                        .iter()
+                        .filter(|s| &s.id == step)
+                        .flat_map(|s| f.step_process_secrets(s))
+                })
                 .collect(),
         };
         for name in &plan.secrets {
@@ -326,11 +335,21 @@ fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
                 flows.join(", ")
             )));
         };
-        if !found.steps.iter().any(|s| &s.id == step) {
-            let steps: Vec<_> = found.steps.iter().map(|s| s.id.as_str()).collect();
+        let Some(found_step) = found.steps.iter().find(|s| &s.id == step) else {
+            let steps: Vec<_> = found.leading_steps().map(|s| s.id.as_str()).collect();
             return Err(StartError::Role(format!(
-                "flow `{flow}` has no step `{step}` (its steps: {})",
+                "flow `{flow}` has no step `{step}` (its steps with a process: {})",
                 steps.join(", ")
+            )));
+        };
+        if found_step.fused {
+            let leader = found
+                .fused_leader(step)
+                .map_or("the gateway".to_string(), |l| {
+                    format!("the process of step `{l}`")
+                });
+            return Err(StartError::Role(format!(
+                "step `{step}` is pure and fused: it runs inline, in {leader}"
             )));
         }
         if plans.len() != 1 {
@@ -518,7 +537,7 @@ fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
 fn spawn_workers(engine: &Arc<Engine>, dispatch: &Dispatch, step_concurrency: usize, role: &Role) {
     for instance in engine.instances() {
         for step in instance.enabled_steps() {
-            if !role.runs_step(&step.flow, &step.step.id) {
+            if !role.runs_step(instance.flow_plan(&step.flow), &step.step) {
                 continue;
             }
             let queue = dispatch.queues[&step.step.queue].clone();

@@ -185,13 +185,17 @@ async fn poll_once(
     let mut ops = Vec::new();
     for item in &items {
         let id = ulid::Ulid::new().to_string();
-        ops.extend(engine.start_ops(
-            instance,
-            flow,
-            json!({ "item": item, "cursor": cursor }),
-            &id,
-            vec![],
-        )?);
+        ops.extend(
+            engine
+                .start_ops(
+                    instance,
+                    flow,
+                    json!({ "item": item, "cursor": cursor }),
+                    &id,
+                    vec![],
+                )
+                .await?,
+        );
     }
     if let Some(c) = next_cursor {
         ops.push(Op::SetState {

@@ -82,6 +82,7 @@ fn lower_step(
     };
     plan::Step {
         id: step.id.clone(),
+        fused: plan::is_pure(&uses),
         uses,
         queue: format!("{flow}.{}", step.id),
         with,

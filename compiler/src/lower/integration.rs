@@ -61,6 +61,11 @@ impl CompiledIntegration {
                 steps.dedup();
                 steps
             },
+            fused_steps: self
+                .flows
+                .iter()
+                .flat_map(|f| f.steps.iter().filter(|s| s.fused).map(|s| s.id.as_str()))
+                .collect(),
             schedules: self
                 .flows
                 .iter()
