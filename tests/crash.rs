@@ -11,7 +11,9 @@ use support::{CountingSink, WeftProcess, binary, free_port, reference_repo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_events_survive_kill_9() {
-    let (sink, sink_addr) = CountingSink::start().await;
+    // The sink answers in 20 ms, like a real API: deliveries are in flight when the kill comes
+    // (with an instant sink, weft delivers each event within a millisecond of accepting it).
+    let (sink, sink_addr) = CountingSink::start_slow(Duration::from_millis(20)).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
     reference_repo(&repo, sink_addr);

@@ -3,21 +3,38 @@
 //! every form of a secret that weft itself derives: the base64 of a secret, and of the
 //! `username:password` of a basic-auth connection, as an upstream might echo them back.
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine as _;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
-    /// Longest first, so that a secret containing another is masked whole.
-    secrets: Vec<String>,
+    /// Every secret, and its JSON-escaped form where that differs, matched leftmost-longest
+    /// in one pass (a secret containing another is masked whole); `None` without secrets.
+    matcher: Option<AhoCorasick>,
 }
 
 impl Redactor {
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Redactor { secrets }
+        let mut patterns: Vec<String> = Vec::new();
+        for secret in secrets.into_iter().filter(|s| s.len() >= 4) {
+            // Inside JSON text a secret appears escaped (`"` as `\"`, control characters).
+            let escaped = serde_json::to_string(&secret).unwrap_or_default();
+            let escaped = &escaped[1..escaped.len() - 1];
+            if escaped != secret {
+                patterns.push(escaped.to_string());
+            }
+            patterns.push(secret);
+        }
+        patterns.sort();
+        patterns.dedup();
+        let matcher = (!patterns.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .expect("plain string patterns build")
+        });
+        Redactor { matcher }
     }
 
     /// Secrets and the forms weft derives from them: `basic` is each basic-auth connection's
@@ -41,13 +58,10 @@ impl Redactor {
     }
 
     pub fn str(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), "***");
-            }
+        match &self.matcher {
+            Some(m) if m.is_match(text) => m.replace_all(text, &vec!["***"; m.patterns_len()]),
+            _ => text.to_string(),
         }
-        out
     }
 
     pub fn value(&self, value: &Value) -> Value {
@@ -63,9 +77,14 @@ impl Redactor {
         }
     }
 
-    /// JSON text of a value, redacted.
+    /// JSON text of a value, redacted: the text is written once and masked in one pass (a
+    /// secret inside a string is in the text in its escaped form, which is matched too).
     pub fn json(&self, value: &Value) -> String {
-        serde_json::to_string(&self.value(value)).unwrap_or_default()
+        let text = serde_json::to_string(value).unwrap_or_default();
+        match &self.matcher {
+            Some(m) if m.is_match(&text) => self.str(&text),
+            _ => text,
+        }
     }
 }
 
@@ -90,5 +109,18 @@ mod tests {
         // base64("ada:pa55word-x") and base64("s3cr3t-token"), as an upstream echoes them.
         let echoed = "Basic YWRhOnBhNTV3b3JkLXg= and czNjcjN0LXRva2Vu";
         assert_eq!(r.str(echoed), "Basic *** and ***");
+    }
+
+    #[test]
+    fn json_text_masks_secrets_that_need_escaping() {
+        let r = Redactor::new(["quo\"te-secret".to_string(), "tab\tsecret".to_string()]);
+        let v = serde_json::json!({ "a": "x quo\"te-secret y", "b": ["tab\tsecret"], "quo\"te-secret": 1 });
+        let text = r.json(&v);
+        assert!(
+            !text.contains("te-secret") && !text.contains("tsecret"),
+            "{text}"
+        );
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r.value(&v));
     }
 }

@@ -229,6 +229,7 @@ pub fn run_as(
         let rt = weft_runtime::start(plans, options, secrets)
             .await
             .map_err(anyhow::Error::msg)?;
+        crate::resident::trim_after_start();
         tracing::info!(
             "running {flows} flow(s) of {instances} instance(s); data in {}",
             args.data_dir.display()

@@ -73,6 +73,8 @@ flows:
 #[derive(Clone, Default)]
 pub struct CountingSink {
     pub seen: Arc<Mutex<HashMap<String, (usize, Instant)>>>,
+    /// How long the sink takes to answer each request.
+    pub latency: Duration,
 }
 
 impl CountingSink {
@@ -82,8 +84,24 @@ impl CountingSink {
 
     /// The sink on `ip` (`0.0.0.0`: reachable from containers as host.docker.internal).
     pub async fn start_on(ip: &str) -> (CountingSink, SocketAddr) {
-        let sink = CountingSink::default();
+        Self::start_with(ip, Duration::ZERO).await
+    }
+
+    /// A sink that answers each request after `latency`, like a real API: deliveries stay in
+    /// flight for that long.
+    pub async fn start_slow(latency: Duration) -> (CountingSink, SocketAddr) {
+        Self::start_with("127.0.0.1", latency).await
+    }
+
+    async fn start_with(ip: &str, latency: Duration) -> (CountingSink, SocketAddr) {
+        let sink = CountingSink {
+            latency,
+            ..CountingSink::default()
+        };
         async fn handle(State(sink): State<CountingSink>, body: Bytes) -> &'static str {
+            if !sink.latency.is_zero() {
+                tokio::time::sleep(sink.latency).await;
+            }
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let id = v["id"]
                 .as_str()
