@@ -19,6 +19,7 @@ use crate::dispatch::{Dispatch, WorkQueue};
 use crate::error::TriggerError;
 use crate::inflight::InflightSlots;
 use crate::instance::{InstanceRt, StepRt};
+use crate::json_view::{Document, JsonView};
 use crate::metrics::Metrics;
 use crate::offline::{OfflineHooks, StepOverride};
 use crate::redact::Redactor;
@@ -32,9 +33,10 @@ pub struct Envelope {
     pub instance: String,
     pub flow: String,
     pub step: String,
-    pub trigger: Value,
+    /// Shared, not copied, by the envelopes of one execution and the templates that read it.
+    pub trigger: Arc<Value>,
     #[serde(default)]
-    pub steps: Map<String, Value>,
+    pub steps: Arc<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +94,9 @@ enum StepResult {
 
 /// An edge kind to follow, with the loop item it carries (for `for_each` bodies).
 type Route = (EdgeKind, Option<(usize, Value)>);
+
+/// A message on its way to a step: the step, and the envelope it gets.
+type Hop = (Arc<StepRt>, Envelope);
 
 /// One attempt of a step: its record for the history and what it produced.
 struct Attempt {
@@ -278,7 +283,7 @@ impl Engine {
         flow: &str,
         trigger: Value,
         id: &str,
-    ) -> Result<(Op, Option<(Arc<StepRt>, Envelope)>), TriggerError> {
+    ) -> Result<(Op, Option<Hop>), TriggerError> {
         let f = instance
             .flows
             .get(flow)
@@ -299,8 +304,8 @@ impl Engine {
                     instance: instance.key.clone(),
                     flow: flow.to_string(),
                     step: first.step.id.clone(),
-                    trigger,
-                    steps: Map::new(),
+                    trigger: Arc::new(trigger),
+                    steps: Arc::default(),
                     item: None,
                     index: None,
                     path: String::new(),
@@ -636,7 +641,7 @@ impl Engine {
         &self,
         instance: &InstanceRt,
         execution: &str,
-        successors: Vec<(Arc<StepRt>, Envelope)>,
+        successors: Vec<Hop>,
         ops: &mut Vec<Op>,
     ) -> i64 {
         let mut work: std::collections::VecDeque<_> = successors.into();
@@ -762,12 +767,15 @@ impl Engine {
     }
 
     /// The template context of a message. Config and `instance` are converted once per
-    /// instance; only the message's own parts are converted here.
+    /// instance; the trigger and step outputs are read where templates read them.
     fn context(&self, instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
         use minijinja::value::Serde;
         let mut ctx = std::collections::BTreeMap::new();
-        ctx.insert("trigger", minijinja::Value::from(Serde(&env.trigger)));
-        ctx.insert("steps", minijinja::Value::from(Serde(&env.steps)));
+        ctx.insert(
+            "trigger",
+            JsonView::of(Document::Value(env.trigger.clone())),
+        );
+        ctx.insert("steps", JsonView::of(Document::Map(env.steps.clone())));
         ctx.insert("config", instance.config_template.clone());
         ctx.insert("instance", instance.instance_template.clone());
         ctx.insert("connections", instance.connections_template.clone());
@@ -787,7 +795,7 @@ impl Engine {
         kind: EdgeKind,
         output: &Value,
         item: Option<(usize, Value)>,
-    ) -> Vec<(Arc<StepRt>, Envelope)> {
+    ) -> Vec<Hop> {
         let Some(flow) = instance.flows.get(&envelope.flow) else {
             return Vec::new();
         };
@@ -798,7 +806,7 @@ impl Engine {
                 let target = flow.steps.get(&e.to)?;
                 let mut next = envelope.clone();
                 next.step = e.to.clone();
-                next.steps.insert(step.step.id.clone(), output.clone());
+                Arc::make_mut(&mut next.steps).insert(step.step.id.clone(), output.clone());
                 if let Some((i, value)) = &item {
                     next.item = Some(value.clone());
                     next.index = Some(*i);

@@ -17,6 +17,7 @@ pub mod history;
 pub mod http;
 pub mod inflight;
 pub mod instance;
+mod json_view;
 pub mod metrics;
 pub mod nesting;
 pub mod offline;

@@ -7,6 +7,7 @@
 //! queues and record the step's run — the "write the output, then acknowledge the input" promise
 //! in a single atomic commit — and the execution history stays queryable for `weft executions`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -510,13 +511,99 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
         let mut committed = Committed::default();
+        let started = started_with_pending(&req.ops);
         for op in &req.ops {
-            apply(&tx, op, &mut committed)?;
+            match op {
+                Op::StartExecution(e) if started.contains_key(e.id.as_str()) => {
+                    start_with_pending(&tx, e, started[e.id.as_str()], &mut committed)?;
+                }
+                Op::Pending { execution, .. } if started.contains_key(execution.as_str()) => {}
+                _ => apply(&tx, op, &mut committed)?,
+            }
         }
         out.push(committed);
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// The executions a request starts, with the sum of the request's pending counts for each
+/// (and when it is last set): they are inserted with that count, one statement instead of an
+/// insert and an update. An execution the request also fails is left to the ops in order.
+fn started_with_pending(ops: &[Op]) -> HashMap<&str, (i64, i64)> {
+    let mut started: HashMap<&str, Option<(i64, i64)>> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::StartExecution(e) => Some((e.id.as_str(), None)),
+            _ => None,
+        })
+        .collect();
+    if started.is_empty() {
+        return HashMap::new();
+    }
+    for op in ops {
+        match op {
+            Op::Pending {
+                execution,
+                delta,
+                at,
+            } => {
+                if let Some(count) = started.get_mut(execution.as_str()) {
+                    let sum = count.map_or(0, |(sum, _)| sum) + delta;
+                    *count = Some((sum, *at));
+                }
+            }
+            Op::FailExecution { execution, .. } => {
+                started.remove(execution.as_str());
+            }
+            _ => {}
+        }
+    }
+    // An execution with no pending count in the request keeps the ops in order.
+    started
+        .into_iter()
+        .filter_map(|(id, count)| Some((id, count?)))
+        .collect()
+}
+
+/// Inserts a new execution with its pending count; one with nothing pending is finished at
+/// once. An execution already there (a request applied again) gets the count as an update.
+fn start_with_pending(
+    tx: &rusqlite::Transaction<'_>,
+    e: &NewExecution,
+    (pending, at): (i64, i64),
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
+    let done = pending <= 0;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            e.id,
+            e.instance,
+            e.flow,
+            if done { "succeeded" } else { "running" },
+            pending,
+            e.trigger,
+            e.started_at,
+            done.then_some(at)
+        ])?;
+    if inserted == 0 {
+        let again = Op::Pending {
+            execution: e.id.clone(),
+            delta: pending,
+            at,
+        };
+        return apply_history(tx, &again, committed);
+    }
+    if done {
+        committed
+            .finished
+            .push((e.id.clone(), "succeeded".to_string()));
+    }
+    Ok(())
 }
 
 /// Applies one op inside the batch's transaction.
