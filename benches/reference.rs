@@ -124,13 +124,12 @@ fn repo(dir: &Path, sink: SocketAddr) {
     let files = [
         ("weft.yaml", "weft: 1\nname: reference\n".to_string()),
         ("integrations/reference/integration.yaml", integration),
-        ("instances/acme/reference.yaml", "weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n".to_string()),
+        (
+            "instances/acme/reference.yaml",
+            support::REFERENCE_INSTANCE.to_string(),
+        ),
     ];
-    for (path, text) in files {
-        let p = dir.join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    support::write_files(dir, &files);
 }
 
 /// CPU seconds (user + system) a process has used so far.

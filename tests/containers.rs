@@ -315,7 +315,7 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
         text(&again.stderr)
     );
     assert!(text(&again.stdout).contains("step.orders.deliver"));
-    assert_eq!(containers_of(customer).len(), 5);
+    assert_eq!(containers_of(customer).len(), 4);
     relay_one(port, customer, &sink, "up-2").await;
 
     // The history the step containers sent lives in the gateway's volume, read with the

@@ -60,8 +60,19 @@ flows:
 "#
             ),
         ),
-        ("instances/acme/reference.yaml", "weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n".to_string()),
+        (
+            "instances/acme/reference.yaml",
+            REFERENCE_INSTANCE.to_string(),
+        ),
     ];
+    write_files(dir, &files);
+}
+
+/// acme's instance of the reference integration: its secrets from HOOK_SECRET and CRM_TOKEN.
+pub const REFERENCE_INSTANCE: &str = "weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n";
+
+/// Writes `files` (path below `dir`, text), creating their folders.
+pub fn write_files(dir: &Path, files: &[(&str, String)]) {
     for (path, text) in files {
         let p = dir.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
