@@ -58,10 +58,7 @@ impl Redactor {
     }
 
     pub fn str(&self, text: &str) -> String {
-        match &self.matcher {
-            Some(m) if m.is_match(text) => m.replace_all(text, &vec!["***"; m.patterns_len()]),
-            _ => text.to_string(),
-        }
+        self.masked(text).unwrap_or_else(|| text.to_string())
     }
 
     pub fn value(&self, value: &Value) -> Value {
@@ -81,10 +78,22 @@ impl Redactor {
     /// secret inside a string is in the text in its escaped form, which is matched too).
     pub fn json(&self, value: &Value) -> String {
         let text = serde_json::to_string(value).unwrap_or_default();
-        match &self.matcher {
-            Some(m) if m.is_match(&text) => self.str(&text),
-            _ => text,
+        self.masked(&text).unwrap_or(text)
+    }
+
+    /// `text` with every secret replaced, in one scan; `None` when it holds none.
+    fn masked(&self, text: &str) -> Option<String> {
+        let mut matches = self.matcher.as_ref()?.find_iter(text).peekable();
+        matches.peek()?;
+        let mut out = String::with_capacity(text.len());
+        let mut last = 0;
+        for m in matches {
+            out.push_str(&text[last..m.start()]);
+            out.push_str("***");
+            last = m.end();
         }
+        out.push_str(&text[last..]);
+        Some(out)
     }
 }
 
