@@ -179,14 +179,17 @@ impl JetStreamQueue {
                     .map_err(broker("creating the history consumer"))?;
                 tokio::spawn(apply_history(engine.clone(), store.clone(), consumer));
             }
-            for flow in instance.plan.flows.iter().filter(|f| f.enabled) {
-                let steps: Vec<&Arc<StepRt>> = instance.flows[&flow.name].steps.values().collect();
+            for flow in instance.enabled_flows() {
+                let steps: Vec<&Arc<StepRt>> =
+                    instance.version.flows[&flow.name].steps.values().collect();
                 let stream = self.stream(instance, &flow.name, &steps).await?;
                 for step in steps {
                     if !role.runs_step(flow, &step.step) {
                         continue;
                     }
-                    let consumer = self.consumer(&stream, step).await?;
+                    let consumer = self
+                        .consumer(&stream, step, instance.queue_of(step))
+                        .await?;
                     let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
                     tokio::spawn(self.clone().fetch_loop(
                         engine.clone(),
@@ -207,9 +210,9 @@ impl JetStreamQueue {
         steps: &[&Arc<StepRt>],
     ) -> Result<stream::Stream, StoreError> {
         let stream_name =
-            broker_names::flow_stream(&instance.plan.customer, &instance.plan.integration, flow);
+            broker_names::flow_stream(&instance.customer, instance.integration(), flow);
         // Sorted: every process of a bundle declares the same configuration.
-        let mut subjects: Vec<String> = steps.iter().map(|s| s.step.queue.clone()).collect();
+        let mut subjects: Vec<String> = steps.iter().map(|s| instance.queue_of(s)).collect();
         subjects.sort();
         self.declare_stream(stream_name, subjects).await
     }
@@ -247,7 +250,7 @@ impl JetStreamQueue {
 
     /// The instance's history stream: step workers publish, its gateway applies.
     async fn history_stream(&self, instance: &InstanceRt) -> Result<stream::Stream, StoreError> {
-        let (customer, integration) = (&instance.plan.customer, &instance.plan.integration);
+        let (customer, integration) = (&instance.customer, instance.integration());
         let stream_name = history_stream(customer, integration);
         self.declare_stream(stream_name, vec![history_subject(customer, integration)])
             .await
@@ -257,11 +260,12 @@ impl JetStreamQueue {
         &self,
         stream: &stream::Stream,
         step: &StepRt,
+        queue: String,
     ) -> Result<consumer::PullConsumer, StoreError> {
         let durable = broker_names::step_consumer(&step.step.id);
         let config = consumer::pull::Config {
             durable_name: Some(durable.clone()),
-            filter_subject: step.step.queue.clone(),
+            filter_subject: queue,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_millis(step.step.timeout_ms) + ACK_WAIT_MARGIN,
             max_deliver: i64::from(step.step.retry.attempts + EXTRA_DELIVERIES + 2),

@@ -1,5 +1,11 @@
 //! In-memory work queues that mirror the store: a committed message is routed to its step's
 //! queue (at once, or when its retry delay has passed); workers pop from there.
+//!
+//! One [`StepQueue`] serves a step of an integration version for every instance that runs it:
+//! each instance has its own lane, and the step's worker takes the lanes in turn (round-robin),
+//! so one customer's flood waits behind its own messages, not in front of everyone else's. A
+//! lane may hold at most its limit of the step's slots at once: a customer whose upstream hangs
+//! fills its own share, not the step.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,38 +17,131 @@ use tokio::sync::Notify;
 use crate::clock::now_ms;
 use crate::store::StoredMessage;
 
-/// A queue in memory: the messages of one step that are due, in order.
-#[derive(Default)]
-pub struct WorkQueue {
-    items: Mutex<VecDeque<StoredMessage>>,
+/// The due messages of one step, one lane per instance, served in turn.
+pub struct StepQueue {
+    state: Mutex<Lanes>,
     notify: Notify,
+    /// Messages one lane may have running at once.
+    lane_limit: usize,
 }
 
-impl WorkQueue {
-    pub fn push(&self, m: StoredMessage) {
-        self.items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(m);
-        self.notify.notify_one();
+struct Lanes {
+    lanes: Vec<LaneState>,
+    /// Lanes with a message to run and room under their limit, in the order they are served.
+    turn: VecDeque<usize>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    items: VecDeque<StoredMessage>,
+    running: usize,
+    in_turn: bool,
+}
+
+impl Lanes {
+    /// Puts `lane` in the turn if it has work and room, and is not there yet.
+    fn offer(&mut self, lane: usize, limit: usize) -> bool {
+        let l = &mut self.lanes[lane];
+        if l.in_turn || l.items.is_empty() || l.running >= limit {
+            return false;
+        }
+        l.in_turn = true;
+        self.turn.push_back(lane);
+        true
+    }
+}
+
+impl StepQueue {
+    /// A queue with `lanes` lanes, each running at most `lane_limit` messages at once.
+    pub fn new(lanes: usize, lane_limit: usize) -> StepQueue {
+        StepQueue {
+            state: Mutex::new(Lanes {
+                lanes: (0..lanes).map(|_| LaneState::default()).collect(),
+                turn: VecDeque::new(),
+            }),
+            notify: Notify::new(),
+            lane_limit: lane_limit.max(1),
+        }
     }
 
-    pub async fn pop(&self) -> StoredMessage {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a message at the back of `lane`.
+    pub fn push(&self, lane: usize, m: StoredMessage) {
+        let mut state = self.lock();
+        state.lanes[lane].items.push_back(m);
+        if state.offer(lane, self.lane_limit) {
+            drop(state);
+            self.notify.notify_one();
+        }
+    }
+
+    /// The next message, from the next lane in turn with room; the lane counts it as running
+    /// until [`StepQueue::finish`].
+    pub async fn pop(&self) -> (usize, StoredMessage) {
         loop {
-            if let Some(m) = self
-                .items
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
             {
-                return m;
+                let mut state = self.lock();
+                while let Some(lane) = state.turn.pop_front() {
+                    state.lanes[lane].in_turn = false;
+                    let Some(m) = state.lanes[lane].items.pop_front() else {
+                        continue;
+                    };
+                    state.lanes[lane].running += 1;
+                    if state.offer(lane, self.lane_limit) {
+                        // More to take: let another waiter see it.
+                        self.notify.notify_one();
+                    }
+                    return (lane, m);
+                }
             }
             self.notify.notified().await;
         }
     }
 
+    /// A message popped from `lane` is done.
+    pub fn finish(&self, lane: usize) {
+        let mut state = self.lock();
+        let l = &mut state.lanes[lane];
+        l.running = l.running.saturating_sub(1);
+        if state.offer(lane, self.lane_limit) {
+            drop(state);
+            self.notify.notify_one();
+        }
+    }
+
+    /// Puts a popped message back at the front of its lane (it was not run).
+    pub fn give_back(&self, lane: usize, m: StoredMessage) {
+        self.lock().lanes[lane].items.push_front(m);
+        self.finish(lane);
+    }
+
+    /// Messages waiting in `lane`.
+    pub fn lane_len(&self, lane: usize) -> usize {
+        self.lock().lanes[lane].items.len()
+    }
+
+    /// Messages running now in `lane`.
+    pub fn lane_running(&self, lane: usize) -> usize {
+        self.lock().lanes[lane].running
+    }
+}
+
+/// One instance's lane of a step's queue, with the instance's pending count.
+#[derive(Clone)]
+pub struct Lane {
+    pub queue: Arc<StepQueue>,
+    pub index: usize,
+    /// The instance's messages waiting or in flight.
+    pub pending: Arc<AtomicUsize>,
+}
+
+impl Lane {
+    /// Messages waiting in the lane.
     pub fn len(&self) -> usize {
-        self.items.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.queue.lane_len(self.index)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,16 +151,17 @@ impl WorkQueue {
 
 /// Routes committed messages to their in-memory queues (called on the store's writer thread).
 pub struct Dispatch {
-    pub queues: HashMap<String, Arc<WorkQueue>>,
+    /// Every instance's step queues, by queue name.
+    pub lanes: HashMap<String, Lane>,
     /// Messages waiting or in flight, for admission control at the gateway.
     pub pending: AtomicUsize,
     handle: tokio::runtime::Handle,
 }
 
 impl Dispatch {
-    pub fn new(queues: HashMap<String, Arc<WorkQueue>>, handle: tokio::runtime::Handle) -> Self {
+    pub fn new(lanes: HashMap<String, Lane>, handle: tokio::runtime::Handle) -> Self {
         Dispatch {
-            queues,
+            lanes,
             pending: AtomicUsize::new(0),
             handle,
         }
@@ -70,20 +170,112 @@ impl Dispatch {
     pub fn deliver(&self, messages: &[StoredMessage]) {
         let now = now_ms();
         for m in messages {
-            let Some(queue) = self.queues.get(&m.queue).cloned() else {
+            let Some(lane) = self.lanes.get(&m.queue).cloned() else {
                 continue; // not ours: stays in the store
             };
             self.pending.fetch_add(1, Ordering::Relaxed);
+            lane.pending.fetch_add(1, Ordering::Relaxed);
             if m.visible_at > now {
                 let m = m.clone();
                 let delay = Duration::from_millis((m.visible_at - now) as u64);
                 self.handle.spawn(async move {
                     tokio::time::sleep(delay).await;
-                    queue.push(m);
+                    lane.queue.push(lane.index, m);
                 });
             } else {
-                queue.push(m.clone());
+                lane.queue.push(lane.index, m.clone());
             }
         }
+    }
+
+    /// A message popped from `lane` ran to its commit (or was put back for the next start).
+    pub fn settled(&self, lane: &Lane) {
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        lane.pending.fetch_sub(1, Ordering::Relaxed);
+        lane.queue.finish(lane.index);
+    }
+
+    /// A popped message goes back to its lane: its commit failed while stopping.
+    pub fn requeue(&self, lane: &Lane, m: StoredMessage) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        lane.pending.fetch_add(1, Ordering::Relaxed);
+        lane.queue.push(lane.index, m);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: i64) -> StoredMessage {
+        StoredMessage {
+            id,
+            queue: "q".into(),
+            execution: "e".into(),
+            visible_at: 0,
+            attempt: 1,
+            crashes: 0,
+            body: String::new(),
+        }
+    }
+
+    async fn pop_now(q: &StepQueue) -> Option<(usize, i64)> {
+        tokio::time::timeout(Duration::from_millis(20), q.pop())
+            .await
+            .ok()
+            .map(|(lane, m)| (lane, m.id))
+    }
+
+    #[tokio::test]
+    async fn lanes_are_served_in_turn_whatever_their_backlog() {
+        let q = StepQueue::new(3, 100);
+        for id in 0..10 {
+            q.push(0, message(id)); // a flood on lane 0
+        }
+        q.push(1, message(100));
+        q.push(2, message(200));
+        q.push(1, message(101));
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            order.push(pop_now(&q).await.expect("a message"));
+        }
+        assert_eq!(
+            order,
+            vec![(0, 0), (1, 100), (2, 200), (0, 1), (1, 101), (0, 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lane_at_its_limit_waits_while_others_run() {
+        let q = StepQueue::new(2, 2);
+        for id in 0..5 {
+            q.push(0, message(id));
+        }
+        assert_eq!(pop_now(&q).await, Some((0, 0)));
+        assert_eq!(pop_now(&q).await, Some((0, 1)));
+        // Lane 0 has two running: its third message waits, lane 1's does not.
+        assert_eq!(pop_now(&q).await, None);
+        q.push(1, message(10));
+        assert_eq!(pop_now(&q).await, Some((1, 10)));
+        q.finish(0);
+        assert_eq!(pop_now(&q).await, Some((0, 2)));
+        assert_eq!(q.lane_running(0), 2);
+        assert_eq!(q.lane_len(0), 2);
+    }
+
+    #[tokio::test]
+    async fn a_message_given_back_runs_first() {
+        let q = StepQueue::new(1, 1);
+        q.push(0, message(1));
+        q.push(0, message(2));
+        let (lane, m) = pop_now_message(&q).await;
+        q.give_back(lane, m);
+        assert_eq!(pop_now(&q).await, Some((0, 1)));
+    }
+
+    async fn pop_now_message(q: &StepQueue) -> (usize, StoredMessage) {
+        tokio::time::timeout(Duration::from_millis(20), q.pop())
+            .await
+            .expect("a message")
     }
 }

@@ -15,12 +15,12 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use weft_plan::{self as plan, Builtin, EdgeKind, OnError, StepRunStatus};
 
 pub use crate::clock::now_ms;
-use crate::dispatch::{Dispatch, WorkQueue};
+use crate::dispatch::{Dispatch, Lane, StepQueue};
 use crate::error::TriggerError;
 use crate::inflight::InflightSlots;
 use crate::instance::{InstanceRt, StepRt};
 use crate::json_view::{Document, JsonView};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StepLabels};
 use crate::offline::{OfflineHooks, StepOverride};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer};
@@ -158,12 +158,12 @@ impl Engine {
     pub fn instance_with_flow(&self, customer: &str, flow: &str) -> Option<&Arc<InstanceRt>> {
         self.instances
             .values()
-            .find(|i| i.plan.customer == customer && i.flows.contains_key(flow))
+            .find(|i| i.customer == customer && i.flow(flow).is_some())
     }
 
     /// Messages waiting in memory for a step's queue.
     pub fn queue_depth(&self, queue: &str) -> usize {
-        self.dispatch.queues.get(queue).map_or(0, |q| q.len())
+        self.dispatch.lanes.get(queue).map_or(0, Lane::len)
     }
 
     /// Messages waiting or in flight, for admission control at the gateway.
@@ -222,7 +222,7 @@ impl Engine {
             deny_private: self.deny_private,
             idempotency_key,
             timeout,
-            plan: &instance.plan,
+            plan: instance.plan(),
             connection,
             action,
             component_urls: &self.component_urls,
@@ -285,8 +285,7 @@ impl Engine {
         id: &str,
     ) -> Result<(Op, Option<Hop>), TriggerError> {
         let f = instance
-            .flows
-            .get(flow)
+            .flow(flow)
             .ok_or_else(|| TriggerError::UnknownFlow(flow.to_string()))?;
         let start = Op::StartExecution(NewExecution {
             id: id.to_string(),
@@ -295,30 +294,31 @@ impl Engine {
             trigger: self.redactor.json(&trigger),
             started_at: now_ms(),
         });
-        let first = f
-            .entry_queue
-            .as_ref()
-            .and_then(|queue| f.steps.values().find(|s| &s.step.queue == queue))
-            .map(|first| {
-                let envelope = Envelope {
-                    instance: instance.key.clone(),
-                    flow: flow.to_string(),
-                    step: first.step.id.clone(),
-                    trigger: Arc::new(trigger),
-                    steps: Arc::default(),
-                    item: None,
-                    index: None,
-                    path: String::new(),
-                };
-                (first.clone(), envelope)
-            });
+        let first = f.entry.as_ref().map(|first| {
+            let envelope = Envelope {
+                instance: instance.key.clone(),
+                flow: flow.to_string(),
+                step: first.step.id.clone(),
+                trigger: Arc::new(trigger),
+                steps: Arc::default(),
+                item: None,
+                index: None,
+                path: String::new(),
+            };
+            (first.clone(), envelope)
+        });
         Ok((start, first))
     }
 
-    /// The queued message that carries `envelope` to `step`.
-    fn message(step: &StepRt, envelope: &Envelope, execution: &str) -> NewMessage {
+    /// The queued message that carries `envelope` to `instance`'s `step`.
+    fn message(
+        instance: &InstanceRt,
+        step: &StepRt,
+        envelope: &Envelope,
+        execution: &str,
+    ) -> NewMessage {
         NewMessage {
-            queue: step.step.queue.clone(),
+            queue: instance.queue_of(step),
             execution: execution.to_string(),
             visible_at: now_ms(),
             attempt: 1,
@@ -326,12 +326,13 @@ impl Engine {
         }
     }
 
-    /// Runs the worker loop of one step until the engine stops.
+    /// Runs the worker loop of one step until the engine stops, for every instance in
+    /// `lanes` (the lanes of `queue`, in order): at most `concurrency` messages at once.
     pub async fn worker(
         self: Arc<Self>,
-        instance: Arc<InstanceRt>,
         step: Arc<StepRt>,
-        queue: Arc<WorkQueue>,
+        queue: Arc<StepQueue>,
+        lanes: Arc<Vec<(Arc<InstanceRt>, Lane)>>,
         concurrency: usize,
     ) {
         let permits = Arc::new(Semaphore::new(concurrency));
@@ -341,22 +342,21 @@ impl Engine {
                 .acquire_owned()
                 .await
                 .expect("semaphore open");
-            let message = tokio::select! {
+            let (index, message) = tokio::select! {
                 m = queue.pop() => m,
                 _ = self.idle.notified(), if self.is_stopping() => return,
             };
             if self.is_stopping() {
-                queue.push(message); // stays in the store; runs after the restart
+                queue.give_back(index, message); // stays in the store; runs after the restart
                 return;
             }
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let engine = self.clone();
-            let instance = instance.clone();
+            let (instance, lane) = lanes[index].clone();
             let step = step.clone();
-            let queue = queue.clone();
             tokio::spawn(async move {
-                engine.handle(&instance, &step, &queue, message).await;
-                engine.dispatch.pending.fetch_sub(1, Ordering::Relaxed);
+                engine.handle(&instance, &step, &lane, message).await;
+                engine.dispatch.settled(&lane);
                 if engine.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
                     engine.idle.notify_waiters();
                 }
@@ -370,7 +370,7 @@ impl Engine {
         &self,
         instance: &InstanceRt,
         step: &StepRt,
-        queue: &WorkQueue,
+        lane: &Lane,
         message: StoredMessage,
     ) {
         // Until its commit, the message is marked as running: should the step kill the
@@ -380,7 +380,7 @@ impl Engine {
             Ok(e) => e,
             Err(e) => {
                 let ops = self.unreadable(step, &message, &e.to_string());
-                self.commit_or_requeue(ops, queue, message).await;
+                self.commit_or_requeue(ops, lane, message).await;
                 return;
             }
         };
@@ -397,7 +397,7 @@ impl Engine {
             Ok(result) => result,
             Err(error) => match self.after_failure(step, &message, &mut run, error) {
                 AfterFailure::Settled(ops) => {
-                    self.commit_or_requeue(ops, queue, message).await;
+                    self.commit_or_requeue(ops, lane, message).await;
                     return;
                 }
                 AfterFailure::Continue(output) => StepResult::Output(output),
@@ -406,7 +406,7 @@ impl Engine {
         let ops = self
             .route(instance, step, &envelope, &message, result, run)
             .await;
-        self.commit_or_requeue(ops, queue, message).await;
+        self.commit_or_requeue(ops, lane, message).await;
     }
 
     /// A message whose envelope cannot be read: dead-lettered, and its execution failed (it
@@ -465,7 +465,9 @@ impl Engine {
         let elapsed = clock.elapsed();
         self.metrics
             .step_seconds
-            .get_or_create(&step.labels)
+            .get_or_create(&StepLabels {
+                queue: instance.queue_of(step),
+            })
             .observe(elapsed.as_secs_f64());
         let run = StepRun {
             execution: execution.to_string(),
@@ -494,9 +496,12 @@ impl Engine {
         let id = &step.step.id;
         let execution = &message.execution;
         let at = now_ms();
+        let labels = StepLabels {
+            queue: message.queue.clone(),
+        };
         run.error = Some(text.clone());
         if error.retryable && message.attempt < retry.attempts {
-            self.metrics.retries.get_or_create(&step.labels).inc();
+            self.metrics.retries.get_or_create(&labels).inc();
             let delay = backoff(retry, message.attempt);
             tracing::warn!(step = %id, execution = %execution, attempt = message.attempt, "attempt failed, retrying in {delay:?}: {text}");
             run.status = StepRunStatus::Retrying;
@@ -525,7 +530,7 @@ impl Engine {
         let dead = step.step.on_error == OnError::DeadLetter;
         tracing::error!(step = %id, execution = %execution, "step failed{}: {text}", if dead { ", dead-lettered" } else { "" });
         let settle = if dead {
-            self.metrics.dead_letters.get_or_create(&step.labels).inc();
+            self.metrics.dead_letters.get_or_create(&labels).inc();
             Op::DeadLetter {
                 id: message.id,
                 step: id.clone(),
@@ -661,7 +666,9 @@ impl Engine {
                     continue;
                 }
             }
-            ops.push(Op::Enqueue(Self::message(&step, &envelope, execution)));
+            ops.push(Op::Enqueue(Self::message(
+                instance, &step, &envelope, execution,
+            )));
             enqueued += 1;
         }
         enqueued
@@ -684,7 +691,9 @@ impl Engine {
             Ok((start, first)) => {
                 let mut ops = vec![start];
                 let delta = i64::from(first.is_some());
-                ops.extend(first.map(|(step, env)| Op::Enqueue(Self::message(&step, &env, &id))));
+                ops.extend(
+                    first.map(|(step, env)| Op::Enqueue(Self::message(instance, &step, &env, &id))),
+                );
                 ops.push(Op::Pending {
                     execution: id.clone(),
                     delta,
@@ -703,12 +712,7 @@ impl Engine {
     /// backoff — the step's work is kept, never redone. Should the engine stop meanwhile, the
     /// message goes back to its queue: it is still in the store, so nothing is lost, and it runs
     /// again at the next start. Returns whether the commit happened.
-    async fn commit_or_requeue(
-        &self,
-        ops: Vec<Op>,
-        queue: &WorkQueue,
-        message: StoredMessage,
-    ) -> bool {
+    async fn commit_or_requeue(&self, ops: Vec<Op>, lane: &Lane, message: StoredMessage) -> bool {
         match self.commit_with_retry(ops).await {
             Ok(committed) => {
                 self.release_replies(committed);
@@ -718,8 +722,7 @@ impl Engine {
                 tracing::error!(
                     "store commit failed while stopping; the message runs again at the next start: {e}"
                 );
-                self.dispatch.pending.fetch_add(1, Ordering::Relaxed);
-                queue.push(message);
+                self.dispatch.requeue(lane, message);
                 false
             }
         }
@@ -796,7 +799,7 @@ impl Engine {
         output: &Value,
         item: Option<(usize, Value)>,
     ) -> Vec<Hop> {
-        let Some(flow) = instance.flows.get(&envelope.flow) else {
+        let Some(flow) = instance.flow(&envelope.flow) else {
             return Vec::new();
         };
         step.edges
@@ -853,7 +856,7 @@ impl Engine {
         *input_seen = input.clone();
         let connection = match &step.step.connection {
             Some(name) => {
-                let conn = instance.plan.connections.get(name);
+                let conn = instance.plan().connections.get(name);
                 let fields = instance.connections.get(name);
                 match conn.zip(fields) {
                     Some((conn, fields)) => Some((conn, fields.clone())),
@@ -889,11 +892,11 @@ impl Engine {
             Ok(Ok(result)) => result,
         }?;
         if let Outcome::Dispatch { flow, .. } = &outcome
-            && !instance.flows.contains_key(flow)
+            && instance.flow(flow).is_none()
         {
             return Err(StepError::permanent(format!(
                 "`{}` has no flow `{flow}` to dispatch to",
-                instance.plan.integration
+                instance.integration()
             )));
         }
         Ok(StepResult::Outcome(outcome))

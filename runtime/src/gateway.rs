@@ -23,6 +23,7 @@ use crate::auth::{self, Verdict, WebhookAuth};
 use crate::engine::Engine;
 use crate::error::{StartError, TemplateError};
 use crate::instance::InstanceRt;
+use crate::metrics::StepLabels;
 use crate::nesting::{MAX_NESTING, nesting};
 use crate::render;
 use crate::store::{Op, StoreError};
@@ -45,6 +46,8 @@ pub struct Hook {
 pub struct Limits {
     /// Above this many messages waiting, new calls get 503 (backpressure at the edge).
     pub max_pending: usize,
+    /// Messages one instance may have waiting or in flight.
+    pub max_instance_pending: usize,
     /// Largest accepted webhook body, in bytes.
     pub max_body: usize,
     /// Bytes of webhook bodies being received at once, across all calls; beyond it, 503.
@@ -87,7 +90,7 @@ pub fn hooks(
 ) -> Result<HashMap<(String, String, String), Hook>, StartError> {
     let mut hooks = HashMap::new();
     for instance in engine.instances() {
-        for flow in &instance.plan.flows {
+        for (flow, enabled) in instance.flows() {
             let Trigger::Webhook {
                 method,
                 path,
@@ -98,17 +101,19 @@ pub fn hooks(
             else {
                 continue;
             };
-            let auth = resolve_auth(engine, instance, auth.as_ref()).map_err(|source| {
+            let secret = instance.version.flows[&flow.name].webhook_secret.as_ref();
+            let auth = resolve_auth(instance, auth.as_ref(), secret).map_err(|source| {
                 StartError::Template {
                     instance: instance.key.clone(),
                     part: format!("{} webhook auth", flow.name),
                     source,
                 }
             })?;
-            let plan_limit = usize::try_from(instance.plan.runtime.max_body).unwrap_or(usize::MAX);
+            let plan_limit =
+                usize::try_from(instance.plan().runtime.max_body).unwrap_or(usize::MAX);
             let key = (
-                instance.plan.customer.clone(),
-                instance.plan.integration.clone(),
+                instance.customer.clone(),
+                instance.integration().to_string(),
                 path.clone(),
             );
             let hook = Hook {
@@ -118,7 +123,7 @@ pub fn hooks(
                 auth,
                 respond: *respond,
                 timeout: Duration::from_millis(*timeout_ms),
-                enabled: flow.enabled,
+                enabled,
                 max_body: plan_limit.min(max_body),
             };
             hooks.insert(key, hook);
@@ -127,18 +132,18 @@ pub fn hooks(
     Ok(hooks)
 }
 
-/// A webhook's auth with its secret rendered from the instance's config.
+/// A webhook's auth with its secret (`secret`, the auth's template compiled) rendered from the
+/// instance's config.
 fn resolve_auth(
-    engine: &Engine,
     instance: &InstanceRt,
     auth: Option<&plan::WebhookAuth>,
+    secret: Option<&render::Compiled>,
 ) -> Result<WebhookAuth, TemplateError> {
-    let Some(auth) = auth else {
+    let (Some(auth), Some(compiled)) = (auth, secret) else {
         return Ok(WebhookAuth::None);
     };
     let ctx = render::context(&json!({ "config": instance.config }));
-    let compiled = engine.renderer().compile(&json!(auth.secret_template()))?;
-    let value = render::render(&compiled, &ctx)?;
+    let value = render::render(compiled, &ctx)?;
     let secret = value
         .as_str()
         .map_or_else(|| value.to_string(), str::to_string);
@@ -170,12 +175,13 @@ pub fn app(state: Arc<GatewayState>) -> Router {
 async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
     let engine = &state.engine;
     for instance in engine.instances() {
-        for step in instance.flows.values().flat_map(|f| f.steps.values()) {
-            let depth = engine.queue_depth(&step.step.queue);
+        for step in instance.enabled_steps() {
+            let queue = instance.queue_of(step);
+            let depth = engine.queue_depth(&queue);
             engine
                 .metrics()
                 .queue_depth
-                .get_or_create(&step.labels)
+                .get_or_create(&StepLabels { queue })
                 .set(depth as i64);
         }
     }
@@ -336,12 +342,24 @@ fn route<'s>(state: &'s GatewayState, call: &Call) -> Result<&'s Hook, Refusal> 
     Ok(hook)
 }
 
-fn admit(state: &GatewayState, _hook: &Hook) -> Result<(), Refusal> {
+/// Takes an event unless the process is stopping or busy: busy for this instance first (its
+/// own backlog is at its share), then for everyone.
+fn admit(state: &GatewayState, hook: &Hook) -> Result<(), Refusal> {
     let engine = &state.engine;
     if engine.is_stopping() {
         return Err(Refusal::closing(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({ "error": "shutting down" }),
+        ));
+    }
+    if hook
+        .instance
+        .pending
+        .load(std::sync::atomic::Ordering::Relaxed)
+        >= state.limits.max_instance_pending
+    {
+        return Err(busy(
+            "busy: too many of this instance's messages waiting, retry later",
         ));
     }
     if engine.pending() >= state.limits.max_pending {

@@ -6,25 +6,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::atomic::AtomicUsize;
 use weft_plan::{self as plan, ConfigValue, Plan, Trigger};
 
 use crate::error::{StartError, TemplateError};
-use crate::metrics::StepLabels;
 use crate::render::{self, Compiled, Renderer};
 use crate::steps::{ActionCall, RenderedHttp};
 use crate::triggers::{PollRt, ScheduleRt};
 
-/// A step ready to run: its plan, compiled templates and outgoing edges.
+/// A step ready to run: its plan, compiled templates and outgoing edges. Shared by every
+/// instance of its integration version; what differs per instance (its queue, its config)
+/// comes from the [`InstanceRt`] it runs for.
 pub struct StepRt {
     /// The flow the step belongs to.
     pub flow: String,
+    /// The step's plan, its queue relative to the instance (see [`InstanceRt::queue_of`]).
     pub step: plan::Step,
     pub with: Compiled,
     /// Branch conditions, in order.
     pub cases: Vec<Compiled>,
     pub action: Option<ActionRt>,
     pub edges: Vec<plan::Edge>,
-    pub labels: StepLabels,
 }
 
 /// A component action with its `http` templates compiled.
@@ -71,20 +74,186 @@ impl ActionRt {
     }
 }
 
+/// One flow of an integration version, compiled.
 pub struct FlowRt {
     pub name: String,
-    pub entry_queue: Option<String>,
+    /// The first step (`None` for a flow without steps).
+    pub entry: Option<Arc<StepRt>>,
     pub steps: HashMap<String, Arc<StepRt>>,
     /// The poll trigger, compiled (`None` for other triggers).
     pub poll: Option<Arc<PollRt>>,
     /// The schedule, parsed (`None` for other triggers).
     pub schedule: Option<Arc<ScheduleRt>>,
+    /// The webhook's auth secret template (`None` for other triggers and open webhooks).
+    pub webhook_secret: Option<Compiled>,
 }
 
-/// One instance (customer × integration) ready to run.
+/// What every instance of one integration version shares: its plan without what differs per
+/// instance, and every template compiled once. Instances whose plans differ only in customer,
+/// config, secret names, queue names and enabled flows share one.
+pub struct VersionRt {
+    /// The plan with no customer, config or secret names, queues relative to the instance
+    /// (`<flow>.<step>`) and every flow enabled: read those from the [`InstanceRt`].
+    pub plan: Plan,
+    pub flows: HashMap<String, FlowRt>,
+}
+
+impl VersionRt {
+    /// Compiles a version from its first instance's plan, with `shared` its [`shared_part`].
+    fn build(
+        plan: &Plan,
+        shared: Plan,
+        renderer: &Renderer,
+        key: &str,
+    ) -> Result<VersionRt, StartError> {
+        let mut flows = HashMap::new();
+        for flow in &shared.flows {
+            let built = FlowBuilder {
+                plan,
+                renderer,
+                key,
+            }
+            .build(flow)?;
+            flows.insert(flow.name.clone(), built);
+        }
+        Ok(VersionRt {
+            plan: shared,
+            flows,
+        })
+    }
+}
+
+/// Builds instances, compiling each integration version once for all its instances.
+pub struct InstanceBuilder<'a> {
+    renderer: &'a Renderer,
+    secrets: &'a HashMap<String, String>,
+    public_url: &'a str,
+    versions: HashMap<[u8; 32], Arc<VersionRt>>,
+}
+
+impl<'a> InstanceBuilder<'a> {
+    /// `secrets` holds every secret's value by name, and `public_url` is where callers reach
+    /// the gateway (for `instance.flows[...].url`).
+    pub fn new(
+        renderer: &'a Renderer,
+        secrets: &'a HashMap<String, String>,
+        public_url: &'a str,
+    ) -> Self {
+        InstanceBuilder {
+            renderer,
+            secrets,
+            public_url,
+            versions: HashMap::new(),
+        }
+    }
+
+    /// Integration versions compiled so far.
+    pub fn versions(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Builds an instance from its plan, sharing its version with earlier instances of it.
+    pub fn build(&mut self, plan: &Plan) -> Result<InstanceRt, StartError> {
+        let key = plan.instance_key();
+        let (shared, queue_prefix) = shared_part(plan);
+        let digest: [u8; 32] =
+            Sha256::digest(serde_json::to_vec(&shared).unwrap_or_default()).into();
+        let version = match self.versions.get(&digest) {
+            Some(v) => v.clone(),
+            None => {
+                let v = Arc::new(VersionRt::build(plan, shared, self.renderer, &key)?);
+                self.versions.insert(digest, v.clone());
+                v
+            }
+        };
+        let config = resolve_config(plan, self.secrets);
+        let instance_value = instance_value(plan, self.public_url);
+        let connections =
+            render_connections(plan, self.renderer, &config).map_err(|(name, e)| {
+                StartError::Template {
+                    instance: key.clone(),
+                    part: format!("connection `{name}`"),
+                    source: e,
+                }
+            })?;
+        let enabled = plan.flows.iter().map(|f| f.enabled).collect();
+        let deploy_hash = plan
+            .flows
+            .iter()
+            .any(|f| matches!(f.trigger, Trigger::Deploy))
+            .then(|| hex::encode(Sha256::digest(serde_json::to_vec(plan).unwrap_or_default())));
+        let config = Value::Object(config);
+        Ok(InstanceRt {
+            key,
+            customer: plan.customer.clone(),
+            version,
+            queue_prefix,
+            enabled,
+            deploy_hash,
+            config_template: render::context(&config),
+            connections_template: render::context(
+                &serde_json::to_value(&connections).unwrap_or_default(),
+            ),
+            instance_template: render::context(&instance_value),
+            config,
+            instance_value,
+            connections,
+            pending: Arc::default(),
+        })
+    }
+}
+
+/// A plan's part shared by every instance of its integration version, and the prefix that
+/// makes its relative queue names the instance's. A plan whose queues do not start with the
+/// usual prefix keeps them whole (and so shares its version with no other instance).
+fn shared_part(plan: &Plan) -> (Plan, String) {
+    let prefix = format!("weft.{}.{}.", plan.customer, plan.integration);
+    let relative = |q: &str| q.strip_prefix(&prefix).map(str::to_string);
+    let all_prefixed = plan.flows.iter().all(|f| {
+        f.entry_queue
+            .as_deref()
+            .is_none_or(|q| relative(q).is_some())
+            && f.steps.iter().all(|s| relative(&s.queue).is_some())
+            && f.edges.iter().all(|e| relative(&e.queue).is_some())
+    });
+    let mut shared = plan.clone();
+    shared.customer.clear();
+    shared.config.clear();
+    shared.secrets.clear();
+    for flow in &mut shared.flows {
+        flow.enabled = true;
+        flow.trigger_secrets.clear();
+        for step in &mut flow.steps {
+            step.secrets.clear();
+        }
+    }
+    if !all_prefixed {
+        return (shared, String::new());
+    }
+    for flow in &mut shared.flows {
+        flow.entry_queue = flow.entry_queue.as_deref().and_then(relative);
+        for step in &mut flow.steps {
+            step.queue = relative(&step.queue).unwrap_or_default();
+        }
+        for edge in &mut flow.edges {
+            edge.queue = relative(&edge.queue).unwrap_or_default();
+        }
+    }
+    (shared, prefix)
+}
+
+/// One instance (customer × integration) ready to run: its integration version (shared) and
+/// what is its own.
 pub struct InstanceRt {
     pub key: String,
-    pub plan: Plan,
+    pub customer: String,
+    pub version: Arc<VersionRt>,
+    /// Prefixed to the version's relative queue names.
+    queue_prefix: String,
+    /// Whether the instance runs each of the version's flows, in the plan's order.
+    enabled: Vec<bool>,
+    /// The hash of the instance's whole plan, when it has a deploy flow (it runs once per hash).
+    pub deploy_hash: Option<String>,
     /// Config with secret values filled in from the environment.
     pub config: Value,
     /// `instance` as templates see it.
@@ -95,73 +264,59 @@ pub struct InstanceRt {
     /// Connection fields, rendered once at start (they read only `config`).
     pub connections: HashMap<String, Map<String, Value>>,
     pub connections_template: minijinja::Value,
-    pub flows: HashMap<String, FlowRt>,
+    /// The instance's messages waiting or in flight (the gateway's per-instance backpressure).
+    pub pending: Arc<AtomicUsize>,
 }
 
 impl InstanceRt {
-    /// Builds an instance from its plan: `secrets` holds every secret's value by name, and
-    /// `public_url` is where callers reach the gateway (for `instance.flows[...].url`).
-    pub fn build(
-        plan: &Plan,
-        renderer: &Renderer,
-        secrets: &HashMap<String, String>,
-        public_url: &str,
-    ) -> Result<InstanceRt, StartError> {
-        let key = plan.instance_key();
-        let template_error = |part: String| {
-            let instance = key.clone();
-            move |source| StartError::Template {
-                instance,
-                part,
-                source,
-            }
-        };
-        let config = resolve_config(plan, secrets);
-        let instance_value = instance_value(plan, public_url);
-        let connections = render_connections(plan, renderer, &config)
-            .map_err(|(name, e)| template_error(format!("connection `{name}`"))(e))?;
-        let mut flows = HashMap::new();
-        for flow in &plan.flows {
-            let built = FlowBuilder {
-                plan,
-                renderer,
-                key: &key,
-            }
-            .build(flow)?;
-            flows.insert(flow.name.clone(), built);
-        }
-        let config = Value::Object(config);
-        Ok(InstanceRt {
-            key,
-            plan: plan.clone(),
-            config_template: render::context(&config),
-            connections_template: render::context(
-                &serde_json::to_value(&connections).unwrap_or_default(),
-            ),
-            instance_template: render::context(&instance_value),
-            config,
-            instance_value,
-            connections,
-            flows,
-        })
+    /// The integration's name.
+    pub fn integration(&self) -> &str {
+        &self.version.plan.integration
+    }
+
+    /// The plan shared by the instance's version (see [`VersionRt::plan`]).
+    pub fn plan(&self) -> &Plan {
+        &self.version.plan
+    }
+
+    /// The compiled flow `name`.
+    pub fn flow(&self, name: &str) -> Option<&FlowRt> {
+        self.version.flows.get(name)
     }
 
     /// The plan of flow `name` (one of the instance's flows).
     pub fn flow_plan(&self, name: &str) -> &plan::Flow {
-        self.plan
+        self.version
+            .plan
             .flows
             .iter()
             .find(|f| f.name == name)
             .expect("a flow of the instance")
     }
 
-    /// Every step of the instance's enabled flows.
-    pub fn enabled_steps(&self) -> impl Iterator<Item = &Arc<StepRt>> {
-        self.plan
+    /// The version's flows with whether this instance runs each.
+    pub fn flows(&self) -> impl Iterator<Item = (&plan::Flow, bool)> {
+        self.version
+            .plan
             .flows
             .iter()
-            .filter(|f| f.enabled)
-            .flat_map(|f| self.flows[&f.name].steps.values())
+            .zip(self.enabled.iter().copied())
+    }
+
+    /// The flows this instance runs.
+    pub fn enabled_flows(&self) -> impl Iterator<Item = &plan::Flow> {
+        self.flows().filter(|(_, on)| *on).map(|(f, _)| f)
+    }
+
+    /// The instance's queue of `step`.
+    pub fn queue_of(&self, step: &StepRt) -> String {
+        format!("{}{}", self.queue_prefix, step.step.queue)
+    }
+
+    /// Every step of the instance's enabled flows.
+    pub fn enabled_steps(&self) -> impl Iterator<Item = &Arc<StepRt>> {
+        self.enabled_flows()
+            .flat_map(|f| self.version.flows[&f.name].steps.values())
     }
 }
 
@@ -264,12 +419,28 @@ impl FlowBuilder<'_> {
             )),
             _ => None,
         };
+        let entry = flow
+            .entry_queue
+            .as_ref()
+            .and_then(|queue| steps.values().find(|s| &s.step.queue == queue))
+            .cloned();
+        let webhook_secret = match &flow.trigger {
+            Trigger::Webhook {
+                auth: Some(auth), ..
+            } => Some(
+                self.renderer
+                    .compile(&json!(auth.secret_template()))
+                    .map_err(self.template_error(format!("{} webhook auth", flow.name)))?,
+            ),
+            _ => None,
+        };
         Ok(FlowRt {
             name: flow.name.clone(),
-            entry_queue: flow.entry_queue.clone(),
+            entry,
             steps,
             poll,
             schedule,
+            webhook_secret,
         })
     }
 
@@ -295,9 +466,6 @@ impl FlowBuilder<'_> {
                 .filter(|e| e.from == step.id)
                 .cloned()
                 .collect(),
-            labels: StepLabels {
-                queue: step.queue.clone(),
-            },
             step: step.clone(),
         })
     }

@@ -34,10 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use weft_plan::{Plan, Trigger};
 
-use crate::dispatch::{Dispatch, WorkQueue};
+use crate::dispatch::{Dispatch, Lane, StepQueue};
 use crate::engine::{Engine, EngineParts};
 pub use crate::error::{StartError, TriggerError};
 use crate::gateway::{GatewayState, Limits};
@@ -60,9 +59,18 @@ pub struct Options {
     /// How long a caller may take to send a request's headers, and then its body.
     pub read_timeout: Duration,
     pub deny_private: bool,
-    /// Messages a step works on at once (replicas × this in the embedded runtime).
+    /// Messages a step works on at once (replicas × this in the embedded runtime), shared by
+    /// every instance of its integration version.
     pub step_concurrency: usize,
+    /// Messages one instance may have running at once at a step it shares with other
+    /// instances. `None`: three quarters of the step's slots (the rest stay free for the
+    /// others even when one customer's upstream hangs).
+    pub instance_concurrency: Option<usize>,
     pub max_pending: usize,
+    /// Messages one instance may have waiting or in flight when the runtime serves several;
+    /// past it, its webhooks get 503 while other customers' are still taken. `None`: a
+    /// quarter of `max_pending`.
+    pub max_instance_pending: Option<usize>,
     pub drain_timeout: Duration,
     pub keep_executions: i64,
     pub keep_days: i64,
@@ -138,7 +146,9 @@ impl Default for Options {
             read_timeout: Duration::from_secs(30),
             deny_private: false,
             step_concurrency: 64,
+            instance_concurrency: None,
             max_pending: 200_000,
+            max_instance_pending: None,
             drain_timeout: Duration::from_secs(10),
             keep_executions: 10_000,
             keep_days: 7,
@@ -258,13 +268,21 @@ pub async fn start(
     check_role(&plans, &options)?;
     let renderer = Renderer::new();
     let instances = build_instances(&plans, &renderer, &secrets, &options.public_url)?;
+    let groups = step_groups(&instances, &options);
     // A step worker has no data folder: it keeps nothing.
     let lock = match options.role {
         Role::Step { .. } => None,
         Role::All | Role::Gateway => Some(lock_data_folder(&options.data_dir)?),
     };
     let dispatch = Arc::new(Dispatch::new(
-        work_queues(&instances),
+        groups
+            .iter()
+            .flat_map(|g| {
+                g.lanes
+                    .iter()
+                    .map(|(i, lane)| (i.queue_of(&g.step), lane.clone()))
+            })
+            .collect(),
         tokio::runtime::Handle::current(),
     ));
     let queues = open_queues(&plans, &options, &dispatch).await?;
@@ -282,7 +300,7 @@ pub async fn start(
         offline: options.offline.clone(),
     }));
     resume(&engine, &options.data_dir, &queues.running_at_stop).await?;
-    spawn_workers(&engine, &dispatch, options.step_concurrency, &options.role);
+    spawn_workers(&engine, groups);
     if let Some(broker) = &queues.broker {
         broker
             .start(&engine, options.step_concurrency, &options.role)
@@ -298,8 +316,15 @@ pub async fn start(
         spawn_housekeeping(&engine, &options);
         gateway::hooks(&engine, options.max_body)?
     };
+    let several = engine.instances().nth(1).is_some();
     let limits = Limits {
         max_pending: options.max_pending,
+        max_instance_pending: match options.max_instance_pending {
+            Some(n) => n,
+            None if several => options.max_pending / 4,
+            None => options.max_pending,
+        }
+        .max(1),
         max_body: options.max_body,
         body_budget: options.body_budget,
         body_timeout: options.read_timeout,
@@ -362,18 +387,90 @@ fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Every instance, ready to run, by `<customer>/<integration>`.
+/// Every instance, ready to run, by `<customer>/<integration>`: each integration version is
+/// compiled once and shared by its instances.
 fn build_instances(
     plans: &[Plan],
     renderer: &Renderer,
     secrets: &HashMap<String, String>,
     public_url: &str,
 ) -> Result<HashMap<String, Arc<InstanceRt>>, StartError> {
-    plans
+    let mut builder = instance::InstanceBuilder::new(renderer, secrets, public_url);
+    let instances = plans
         .iter()
         .map(|plan| {
-            let instance = InstanceRt::build(plan, renderer, secrets, public_url)?;
+            let instance = builder.build(plan)?;
             Ok((instance.key.clone(), Arc::new(instance)))
+        })
+        .collect::<Result<HashMap<_, _>, StartError>>()?;
+    tracing::debug!(
+        "{} instance(s) of {} integration version(s)",
+        instances.len(),
+        builder.versions()
+    );
+    Ok(instances)
+}
+
+/// One step of an integration version that this process runs, for every instance that has
+/// its flow enabled: one queue with a lane per instance, and one worker loop.
+struct StepGroup {
+    step: Arc<instance::StepRt>,
+    queue: Arc<StepQueue>,
+    lanes: Arc<Vec<(Arc<InstanceRt>, Lane)>>,
+    concurrency: usize,
+}
+
+/// The step groups of every enabled flow `options.role` runs, in a stable order.
+fn step_groups(instances: &HashMap<String, Arc<InstanceRt>>, options: &Options) -> Vec<StepGroup> {
+    let mut keys: Vec<&String> = instances.keys().collect();
+    keys.sort();
+    // By version (its address: one per version), flow and step.
+    let mut members: std::collections::BTreeMap<(usize, String, String), Vec<Arc<InstanceRt>>> =
+        Default::default();
+    let mut steps: HashMap<(usize, String, String), Arc<instance::StepRt>> = HashMap::new();
+    for key in keys {
+        let instance = &instances[key];
+        let version = Arc::as_ptr(&instance.version) as usize;
+        for flow in instance.enabled_flows() {
+            for step in instance.version.flows[&flow.name].steps.values() {
+                if !options.role.runs_step(flow, &step.step) {
+                    continue;
+                }
+                let at = (version, flow.name.clone(), step.step.id.clone());
+                steps.entry(at.clone()).or_insert_with(|| step.clone());
+                members.entry(at).or_default().push(instance.clone());
+            }
+        }
+    }
+    members
+        .into_iter()
+        .map(|(at, instances)| {
+            let step = steps.remove(&at).expect("a step per group");
+            let concurrency =
+                options.step_concurrency.max(1) * options.role.replicas_here(&step.step);
+            let lane_limit = match instances.len() {
+                1 => concurrency,
+                _ => options.instance_concurrency.unwrap_or(concurrency * 3 / 4),
+            };
+            let queue = Arc::new(StepQueue::new(instances.len(), lane_limit));
+            let lanes = instances
+                .into_iter()
+                .enumerate()
+                .map(|(index, instance)| {
+                    let lane = Lane {
+                        queue: queue.clone(),
+                        index,
+                        pending: instance.pending.clone(),
+                    };
+                    (instance, lane)
+                })
+                .collect();
+            StepGroup {
+                step,
+                queue,
+                lanes: Arc::new(lanes),
+                concurrency,
+            }
         })
         .collect()
 }
@@ -384,7 +481,7 @@ fn redactor(
     instances: &HashMap<String, Arc<InstanceRt>>,
 ) -> Redactor {
     let basic = instances.values().flat_map(|i| {
-        i.plan
+        i.plan()
             .connections
             .iter()
             .filter(|(_, c)| c.auth == weft_plan::AuthKind::Basic)
@@ -397,15 +494,6 @@ fn redactor(
             })
     });
     Redactor::with_derived_forms(secrets.values().cloned(), basic)
-}
-
-/// One in-memory queue per step.
-fn work_queues(instances: &HashMap<String, Arc<InstanceRt>>) -> HashMap<String, Arc<WorkQueue>> {
-    instances
-        .values()
-        .flat_map(|i| i.flows.values().flat_map(|f| f.steps.values()))
-        .map(|s| (s.step.queue.clone(), Arc::new(WorkQueue::default())))
-        .collect()
 }
 
 /// One process per data folder: two would both run the same messages.
@@ -534,61 +622,50 @@ fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
     engine.give_up(message, &step, error)
 }
 
-/// One worker loop per step of every enabled flow that `role` runs.
-fn spawn_workers(engine: &Arc<Engine>, dispatch: &Dispatch, step_concurrency: usize, role: &Role) {
-    for instance in engine.instances() {
-        for step in instance.enabled_steps() {
-            if !role.runs_step(instance.flow_plan(&step.flow), &step.step) {
-                continue;
-            }
-            let queue = dispatch.queues[&step.step.queue].clone();
-            let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
-            tokio::spawn(
-                engine
-                    .clone()
-                    .worker(instance.clone(), step.clone(), queue, concurrency),
-            );
-        }
+/// One worker loop per step group.
+fn spawn_workers(engine: &Arc<Engine>, groups: Vec<StepGroup>) {
+    for group in groups {
+        tokio::spawn(engine.clone().worker(
+            group.step,
+            group.queue,
+            group.lanes,
+            group.concurrency,
+        ));
     }
 }
 
-/// Schedules, polls and deploy flows of every enabled flow.
+/// Schedules and polls of every enabled flow, on one timer wheel; deploy flows once each.
 fn spawn_triggers(engine: &Arc<Engine>) {
+    let mut timed = Vec::new();
     for instance in engine.instances() {
-        for flow in instance.plan.flows.iter().filter(|f| f.enabled) {
-            let name = flow.name.clone();
-            match &flow.trigger {
+        for flow in instance.enabled_flows() {
+            let compiled = &instance.version.flows[&flow.name];
+            let kind = match &flow.trigger {
                 Trigger::Schedule { .. } => {
-                    if let Some(schedule) = instance.flows[&flow.name].schedule.clone() {
-                        tokio::spawn(triggers::schedule(
-                            engine.clone(),
-                            instance.clone(),
-                            name,
-                            schedule,
-                        ));
-                    }
+                    compiled.schedule.clone().map(triggers::Timed::Schedule)
                 }
+                Trigger::Poll { .. } => compiled.poll.clone().map(triggers::Timed::Poll),
                 Trigger::Deploy => {
                     tokio::spawn(triggers::deploy(
                         engine.clone(),
                         instance.clone(),
-                        name,
-                        plan_hash(&instance.plan),
+                        flow.name.clone(),
+                        instance.deploy_hash.clone().unwrap_or_default(),
                     ));
+                    None
                 }
-                Trigger::Poll { .. } => {
-                    if let Some(poll) = instance.flows[&flow.name].poll.clone() {
-                        tokio::spawn(triggers::poll(engine.clone(), instance.clone(), name, poll));
-                    }
-                }
-                Trigger::Webhook { .. } => {}
-            }
+                Trigger::Webhook { .. } => None,
+            };
+            timed.extend(kind.map(|kind| triggers::Timer {
+                instance: instance.clone(),
+                flow: flow.name.clone(),
+                kind,
+            }));
         }
     }
-}
-
-fn plan_hash(plan: &Plan) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(plan).unwrap_or_default()))
+    if !timed.is_empty() {
+        tokio::spawn(triggers::timer_wheel(engine.clone(), timed));
+    }
 }
 
 /// Replays requested from other processes, and history retention.

@@ -3,6 +3,8 @@
 //! executions they start: a restart neither runs a schedule twice nor skips one, and a poll's
 //! cursor never moves past items that were not enqueued.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,58 +38,183 @@ impl ScheduleRt {
     }
 }
 
-/// Runs a schedule until the engine stops. The last fired time is saved with each execution;
-/// after a restart, an occurrence missed while the process was down runs once.
-pub async fn schedule(
-    engine: Arc<Engine>,
-    instance: Arc<InstanceRt>,
-    flow: String,
-    schedule: Arc<ScheduleRt>,
-) {
-    let (cron, tz) = (&schedule.cron, schedule.timezone);
-    let key = format!("schedule:{}:{flow}", instance.key);
-    let mut last: i64 = engine
-        .store()
-        .state(&key)
-        .ok()
-        .flatten()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| Utc::now().timestamp_millis());
-    while !engine.is_stopping() {
-        let after = tz
-            .timestamp_millis_opt(last)
-            .single()
-            .unwrap_or_else(|| tz.from_utc_datetime(&Utc::now().naive_utc()));
-        let Ok(next) = cron.find_next_occurrence(&after, false) else {
-            tracing::error!(flow = %flow, instance = %instance.key, "the schedule has no next occurrence; it stops");
-            return;
-        };
-        let due = next.timestamp_millis();
-        let wait = due - now_ms();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait.min(60_000) as u64)).await;
-            continue; // re-check (stop flag, clock changes)
-        }
-        let trigger = json!({ "time": next.to_rfc3339(), "scheduled_at": next.with_timezone(&Utc).to_rfc3339() });
-        let extra = vec![Op::SetState {
-            key: key.clone(),
-            value: due.to_string(),
-        }];
-        match engine
-            .start_execution(&instance, &flow, trigger, extra)
-            .await
-        {
-            Ok(id) => {
-                tracing::info!(flow = %flow, instance = %instance.key, execution = %id, "schedule fired for {next}");
-                // Missed occurrences collapse into this one run: continue from now.
-                last = due.max(now_ms() - 1000);
+/// A schedule or a poll of one instance's flow, fired by the [`timer_wheel`].
+pub struct Timer {
+    pub instance: Arc<InstanceRt>,
+    pub flow: String,
+    pub kind: Timed,
+}
+
+/// What a timer fires.
+pub enum Timed {
+    Schedule(Arc<ScheduleRt>),
+    Poll(Arc<PollRt>),
+}
+
+/// The longest the wheel sleeps: it looks at the clock (and the stop flag) at least this often.
+const LONGEST_SLEEP_MS: i64 = 60_000;
+
+/// Fires every schedule and poll of the runtime from one task: timers wait in a heap by due
+/// time, and an idle fleet costs one sleeping task, not one per instance. A firing runs in a
+/// task of its own and hands its timer's next due time back.
+///
+/// A schedule's last fired time is saved with each execution; after a restart, an occurrence
+/// missed while the process was down runs once. A poll runs at start, then `every` after each
+/// poll ends.
+pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
+    let timers: Arc<Vec<Timer>> = Arc::new(timers);
+    let (rearm, mut due_again) = tokio::sync::mpsc::unbounded_channel::<(i64, usize)>();
+    let mut heap = BinaryHeap::new();
+    // A schedule's last fired time, by timer.
+    let mut last = HashMap::new();
+    for (i, timer) in timers.iter().enumerate() {
+        match &timer.kind {
+            Timed::Schedule(schedule) => {
+                let fired = engine
+                    .store()
+                    .state(&schedule_key(timer))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(now_ms);
+                last.insert(i, fired);
+                match next_occurrence(schedule, fired) {
+                    Some((due, _)) => heap.push(Reverse((due, i))),
+                    None => no_next_occurrence(timer),
+                }
             }
-            Err(e) => {
-                tracing::error!("schedule {flow}: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            Timed::Poll(_) => heap.push(Reverse((now_ms(), i))),
+        }
+    }
+    let last = Arc::new(std::sync::Mutex::new(last));
+    while !engine.is_stopping() {
+        let wait = heap
+            .peek()
+            .map_or(LONGEST_SLEEP_MS, |Reverse((due, _))| due - now_ms())
+            .clamp(0, LONGEST_SLEEP_MS);
+        tokio::select! {
+            Some(entry) = due_again.recv() => heap.push(Reverse(entry)),
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {
+                if engine.is_stopping() {
+                    return;
+                }
+                let now = now_ms();
+                while let Some(&Reverse((due, i))) = heap.peek() {
+                    if due > now {
+                        break;
+                    }
+                    heap.pop();
+                    tokio::spawn(fire(
+                        engine.clone(),
+                        timers.clone(),
+                        i,
+                        last.clone(),
+                        rearm.clone(),
+                    ));
+                }
             }
         }
     }
+}
+
+/// Runs timer `i` once and sends its next due time to the wheel.
+async fn fire(
+    engine: Arc<Engine>,
+    timers: Arc<Vec<Timer>>,
+    i: usize,
+    last: Arc<std::sync::Mutex<HashMap<usize, i64>>>,
+    rearm: tokio::sync::mpsc::UnboundedSender<(i64, usize)>,
+) {
+    if engine.is_stopping() {
+        return;
+    }
+    let timer = &timers[i];
+    let next_due = match &timer.kind {
+        Timed::Poll(poll) => {
+            let key = format!("cursor:{}:{}", timer.instance.key, timer.flow);
+            if let Err(e) = poll_once(&engine, &timer.instance, &timer.flow, poll, &key).await {
+                tracing::warn!(flow = %timer.flow, instance = %timer.instance.key, "poll failed: {}", engine.redactor().str(&e.to_string()));
+            }
+            Some(now_ms() + poll.every.as_millis() as i64)
+        }
+        Timed::Schedule(schedule) => {
+            let fired = last.lock().unwrap_or_else(|p| p.into_inner())[&i];
+            match fire_schedule(&engine, timer, schedule, fired).await {
+                Some(fired) => {
+                    last.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(i, fired);
+                    next_occurrence(schedule, fired).map(|(due, _)| due)
+                }
+                None => Some(now_ms() + 1000),
+            }
+        }
+    };
+    match next_due {
+        Some(due) => {
+            let _ = rearm.send((due, i));
+        }
+        None => no_next_occurrence(timer),
+    }
+}
+
+/// Starts the execution of the schedule's occurrence after `fired`, if it is due (the clock may
+/// have moved back since it was armed). Returns the new last fired time, or `None` when the
+/// start failed (it is tried again in a second).
+async fn fire_schedule(
+    engine: &Engine,
+    timer: &Timer,
+    schedule: &ScheduleRt,
+    fired: i64,
+) -> Option<i64> {
+    let Some((due, next)) = next_occurrence(schedule, fired) else {
+        return Some(fired); // no next occurrence: the wheel drops it
+    };
+    if due > now_ms() {
+        return Some(fired); // not yet: armed again for `due`
+    }
+    let trigger =
+        json!({ "time": next.to_rfc3339(), "scheduled_at": next.with_timezone(&Utc).to_rfc3339() });
+    let extra = vec![Op::SetState {
+        key: schedule_key(timer),
+        value: due.to_string(),
+    }];
+    match engine
+        .start_execution(&timer.instance, &timer.flow, trigger, extra)
+        .await
+    {
+        Ok(id) => {
+            tracing::info!(flow = %timer.flow, instance = %timer.instance.key, execution = %id, "schedule fired for {next}");
+            // Missed occurrences collapse into this one run: continue from now.
+            Some(due.max(now_ms() - 1000))
+        }
+        Err(e) => {
+            tracing::error!("schedule {}: {e}", timer.flow);
+            None
+        }
+    }
+}
+
+fn schedule_key(timer: &Timer) -> String {
+    format!("schedule:{}:{}", timer.instance.key, timer.flow)
+}
+
+/// The schedule's first occurrence after `after` (ms), as ms and as a time in its timezone.
+fn next_occurrence(
+    schedule: &ScheduleRt,
+    after: i64,
+) -> Option<(i64, chrono::DateTime<chrono_tz::Tz>)> {
+    let tz = schedule.timezone;
+    let after = tz
+        .timestamp_millis_opt(after)
+        .single()
+        .unwrap_or_else(|| tz.from_utc_datetime(&Utc::now().naive_utc()));
+    let next = schedule.cron.find_next_occurrence(&after, false).ok()?;
+    Some((next.timestamp_millis(), next))
+}
+
+fn no_next_occurrence(timer: &Timer) {
+    tracing::error!(flow = %timer.flow, instance = %timer.instance.key, "the schedule has no next occurrence; it stops");
 }
 
 /// A compiled poll trigger.
@@ -100,18 +227,6 @@ pub struct PollRt {
     pub with: Compiled,
     pub items: Option<Compiled>,
     pub cursor: Option<Compiled>,
-}
-
-/// Polls until the engine stops: one execution per new item, and the new cursor saved in the
-/// same commit as those executions.
-pub async fn poll(engine: Arc<Engine>, instance: Arc<InstanceRt>, flow: String, poll: Arc<PollRt>) {
-    let key = format!("cursor:{}:{flow}", instance.key);
-    while !engine.is_stopping() {
-        if let Err(e) = poll_once(&engine, &instance, &flow, &poll, &key).await {
-            tracing::warn!(flow = %flow, instance = %instance.key, "poll failed: {}", engine.redactor().str(&e.to_string()));
-        }
-        tokio::time::sleep(poll.every).await;
-    }
 }
 
 async fn poll_once(
@@ -215,7 +330,7 @@ fn poll_connection<'i>(
     name: &str,
 ) -> Result<(&'i weft_plan::Connection, serde_json::Map<String, Value>), TriggerError> {
     let missing = || TriggerError::Poll(format!("no connection `{name}`"));
-    let plan = instance.plan.connections.get(name).ok_or_else(missing)?;
+    let plan = instance.plan().connections.get(name).ok_or_else(missing)?;
     let fields = instance.connections.get(name).ok_or_else(missing)?;
     Ok((plan, fields.clone()))
 }

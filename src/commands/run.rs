@@ -47,9 +47,22 @@ pub struct Args {
     /// Largest accepted webhook body in bytes (default: weft.yaml's gateway.max_body, else 10 MB).
     #[arg(long)]
     pub max_body: Option<usize>,
-    /// Messages each step works on at once.
+    /// Messages each step works on at once, shared by every instance of its integration
+    /// version.
     #[arg(long, default_value_t = 64)]
     pub step_concurrency: usize,
+    /// Messages one instance may have running at once at a step it shares with other
+    /// instances (default: three quarters of --step-concurrency): a customer whose upstream
+    /// hangs holds at most this many of the step's slots.
+    #[arg(long, value_name = "N")]
+    pub instance_concurrency: Option<usize>,
+    /// Messages waiting or in flight, in all; past it, webhooks get 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub max_pending: usize,
+    /// Messages one instance may have waiting or in flight when several run here (default: a
+    /// quarter of --max-pending); past it, that instance's webhooks get 503, others' do not.
+    #[arg(long, value_name = "N")]
+    pub max_pending_per_instance: Option<usize>,
     /// Seconds to let in-flight steps finish after Ctrl-C/SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub drain_timeout: u64,
@@ -201,6 +214,9 @@ pub fn run_as(
         deny_private: args.deny_private_addresses
             || plans.iter().any(|p| p.policy.deny_private_addresses),
         step_concurrency: args.step_concurrency.max(1),
+        instance_concurrency: args.instance_concurrency.map(|n| n.max(1)),
+        max_pending: args.max_pending.max(1),
+        max_instance_pending: args.max_pending_per_instance.map(|n| n.max(1)),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         keep_executions: args.keep_executions,
         keep_days: args.keep_days,
@@ -214,7 +230,6 @@ pub fn run_as(
         broker_replicas: args.broker_replicas.max(1),
         role,
         offline: None,
-        ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

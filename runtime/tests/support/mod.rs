@@ -85,6 +85,8 @@ impl Sink {
 
 pub const SECRET: &str = "canary-hook-secret-7c1d";
 pub const TOKEN: &str = "canary-crm-token-93ab";
+/// globex's token, for the tests with several customers.
+pub const GLOBEX_TOKEN: &str = "canary-globex-token-51e0";
 
 pub fn repo(sink: SocketAddr, extra_flows: &str) -> Sources {
     let mut s = Sources::default();
@@ -139,10 +141,14 @@ flows:
 
 /// The secrets of the orders repository, by environment variable.
 pub fn secrets() -> HashMap<String, String> {
-    [("HOOK_SECRET", SECRET), ("CRM_TOKEN", TOKEN)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    [
+        ("HOOK_SECRET", SECRET),
+        ("CRM_TOKEN", TOKEN),
+        ("CRM_TOKEN_GLOBEX", GLOBEX_TOKEN),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
 }
 
 /// The plans of `sources`, which must compile without errors.
@@ -232,9 +238,14 @@ impl Running {
     }
 
     pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.post_signed("acme", "/orders", body).await
+    }
+
+    /// Posts a signed event to `customer`'s orders webhook at `path`.
+    pub async fn post_signed(&self, customer: &str, path: &str, body: &Value) -> reqwest::Response {
         let raw = serde_json::to_vec(body).unwrap();
         self.client
-            .post(format!("{}/hooks/acme/orders/orders", self.url))
+            .post(format!("{}/hooks/{customer}/orders{path}", self.url))
             .header("content-type", "application/json")
             .header("X-Signature", auth::sign_hmac(SECRET.as_bytes(), &raw))
             .body(raw)
