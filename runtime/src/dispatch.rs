@@ -2,10 +2,10 @@
 //! queue (at once, or when its retry delay has passed); workers pop from there.
 //!
 //! One [`StepQueue`] serves a step of an integration version for every instance that runs it:
-//! each instance has its own lane, and the step's worker takes the lanes in turn (round-robin),
-//! so one customer's flood waits behind its own messages, not in front of everyone else's. A
-//! lane may hold at most its limit of the step's slots at once: a customer whose upstream hangs
-//! fills its own share, not the step.
+//! each instance has its own lane, and the step's worker takes the lanes in turn (round-robin,
+//! the lane with the fewest messages running first), so one customer's flood waits behind its
+//! own messages, not in front of everyone else's. A lane may hold at most its limit of the
+//! step's slots at once: a customer whose upstream hangs fills its own share, not the step.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,6 +39,21 @@ struct LaneState {
 }
 
 impl Lanes {
+    /// The position in the turn of the first lane with the fewest messages running.
+    fn least_running(&self) -> Option<usize> {
+        let mut best: Option<(usize, usize)> = None;
+        for (at, &lane) in self.turn.iter().enumerate() {
+            let running = self.lanes[lane].running;
+            if best.is_none_or(|(_, r)| running < r) {
+                best = Some((at, running));
+                if running == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|(at, _)| at)
+    }
+
     /// Puts `lane` in the turn if it has work and room, and is not there yet.
     fn offer(&mut self, lane: usize, limit: usize) -> bool {
         let l = &mut self.lanes[lane];
@@ -78,13 +93,16 @@ impl StepQueue {
         }
     }
 
-    /// The next message, from the next lane in turn with room; the lane counts it as running
-    /// until [`StepQueue::finish`].
+    /// The next message, from the lane in turn with the fewest messages running (the first in
+    /// turn among equals: round-robin when lanes run alike); the lane counts it as running
+    /// until [`StepQueue::finish`]. A light customer's message so goes before a heavy one's
+    /// whose slots are full (a flood, or an upstream that hangs).
     pub async fn pop(&self) -> (usize, StoredMessage) {
         loop {
             {
                 let mut state = self.lock();
-                while let Some(lane) = state.turn.pop_front() {
+                while let Some(at) = state.least_running() {
+                    let lane = state.turn.remove(at).expect("a lane in turn");
                     state.lanes[lane].in_turn = false;
                     let Some(m) = state.lanes[lane].items.pop_front() else {
                         continue;
@@ -261,6 +279,23 @@ mod tests {
         assert_eq!(pop_now(&q).await, Some((0, 2)));
         assert_eq!(q.lane_running(0), 2);
         assert_eq!(q.lane_len(0), 2);
+    }
+
+    #[tokio::test]
+    async fn the_lane_with_the_fewest_running_goes_first() {
+        let q = StepQueue::new(2, 10);
+        for id in 0..4 {
+            q.push(0, message(id));
+        }
+        assert_eq!(pop_now(&q).await, Some((0, 0)));
+        assert_eq!(pop_now(&q).await, Some((0, 1)));
+        // Lane 0 runs two; lane 1, arriving after, goes before lane 0's third.
+        q.push(1, message(10));
+        q.push(1, message(11));
+        assert_eq!(pop_now(&q).await, Some((1, 10)));
+        assert_eq!(pop_now(&q).await, Some((1, 11)));
+        // Both run two: in turn again.
+        assert_eq!(pop_now(&q).await, Some((0, 2)));
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::AtomicUsize;
@@ -123,59 +124,83 @@ impl VersionRt {
     }
 }
 
-/// Builds instances, compiling each integration version once for all its instances.
-pub struct InstanceBuilder<'a> {
-    renderer: &'a Renderer,
-    secrets: &'a HashMap<String, String>,
-    public_url: &'a str,
-    versions: HashMap<[u8; 32], Arc<VersionRt>>,
+/// Builds every instance, compiling each integration version once for all its instances;
+/// returns them in the order of `plans`, with the number of versions. The work is spread
+/// over every core: a fleet has thousands of instances. `secrets` holds every secret's value
+/// by name, and `public_url` is where callers reach the gateway (for
+/// `instance.flows[...].url`). Of several errors, the first plan's is returned.
+pub fn build_instances(
+    plans: &[Plan],
+    renderer: &Renderer,
+    secrets: &HashMap<String, String>,
+    public_url: &str,
+) -> Result<(Vec<InstanceRt>, usize), StartError> {
+    let keyed: Vec<(Plan, String, [u8; 32])> = plans
+        .par_iter()
+        .map(|plan| {
+            let (shared, prefix) = shared_part(plan);
+            let digest = Sha256::digest(serde_json::to_vec(&shared).unwrap_or_default()).into();
+            (shared, prefix, digest)
+        })
+        .collect();
+    // Each version is compiled from its first instance's plan.
+    let mut first: HashMap<[u8; 32], usize> = HashMap::new();
+    for (i, (_, _, digest)) in keyed.iter().enumerate() {
+        first.entry(*digest).or_insert(i);
+    }
+    let mut firsts: Vec<usize> = first.into_values().collect();
+    firsts.sort_unstable();
+    let versions: HashMap<[u8; 32], Arc<VersionRt>> = firsts
+        .par_iter()
+        .map(|&i| {
+            let plan = &plans[i];
+            let version =
+                VersionRt::build(plan, keyed[i].0.clone(), renderer, &plan.instance_key())?;
+            Ok((keyed[i].2, Arc::new(version)))
+        })
+        .collect::<Vec<Result<_, StartError>>>()
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let count = versions.len();
+    let instances = plans
+        .par_iter()
+        .zip(keyed.into_par_iter())
+        .map(|(plan, (_, prefix, digest))| {
+            InstanceRt::build(
+                plan,
+                versions[&digest].clone(),
+                prefix,
+                renderer,
+                secrets,
+                public_url,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((instances, count))
 }
 
-impl<'a> InstanceBuilder<'a> {
-    /// `secrets` holds every secret's value by name, and `public_url` is where callers reach
-    /// the gateway (for `instance.flows[...].url`).
-    pub fn new(
-        renderer: &'a Renderer,
-        secrets: &'a HashMap<String, String>,
-        public_url: &'a str,
-    ) -> Self {
-        InstanceBuilder {
-            renderer,
-            secrets,
-            public_url,
-            versions: HashMap::new(),
-        }
-    }
-
-    /// Integration versions compiled so far.
-    pub fn versions(&self) -> usize {
-        self.versions.len()
-    }
-
-    /// Builds an instance from its plan, sharing its version with earlier instances of it.
-    pub fn build(&mut self, plan: &Plan) -> Result<InstanceRt, StartError> {
+impl InstanceRt {
+    /// The instance of `plan`, of integration version `version`.
+    fn build(
+        plan: &Plan,
+        version: Arc<VersionRt>,
+        queue_prefix: String,
+        renderer: &Renderer,
+        secrets: &HashMap<String, String>,
+        public_url: &str,
+    ) -> Result<InstanceRt, StartError> {
         let key = plan.instance_key();
-        let (shared, queue_prefix) = shared_part(plan);
-        let digest: [u8; 32] =
-            Sha256::digest(serde_json::to_vec(&shared).unwrap_or_default()).into();
-        let version = match self.versions.get(&digest) {
-            Some(v) => v.clone(),
-            None => {
-                let v = Arc::new(VersionRt::build(plan, shared, self.renderer, &key)?);
-                self.versions.insert(digest, v.clone());
-                v
+        let config = resolve_config(plan, secrets);
+        let instance_value = instance_value(plan, public_url);
+        let connections = render_connections(plan, renderer, &config).map_err(|(name, e)| {
+            StartError::Template {
+                instance: key.clone(),
+                part: format!("connection `{name}`"),
+                source: e,
             }
-        };
-        let config = resolve_config(plan, self.secrets);
-        let instance_value = instance_value(plan, self.public_url);
-        let connections =
-            render_connections(plan, self.renderer, &config).map_err(|(name, e)| {
-                StartError::Template {
-                    instance: key.clone(),
-                    part: format!("connection `{name}`"),
-                    source: e,
-                }
-            })?;
+        })?;
         let enabled = plan.flows.iter().map(|f| f.enabled).collect();
         let deploy_hash = plan
             .flows

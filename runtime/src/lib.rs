@@ -395,18 +395,14 @@ fn build_instances(
     secrets: &HashMap<String, String>,
     public_url: &str,
 ) -> Result<HashMap<String, Arc<InstanceRt>>, StartError> {
-    let mut builder = instance::InstanceBuilder::new(renderer, secrets, public_url);
-    let instances = plans
-        .iter()
-        .map(|plan| {
-            let instance = builder.build(plan)?;
-            Ok((instance.key.clone(), Arc::new(instance)))
-        })
-        .collect::<Result<HashMap<_, _>, StartError>>()?;
+    let (built, versions) = instance::build_instances(plans, renderer, secrets, public_url)?;
+    let instances: HashMap<String, Arc<InstanceRt>> = built
+        .into_iter()
+        .map(|i| (i.key.clone(), Arc::new(i)))
+        .collect();
     tracing::debug!(
-        "{} instance(s) of {} integration version(s)",
-        instances.len(),
-        builder.versions()
+        "{} instance(s) of {versions} integration version(s)",
+        instances.len()
     );
     Ok(instances)
 }

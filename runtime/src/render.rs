@@ -8,7 +8,9 @@
 //! value is converted to JSON under a byte budget ([`max_output`]), a template's text output
 //! is written through the same bound, and `tojson` caps its indent.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use minijinja::value::{Kwargs, Serde, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Expression, Template, UndefinedBehavior};
@@ -42,19 +44,30 @@ pub fn max_output() -> usize {
     MAX_OUTPUT.load(Ordering::Relaxed)
 }
 
-/// A value with its templates compiled.
+/// A value with its templates compiled. A template's compiled form is shared by every value
+/// with the same source (see [`Renderer::compile`]).
 pub enum Compiled {
     Literal(Value),
-    Expr(Expression<'static, 'static>, &'static str),
-    Template(Template<'static, 'static>),
+    Expr(Arc<Expression<'static, 'static>>, &'static str),
+    Template(Arc<Template<'static, 'static>>),
     Array(Vec<Compiled>),
     Object(Vec<(String, Compiled)>),
 }
 
-/// The template environment, shared by every step for the life of the process.
+/// The template environment, shared by every step for the life of the process, and every
+/// template compiled so far by source: one compiled template costs about 12 KB (minijinja
+/// keeps room for 256 instructions), and the instances and versions of a fleet repeat theirs.
 #[derive(Clone, Copy)]
 pub struct Renderer {
     env: &'static Environment<'static>,
+    compiled: &'static Mutex<HashMap<&'static str, Shared>>,
+}
+
+/// A compiled template or expression, shared by source.
+#[derive(Clone)]
+enum Shared {
+    Expr(Arc<Expression<'static, 'static>>, &'static str),
+    Template(Arc<Template<'static, 'static>>),
 }
 
 impl Default for Renderer {
@@ -73,38 +86,49 @@ impl Renderer {
         // Plans live as long as the process: the environment and compiled templates do too.
         Renderer {
             env: Box::leak(Box::new(env)),
+            compiled: Box::leak(Box::default()),
         }
+    }
+
+    /// The compiled form of template source `s`, compiled at its first use.
+    fn shared(&self, s: &str) -> Result<Shared, TemplateError> {
+        let mut compiled = self.compiled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = compiled.get(s) {
+            return Ok(found.clone());
+        }
+        // Compiled templates borrow their source: it lives as long as the process.
+        let source: &'static str = Box::leak(s.to_string().into_boxed_str());
+        let trimmed = source.trim();
+        let inner = trimmed
+            .strip_prefix("{{")
+            .and_then(|t| t.strip_suffix("}}"))
+            .filter(|t| !t.contains("{{") && !t.contains("}}") && !t.contains("{%"));
+        let shared = match inner {
+            Some(expr) => {
+                let expr = expr.trim();
+                let compiled = self
+                    .env
+                    .compile_expression(expr)
+                    .map_err(|e| syntax(s, &e))?;
+                Shared::Expr(Arc::new(compiled), expr)
+            }
+            None => Shared::Template(Arc::new(
+                self.env
+                    .template_from_str(source)
+                    .map_err(|e| syntax(s, &e))?,
+            )),
+        };
+        compiled.insert(source, shared.clone());
+        Ok(shared)
     }
 
     /// Compiles every template inside `value`.
     pub fn compile(&self, value: &Value) -> Result<Compiled, TemplateError> {
         Ok(match value {
-            Value::String(s) if s.contains("{{") || s.contains("{%") => {
-                let trimmed = s.trim();
-                let inner = trimmed
-                    .strip_prefix("{{")
-                    .and_then(|t| t.strip_suffix("}}"))
-                    .filter(|t| !t.contains("{{") && !t.contains("}}") && !t.contains("{%"));
-                match inner {
-                    Some(expr) => {
-                        let source: &'static str =
-                            Box::leak(expr.trim().to_string().into_boxed_str());
-                        let compiled = self
-                            .env
-                            .compile_expression(source)
-                            .map_err(|e| syntax(s, &e))?;
-                        Compiled::Expr(compiled, source)
-                    }
-                    None => {
-                        let source: &'static str = Box::leak(s.clone().into_boxed_str());
-                        Compiled::Template(
-                            self.env
-                                .template_from_str(source)
-                                .map_err(|e| syntax(s, &e))?,
-                        )
-                    }
-                }
-            }
+            Value::String(s) if s.contains("{{") || s.contains("{%") => match self.shared(s)? {
+                Shared::Expr(expr, source) => Compiled::Expr(expr, source),
+                Shared::Template(template) => Compiled::Template(template),
+            },
             Value::Array(items) => Compiled::Array(
                 items
                     .iter()
@@ -373,6 +397,27 @@ pub fn truthy(v: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_source_is_compiled_once_and_shared() {
+        let r = Renderer::new();
+        let compile = |s: &str| r.compile(&json!(s)).unwrap();
+        let (Compiled::Template(a), Compiled::Template(b)) =
+            (compile("x {{ y }}"), compile("x {{ y }}"))
+        else {
+            panic!("templates");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        let (Compiled::Expr(a, _), Compiled::Expr(b, source)) =
+            (compile("{{ y.z }}"), compile("{{ y.z }}"))
+        else {
+            panic!("expressions");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(source, "y.z");
+        let ctx = context(&json!({ "y": { "z": 4 } }));
+        assert_eq!(render(&compile(" {{ y.z }} "), &ctx).unwrap(), json!(4));
+    }
 
     #[test]
     fn single_expressions_keep_their_type_and_templates_render_strings() {

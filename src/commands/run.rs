@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use rayon::prelude::*;
 use weft_compiler::plan::Plan;
 
 use crate::report::{self, ColorChoice, DiagnosticFormat};
@@ -138,7 +139,7 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
     }
     if !path.join("weft.yaml").is_file() && !path.join("integrations").is_dir() {
         // A `weft build` output folder: <customer>/<integration>/plan.json.
-        let mut plans = Vec::new();
+        let mut files = Vec::new();
         for customer in
             std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
         {
@@ -149,10 +150,15 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
             for integration in std::fs::read_dir(&customer)? {
                 let plan = integration?.path().join("plan.json");
                 if plan.is_file() {
-                    plans.push(read_plan(&plan)?);
+                    files.push(plan);
                 }
             }
         }
+        // Read and parsed on every core: a fleet has thousands.
+        let mut plans = files
+            .par_iter()
+            .map(|f| read_plan(f))
+            .collect::<anyhow::Result<Vec<Plan>>>()?;
         if plans.is_empty() {
             bail!("{} holds no weft repository and no bundles", path.display());
         }
