@@ -67,19 +67,27 @@ impl Plan {
     /// Reads a plan, checking its format version first so that a bundle built by another
     /// version of weft gets a clear error rather than a field-by-field complaint.
     pub fn from_json(text: &str) -> Result<Plan, PlanError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| PlanError::Malformed(e.to_string()))?;
-        let found = value
-            .get("format")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| PlanError::Malformed("no `format` field".into()))?;
+        /// Only the format: the rest of the document is skipped, not built.
+        #[derive(Deserialize)]
+        struct Format {
+            format: Option<u64>,
+        }
+        let format = match serde_json::from_str::<Format>(text) {
+            Ok(Format { format }) => format,
+            // Not an object, or a format that is not a number: say what is missing.
+            Err(_) => serde_json::from_str::<Value>(text)
+                .map_err(|e| PlanError::Malformed(e.to_string()))?
+                .get("format")
+                .and_then(Value::as_u64),
+        };
+        let found = format.ok_or_else(|| PlanError::Malformed("no `format` field".into()))?;
         if found != u64::from(PLAN_FORMAT) {
             return Err(PlanError::Version {
                 found,
                 expected: PLAN_FORMAT,
             });
         }
-        serde_json::from_value(value).map_err(|e| PlanError::Malformed(e.to_string()))
+        serde_json::from_str(text).map_err(|e| PlanError::Malformed(e.to_string()))
     }
 
     /// `<customer>/<integration>`: the instance's key in logs, metrics and queues.

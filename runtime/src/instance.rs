@@ -135,17 +135,16 @@ pub fn build_instances(
     secrets: &HashMap<String, String>,
     public_url: &str,
 ) -> Result<(Vec<InstanceRt>, usize), StartError> {
-    let keyed: Vec<(Plan, String, [u8; 32])> = plans
+    let keyed: Vec<(String, [u8; 32])> = plans
         .par_iter()
         .map(|plan| {
-            let (shared, prefix) = shared_part(plan);
-            let digest = Sha256::digest(serde_json::to_vec(&shared).unwrap_or_default()).into();
-            (shared, prefix, digest)
+            let (flows, prefix) = shared_flows(plan);
+            (prefix, VersionKey::of(plan, &flows).digest())
         })
         .collect();
     // Each version is compiled from its first instance's plan.
     let mut first: HashMap<[u8; 32], usize> = HashMap::new();
-    for (i, (_, _, digest)) in keyed.iter().enumerate() {
+    for (i, (_, digest)) in keyed.iter().enumerate() {
         first.entry(*digest).or_insert(i);
     }
     let mut firsts: Vec<usize> = first.into_values().collect();
@@ -154,9 +153,9 @@ pub fn build_instances(
         .par_iter()
         .map(|&i| {
             let plan = &plans[i];
-            let version =
-                VersionRt::build(plan, keyed[i].0.clone(), renderer, &plan.instance_key())?;
-            Ok((keyed[i].2, Arc::new(version)))
+            let shared = shared_plan(plan, shared_flows(plan).0);
+            let version = VersionRt::build(plan, shared, renderer, &plan.instance_key())?;
+            Ok((keyed[i].1, Arc::new(version)))
         })
         .collect::<Vec<Result<_, StartError>>>()
         .into_iter()
@@ -165,7 +164,7 @@ pub fn build_instances(
     let instances = plans
         .par_iter()
         .zip(keyed.into_par_iter())
-        .map(|(plan, (_, prefix, digest))| {
+        .map(|(plan, (prefix, digest))| {
             InstanceRt::build(
                 plan,
                 versions[&digest].clone(),
@@ -228,10 +227,11 @@ impl InstanceRt {
     }
 }
 
-/// A plan's part shared by every instance of its integration version, and the prefix that
-/// makes its relative queue names the instance's. A plan whose queues do not start with the
-/// usual prefix keeps them whole (and so shares its version with no other instance).
-fn shared_part(plan: &Plan) -> (Plan, String) {
+/// The flows of a plan as every instance of its integration version has them, and the prefix
+/// that makes their relative queue names the instance's: every flow enabled, no secret names,
+/// queues relative. A plan whose queues do not start with the usual prefix keeps them whole
+/// (and so shares its version with no other instance).
+fn shared_flows(plan: &Plan) -> (Vec<plan::Flow>, String) {
     let prefix = format!("weft.{}.{}.", plan.customer, plan.integration);
     let relative = |q: &str| q.strip_prefix(&prefix).map(str::to_string);
     let all_prefixed = plan.flows.iter().all(|f| {
@@ -241,30 +241,106 @@ fn shared_part(plan: &Plan) -> (Plan, String) {
             && f.steps.iter().all(|s| relative(&s.queue).is_some())
             && f.edges.iter().all(|e| relative(&e.queue).is_some())
     });
-    let mut shared = plan.clone();
-    shared.customer.clear();
-    shared.config.clear();
-    shared.secrets.clear();
-    for flow in &mut shared.flows {
+    let mut flows = plan.flows.clone();
+    for flow in &mut flows {
         flow.enabled = true;
         flow.trigger_secrets.clear();
         for step in &mut flow.steps {
             step.secrets.clear();
         }
-    }
-    if !all_prefixed {
-        return (shared, String::new());
-    }
-    for flow in &mut shared.flows {
-        flow.entry_queue = flow.entry_queue.as_deref().and_then(relative);
-        for step in &mut flow.steps {
-            step.queue = relative(&step.queue).unwrap_or_default();
-        }
-        for edge in &mut flow.edges {
-            edge.queue = relative(&edge.queue).unwrap_or_default();
+        if all_prefixed {
+            flow.entry_queue = flow.entry_queue.as_deref().and_then(relative);
+            for step in &mut flow.steps {
+                step.queue = relative(&step.queue).unwrap_or_default();
+            }
+            for edge in &mut flow.edges {
+                edge.queue = relative(&edge.queue).unwrap_or_default();
+            }
         }
     }
-    (shared, prefix)
+    (flows, if all_prefixed { prefix } else { String::new() })
+}
+
+/// What identifies a plan's integration version: the plan but its customer, config and secret
+/// names, with its flows as [`shared_flows`] makes them. Plans with the same key share one
+/// [`VersionRt`].
+#[derive(serde::Serialize)]
+struct VersionKey<'a> {
+    format: u32,
+    integration: &'a str,
+    version: &'a str,
+    commit: &'a Option<String>,
+    connections: &'a std::collections::BTreeMap<String, plan::Connection>,
+    components: &'a std::collections::BTreeMap<String, plan::Component>,
+    flows: &'a [plan::Flow],
+    policy: &'a plan::Policy,
+    runtime: &'a plan::RuntimeSettings,
+}
+
+impl<'a> VersionKey<'a> {
+    fn of(plan: &'a Plan, flows: &'a [plan::Flow]) -> VersionKey<'a> {
+        // Every field named: a field added to plans must be placed here, in the key or not.
+        let Plan {
+            format,
+            integration,
+            customer: _,
+            version,
+            commit,
+            config: _,
+            connections,
+            components,
+            flows: _,
+            secrets: _,
+            policy,
+            runtime,
+        } = plan;
+        VersionKey {
+            format: *format,
+            integration,
+            version,
+            commit,
+            connections,
+            components,
+            flows,
+            policy,
+            runtime,
+        }
+    }
+
+    /// The key's SHA-256, streamed (nothing the size of the plan is built).
+    fn digest(&self) -> [u8; 32] {
+        struct Hashing(Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hashing = Hashing(Sha256::new());
+        serde_json::to_writer(&mut hashing, self).expect("plans serialize");
+        hashing.0.finalize().into()
+    }
+}
+
+/// The plan shared by the instances of `plan`'s version (see [`VersionRt::plan`]).
+fn shared_plan(plan: &Plan, flows: Vec<plan::Flow>) -> Plan {
+    Plan {
+        format: plan.format,
+        integration: plan.integration.clone(),
+        customer: String::new(),
+        version: plan.version.clone(),
+        commit: plan.commit.clone(),
+        config: Default::default(),
+        connections: plan.connections.clone(),
+        components: plan.components.clone(),
+        flows,
+        secrets: Vec::new(),
+        policy: plan.policy.clone(),
+        runtime: plan.runtime.clone(),
+    }
 }
 
 /// One instance (customer × integration) ready to run: its integration version (shared) and
