@@ -26,6 +26,14 @@ pub fn history_subject(customer: &str, integration: &str) -> String {
     format!("weft.history.{}.{}", safe(customer), safe(integration))
 }
 
+/// The subject on which a step worker that runs several instances (a fleet's) publishes their
+/// history; a gateway that runs several instances applies it.
+pub const FLEET_HISTORY_SUBJECT: &str = "weft.history.fleet";
+
+/// The stream of [`FLEET_HISTORY_SUBJECT`] (`weft.history.<customer>.<integration>` subjects
+/// have three dots: no overlap).
+pub const FLEET_HISTORY_STREAM: &str = "weft-history_fleet";
+
 /// The name of an instance's history stream (flow streams start with `weft_`: no collision).
 pub fn history_stream(customer: &str, integration: &str) -> String {
     format!("weft-history_{}_{}", safe(customer), safe(integration))

@@ -165,20 +165,20 @@ impl JetStreamQueue {
         step_concurrency: usize,
         role: &Role,
     ) -> Result<(), StoreError> {
+        // A fleet's step workers (several instances each) publish their history on one
+        // stream: its gateway applies it beside its instances' own.
+        if engine.instances().nth(1).is_some() {
+            let fleet = self
+                .declare_stream(
+                    broker_names::FLEET_HISTORY_STREAM.to_string(),
+                    vec![broker_names::FLEET_HISTORY_SUBJECT.to_string()],
+                )
+                .await?;
+            self.apply_history_here(engine, role, &fleet).await?;
+        }
         for instance in engine.instances() {
             let history = self.history_stream(instance).await?;
-            if let (Role::Gateway, HistorySink::Store(store)) = (role, &self.history) {
-                let consumer = history
-                    .create_consumer(consumer::pull::Config {
-                        durable_name: Some("gateway".into()),
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(broker("creating the history consumer"))?;
-                tokio::spawn(apply_history(engine.clone(), store.clone(), consumer));
-            }
+            self.apply_history_here(engine, role, &history).await?;
             for flow in instance.enabled_flows() {
                 let steps: Vec<&Arc<StepRt>> =
                     instance.version.flows[&flow.name].steps.values().collect();
@@ -199,6 +199,28 @@ impl JetStreamQueue {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// In the gateway (which keeps the store), applies what is published on `history`.
+    async fn apply_history_here(
+        &self,
+        engine: &Arc<Engine>,
+        role: &Role,
+        history: &stream::Stream,
+    ) -> Result<(), StoreError> {
+        if let (Role::Gateway, HistorySink::Store(store)) = (role, &self.history) {
+            let consumer = history
+                .create_consumer(consumer::pull::Config {
+                    durable_name: Some("gateway".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await
+                .map_err(broker("creating the history consumer"))?;
+            tokio::spawn(apply_history(engine.clone(), store.clone(), consumer));
         }
         Ok(())
     }

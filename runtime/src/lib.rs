@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_plan::{Plan, Trigger};
+use weft_plan::{Plan, Trigger, broker_names};
 
 use crate::dispatch::{Dispatch, Lane, StepQueue};
 use crate::engine::{Engine, EngineParts};
@@ -378,10 +378,14 @@ fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
                 "step `{step}` is pure and fused: it runs inline, in {leader}"
             )));
         }
-        if plans.len() != 1 {
-            return Err(StartError::Role(
-                "a step process runs one bundle: give it a bundle folder (with plan.json)".into(),
-            ));
+        let mut integrations: Vec<&str> = plans.iter().map(|p| p.integration.as_str()).collect();
+        integrations.sort_unstable();
+        integrations.dedup();
+        if integrations.len() != 1 {
+            return Err(StartError::Role(format!(
+                "a step process runs one integration's step, for each of its instances: these plans are of {} (choose one with --integration)",
+                integrations.join(", ")
+            )));
         }
     }
     Ok(())
@@ -522,9 +526,13 @@ async fn open_queues(
 ) -> Result<Queues, StartError> {
     if let Some(url) = &options.broker {
         let history = match &options.role {
-            // A step worker keeps nothing: its history goes to the gateway.
+            // A step worker keeps nothing: its history goes to the gateway, on its instance's
+            // history stream, or on the fleet's when it runs several instances.
             Role::Step { .. } => broker::HistorySink::Stream {
-                subject: broker::history_subject(&plans[0].customer, &plans[0].integration),
+                subject: match plans {
+                    [plan] => broker::history_subject(&plan.customer, &plan.integration),
+                    _ => broker_names::FLEET_HISTORY_SUBJECT.to_string(),
+                },
             },
             Role::All | Role::Gateway => broker::HistorySink::Store(Store::open_with(
                 &options.data_dir.join("weft.db"),

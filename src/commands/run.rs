@@ -179,19 +179,34 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
 }
 
 pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
-    run_as(args, color, weft_runtime::Role::All)
+    run_as(args, color, weft_runtime::Role::All, None)
 }
 
-/// Runs `role`'s part of the plans at `args.path` (`weft run`, `weft gateway`, `weft step`).
+/// Runs `role`'s part of the plans at `args.path` (`weft run`, `weft gateway`, `weft step`),
+/// only those of `integration` when it is given.
 pub fn run_as(
     args: Args,
     color: ColorChoice,
     role: weft_runtime::Role,
+    integration: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let plans = match load_plans(&args.path, color)? {
+    let mut plans = match load_plans(&args.path, color)? {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    if let Some(name) = integration {
+        let mut known: Vec<String> = plans.iter().map(|p| p.integration.clone()).collect();
+        plans.retain(|p| p.integration == name);
+        if plans.is_empty() {
+            known.sort();
+            known.dedup();
+            bail!(
+                "{} has no instance of integration `{name}` (its integrations: {})",
+                args.path.display(),
+                known.join(", ")
+            );
+        }
+    }
     if plans.is_empty() {
         bail!(
             "{} has no instances to run (add instances/<customer>/<integration>.yaml)",

@@ -12,6 +12,11 @@ const EXAMPLES: &str = "\
 Examples:
   WEFT_BROKER_URL=nats://broker:4222 weft step /bundle --flow order-created --step push --listen 0.0.0.0 --port 9090
   weft step dist/globex/event-import --flow order-created --step push --broker nats://127.0.0.1:4222
+  weft step dist/ --integration event-import --flow order-created --step push --broker nats://127.0.0.1:4222
+
+Given a `weft build` output folder, one process runs the step for every instance of the
+integration (a fleet's worker): a lane per instance, served in turn, each with its own config
+and credentials; its history goes to a gateway that runs the same folder.
 
 --port serves only /healthz and /metrics. Emitted docker-compose files and `weft up` start one
 container per replica of each step.";
@@ -27,6 +32,9 @@ pub struct Args {
     /// The step's id.
     #[arg(long)]
     pub step: String,
+    /// With a `weft build` output folder: run the step for every instance of this integration.
+    #[arg(long)]
+    pub integration: Option<String>,
     #[command(flatten)]
     pub run: super::run::Args,
 }
@@ -39,5 +47,5 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         flow: args.flow,
         step: args.step,
     };
-    super::run::run_as(args.run, color, role)
+    super::run::run_as(args.run, color, role, args.integration.as_deref())
 }

@@ -243,7 +243,7 @@ impl WeftProcess {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn spawn_as(
+    pub fn spawn_as(
         binary: &Path,
         command: &[&str],
         repo: &Path,
@@ -349,12 +349,22 @@ pub async fn post_reference(
     port: u16,
     id: &str,
 ) -> reqwest::Result<reqwest::Response> {
+    post_reference_as(client, port, "acme", id).await
+}
+
+/// [`post_reference`] to `customer`'s instance of the reference integration.
+pub async fn post_reference_as(
+    client: &reqwest::Client,
+    port: u16,
+    customer: &str,
+    id: &str,
+) -> reqwest::Result<reqwest::Response> {
     let body =
         serde_json::to_vec(&serde_json::json!({ "id": id, "amount_cents": 1000, "sent": 0 }))
             .unwrap();
     client
         .post(format!(
-            "http://127.0.0.1:{port}/hooks/acme/reference/orders"
+            "http://127.0.0.1:{port}/hooks/{customer}/reference/orders"
         ))
         .header("content-type", "application/json")
         .header("X-Signature", sign(&body))
