@@ -107,19 +107,6 @@ fn fleet_repo(dir: &Path, integrations: usize, per: usize) {
     support::write_files(dir, &files);
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn binary() -> PathBuf {
     std::env::var_os("WEFT_BENCH_BINARY").map_or_else(support::binary, PathBuf::from)
 }
@@ -181,10 +168,10 @@ async fn scale_row(integrations: usize, instances: usize) -> Row {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = weft.child.id();
     let rss_mb = support::status_kib(pid, "VmRSS").unwrap_or(0) as f64 / 1024.0;
-    let before = cpu_seconds(pid);
+    let before = support::cpu_seconds(pid);
     let idle = Duration::from_secs(5);
     tokio::time::sleep(idle).await;
-    let idle_cpu_ms_per_s = (cpu_seconds(pid) - before) * 1000.0 / idle.as_secs_f64();
+    let idle_cpu_ms_per_s = (support::cpu_seconds(pid) - before) * 1000.0 / idle.as_secs_f64();
     weft.kill9();
     if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
         let _ = dir.keep();

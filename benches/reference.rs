@@ -132,22 +132,6 @@ fn repo(dir: &Path, sink: SocketAddr) {
     support::write_files(dir, &files);
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at `) `.
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// A KiB figure of a process's status, 0 once it is gone.
 fn status_kib(pid: u32, field: &str) -> u64 {
     support::status_kib(pid, field).unwrap_or(0)
@@ -167,9 +151,9 @@ async fn measure(
     concurrency: usize,
     pid: u32,
 ) -> Measured {
-    let before = cpu_seconds(pid);
+    let before = support::cpu_seconds(pid);
     let figures = load(url, sink, prefix, events, concurrency).await;
-    let cpu = cpu_seconds(pid) - before;
+    let cpu = support::cpu_seconds(pid) - before;
     assert_eq!(
         figures.delivered, events,
         "{prefix}: every event is delivered"

@@ -7,15 +7,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use weft_compiler::compose::{self, ComposeFile, Mount, Role};
+use weft_compiler::compose::{self, ComposeFile, Mount, Role, label};
 use weft_compiler::plan::Plan;
 
-/// A bundle folder, read.
+/// A bundle folder, or an output folder with the fleet topology (`weft build --fleet`), read.
 #[derive(Debug)]
 pub struct Bundle {
     /// The folder, absolute (bind mounts need it).
     pub dir: PathBuf,
-    pub plan: Plan,
+    /// The customer and integration its containers are labelled with (`fleet` and the project's
+    /// name for a fleet).
+    pub customer: String,
+    pub integration: String,
     pub compose: ComposeFile,
     /// `weft-<customer>-<integration>`: container, network and volume prefix.
     pub project: String,
@@ -24,7 +27,8 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// Reads `plan.json`, `docker-compose.yaml` and `.env` (if present) from `dir`.
+    /// Reads `plan.json`, `docker-compose.yaml` and `.env` (if present) from `dir`; a folder
+    /// with no `plan.json` is a fleet, named by its gateway's labels.
     pub fn read(dir: &Path) -> anyhow::Result<Bundle> {
         let dir = std::fs::canonicalize(dir)
             .with_context(|| format!("{} is not a bundle folder", dir.display()))?;
@@ -36,8 +40,15 @@ impl Bundle {
                 )
             })
         };
-        let plan = Plan::from_json(&read("plan.json")?)
-            .with_context(|| format!("{}/plan.json cannot be run", dir.display()))?;
+        let plan = if dir.join("plan.json").is_file() || !dir.join("docker-compose.yaml").is_file()
+        {
+            Some(
+                Plan::from_json(&read("plan.json")?)
+                    .with_context(|| format!("{}/plan.json cannot be run", dir.display()))?,
+            )
+        } else {
+            None
+        };
         let compose = ComposeFile::from_yaml(&read("docker-compose.yaml")?).map_err(|e| {
             anyhow::anyhow!(
                 "{}/docker-compose.yaml is not a compose file weft emitted (rebuild it with `weft build`): {e}",
@@ -49,10 +60,24 @@ impl Bundle {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e).context(format!("reading {}/.env", dir.display())),
         };
-        let project = weft_compiler::emit::compose_project(&plan);
+        let (customer, integration) = match &plan {
+            Some(plan) => (plan.customer.clone(), plan.integration.clone()),
+            None => {
+                let gateway = compose.services.get("gateway").with_context(|| {
+                    format!(
+                        "{}/docker-compose.yaml has no gateway service",
+                        dir.display()
+                    )
+                })?;
+                let name = |key: &str| gateway.labels.get(key).cloned().unwrap_or_default();
+                (name(label::CUSTOMER), name(label::INTEGRATION))
+            }
+        };
+        let project = format!("weft-{customer}-{integration}");
         Ok(Bundle {
             dir,
-            plan,
+            customer,
+            integration,
             compose,
             project,
             dotenv,
@@ -305,12 +330,15 @@ mod tests {
         .unwrap();
         let (rel, _) = &written[0];
         let bundle = Bundle::read(&out.path().join(rel)).unwrap();
+        let plan = &weft_compiler::plan::Plan::from_json(
+            &std::fs::read_to_string(out.path().join(rel).join("plan.json")).unwrap(),
+        )
+        .unwrap();
         let missing = bundle.containers(&BTreeMap::new()).unwrap_err().to_string();
-        for secret in &bundle.plan.secrets {
+        for secret in &plan.secrets {
             assert!(missing.contains(secret.as_str()), "{missing}");
         }
-        let mut overrides: BTreeMap<String, String> = bundle
-            .plan
+        let mut overrides: BTreeMap<String, String> = plan
             .secrets
             .iter()
             .map(|s| (s.clone(), "canary-secret-value".to_string()))
@@ -324,8 +352,7 @@ mod tests {
         assert_eq!(gateway.image, "local/weft:test");
         assert_eq!(gateway.port.as_ref().unwrap().host_port, 24001);
         assert_eq!(gateway.command[0], "gateway");
-        let steps: usize = bundle
-            .plan
+        let steps: usize = plan
             .flows
             .iter()
             .filter(|f| f.enabled)

@@ -96,6 +96,14 @@ impl Drop for NatsServer {
     }
 }
 
+/// Serves a stand-in upstream on a free loopback port.
+async fn serve_orders(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// A sink that records, per event id, the `Idempotency-Key` of every arrival.
 #[derive(Clone, Default)]
 struct KeySink {
@@ -144,12 +152,12 @@ impl KeySink {
             seen.entry(id).or_default().push(key);
             (axum::http::StatusCode::OK, "{}")
         }
-        let app = axum::Router::new()
-            .route("/orders", axum::routing::post(handle))
-            .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = serve_orders(
+            axum::Router::new()
+                .route("/orders", axum::routing::post(handle))
+                .with_state(sink.clone()),
+        )
+        .await;
         (sink, addr)
     }
 
@@ -749,12 +757,12 @@ impl CredentialSink {
                 .push(auth);
             axum::http::StatusCode::from_u16(sink.status).unwrap()
         }
-        let app = axum::Router::new()
-            .route("/orders", axum::routing::post(handle))
-            .with_state(sink.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = serve_orders(
+            axum::Router::new()
+                .route("/orders", axum::routing::post(handle))
+                .with_state(sink.clone()),
+        )
+        .await;
         (sink, addr)
     }
 

@@ -1,5 +1,6 @@
 //! Every example's emitted `docker-compose.yaml` is accepted by Debian's `docker-compose config`
-//! (no engine needed). `.ci/run` installs docker-compose; a missing tool fails the test.
+//! (no engine needed), and so is the fleet file of `weft build --fleet`. `.ci/run` installs
+//! docker-compose; a missing tool fails the test.
 
 use std::path::Path;
 use std::process::Command;
@@ -96,4 +97,57 @@ fn docker_compose_accepts_every_emitted_file() {
         }
     }
     assert!(checked >= 9, "checked {checked} compose files");
+}
+
+/// The fleet topology of an example with two customers of one integration, as
+/// `weft build --fleet` writes it, is accepted by docker-compose too.
+#[test]
+fn docker_compose_accepts_the_fleet_file() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/event-import");
+    let out = tempfile::tempdir().unwrap();
+    let built = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .arg("build")
+        .arg(&example)
+        .arg("-o")
+        .arg(out.path())
+        .arg("--fleet")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let fleet = out.path().join("fleet");
+    let example_env = std::fs::read_to_string(fleet.join(".env.example")).unwrap();
+    let env: String = example_env
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_suffix('=') {
+            Some(secret) => format!("{secret}=dummy\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(fleet.join(".env"), env).unwrap();
+    let output = Command::new("docker-compose")
+        .args([
+            "--project-directory",
+            ".",
+            "-f",
+            "docker-compose.yaml",
+            "config",
+        ])
+        .current_dir(&fleet)
+        .output()
+        .expect("docker-compose is installed (apt-get install docker-compose; .ci/run does)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "docker-compose config: {stderr}");
+    assert!(!stderr.contains("WARNING"), "{stderr}");
+    assert!(stdout.contains("--integration"), "{stdout}");
+    let globex = std::fs::read_dir(fleet.join("plans/globex"))
+        .unwrap()
+        .count();
+    assert!(globex >= 1, "globex's plans are in the fleet's folder");
 }

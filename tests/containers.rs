@@ -5,7 +5,8 @@
 //! compose file runs as is under Debian's docker-compose 1.29 and carries an event end to end;
 //! a missing image is named with the command that builds it, an unreachable engine with the hint
 //! to start dockerd; 2,000 signed events go through the containers while the HTTP step's
-//! replicas and the broker are SIGKILLed, none lost.
+//! replicas and the broker are SIGKILLed, none lost; a fleet of 100 instances (`weft build
+//! --fleet`) runs in four containers, each delivery with its own customer's credentials.
 
 mod support;
 
@@ -682,4 +683,226 @@ fn an_unreachable_engine_says_to_start_dockerd() {
         "{stderr}"
     );
     assert!(stderr.contains("start dockerd"), "{stderr}");
+}
+
+/// Every arrival's path and `Authorization`, by event id.
+type Arrivals = HashMap<String, Vec<(String, String)>>;
+
+/// A stand-in upstream the containers reach: records the `Authorization` of every arrival by
+/// event id and path; `/down/orders` answers 503 (an upstream that is down).
+#[derive(Clone, Default)]
+struct CredentialSink {
+    seen: std::sync::Arc<std::sync::Mutex<Arrivals>>,
+}
+
+impl CredentialSink {
+    async fn start() -> (CredentialSink, u16) {
+        use axum::extract::State;
+        let sink = CredentialSink::default();
+        async fn handle(
+            State(sink): State<CredentialSink>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Bytes,
+        ) -> axum::http::StatusCode {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            sink.seen
+                .lock()
+                .unwrap()
+                .entry(v["id"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push((uri.path().to_string(), auth));
+            if uri.path().starts_with("/down/") {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::OK
+            }
+        }
+        let app = axum::Router::new()
+            .fallback(axum::routing::post(handle))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (sink, port)
+    }
+
+    fn snapshot(&self) -> Arrivals {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The token of a customer of the fleet test.
+fn fleet_token(customer: &str) -> String {
+    format!("fleet-token-{customer}-5e1b")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_a_hundred_instances_shares_containers_and_keeps_customers_apart() {
+    const CUSTOMERS: usize = 100;
+    images();
+    let (sink, sink_port) = CredentialSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let sink_url = format!("http://host.docker.internal:{sink_port}");
+    let mut files = vec![
+        (
+            "weft.yaml".to_string(),
+            "weft: 1\nname: fleet-test\n".to_string(),
+        ),
+        (
+            "integrations/relay/integration.yaml".to_string(),
+            format!(
+                r#"weft: 1
+name: relay
+config:
+  sink_url: {{ type: url, default: "{sink_url}" }}
+  token: {{ type: secret }}
+flows:
+  orders:
+    trigger:
+      webhook: {{ path: /orders }}
+    steps:
+      - id: shape
+        uses: transform
+        with: {{ value: {{ id: "{{{{ trigger.body.id }}}}" }} }}
+      - id: deliver
+        uses: http.post
+        with:
+          url: "{{{{ config.sink_url }}}}/orders"
+          headers: {{ Authorization: "Bearer {{{{ config.token }}}}" }}
+          body: "{{{{ steps.shape }}}}"
+        retry: {{ attempts: 4, initial: 200ms, max: 1s }}
+        replicas: 2
+"#
+            ),
+        ),
+    ];
+    let customers: Vec<String> = (0..CUSTOMERS).map(|c| format!("c{c:03}")).collect();
+    let mut dotenv = String::new();
+    for customer in &customers {
+        let variable = format!("TOKEN_{}", customer.to_uppercase());
+        let mut text =
+            format!("weft: 1\nintegration: relay\nconfig:\n  token: {{ secret: {variable} }}\n");
+        // c000's upstream is down: every call answers 503.
+        if customer == "c000" {
+            text.push_str(&format!("  sink_url: {sink_url}/down\n"));
+        }
+        files.push((format!("instances/{customer}/relay.yaml"), text));
+        dotenv.push_str(&format!("{variable}={}\n", fleet_token(customer)));
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
+    support::write_files(&repo, &files);
+    let out = dir.path().join("dist");
+    let built = weft(&[
+        "build",
+        repo.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fleet",
+    ]);
+    assert!(built.status.success(), "{}", text(&built.stderr));
+    let fleet = out.join("fleet");
+    // The operator's .env: the project name from .env.example, and every customer's token.
+    let example = std::fs::read_to_string(fleet.join(".env.example")).unwrap();
+    let project: String = example
+        .lines()
+        .filter(|l| l.starts_with("COMPOSE_PROJECT_NAME="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(fleet.join(".env"), project + &dotenv).unwrap();
+    let fleet_arg = fleet.to_str().unwrap().to_string();
+    let _guard = DownOnDrop(fleet_arg.clone());
+    let port = free_port();
+    let up = weft_up(&fleet_arg, port, &["--format", "json"]).await;
+    assert!(up.status.success(), "weft up: {}", text(&up.stderr));
+    let table: serde_json::Value = serde_json::from_slice(&up.stdout).unwrap();
+    let services: Vec<&str> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["service"].as_str().unwrap())
+        .collect();
+    // One broker, one gateway, one HTTP step (two replicas) for the 100 customers.
+    assert_eq!(
+        services,
+        ["broker", "gateway", "step.relay.orders.deliver"],
+        "{table}"
+    );
+    assert_eq!(containers_of("fleet").len(), 4);
+    wait_gateway(port).await;
+
+    // c001 and c002 interleaved, c000 (upstream down) beside them, one event for each other.
+    let client = http_client(Duration::from_secs(10));
+    let mut sent: Vec<(String, String)> = Vec::new();
+    let post = async |customer: &str, id: String| {
+        let r = client
+            .post(format!(
+                "http://127.0.0.1:{port}/hooks/{customer}/relay/orders"
+            ))
+            .json(&serde_json::json!({ "id": id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{customer}: {:?}", r.text().await);
+        (customer.to_string(), id)
+    };
+    for i in 0..40 {
+        sent.push(post("c001", format!("c001-{i}")).await);
+        sent.push(post("c002", format!("c002-{i}")).await);
+        if i % 8 == 0 {
+            sent.push(post("c000", format!("c000-{i}")).await);
+        }
+    }
+    for customer in &customers[3..] {
+        sent.push(post(customer, format!("{customer}-only")).await);
+    }
+    let healthy: Vec<&(String, String)> = sent.iter().filter(|(c, _)| c != "c000").collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = sink.snapshot();
+        if healthy.iter().all(|(_, id)| seen.contains_key(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered: {:?}",
+            healthy
+                .iter()
+                .filter(|(_, id)| !seen.contains_key(id))
+                .take(10)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seen = sink.snapshot();
+    // Nothing crossed: every arrival carries its own customer's token, at its own upstream.
+    for (customer, id) in &sent {
+        let expected = format!("Bearer {}", fleet_token(customer));
+        let path = if customer == "c000" {
+            "/down/orders"
+        } else {
+            "/orders"
+        };
+        for (at, auth) in seen.get(id).into_iter().flatten() {
+            assert_eq!((at.as_str(), auth), (path, &expected), "{id}");
+        }
+    }
+    assert!(
+        seen.keys().any(|id| id.starts_with("c000-")),
+        "c000's upstream was called"
+    );
+    eprintln!(
+        "fleet of {CUSTOMERS} instances in 4 containers: {} events of 99 customers delivered with their own tokens; c000's failing upstream called {} times",
+        healthy.len(),
+        seen.iter()
+            .filter(|(id, _)| id.starts_with("c000-"))
+            .map(|(_, v)| v.len())
+            .sum::<usize>()
+    );
 }

@@ -269,7 +269,7 @@ pub fn step_command(flow: &str, step: &str) -> Vec<String> {
     .to_vec()
 }
 
-fn environment<'a>(
+pub(crate) fn environment<'a>(
     plan: &Plan,
     secrets: impl IntoIterator<Item = &'a str>,
 ) -> BTreeMap<String, String> {
@@ -285,7 +285,7 @@ fn environment<'a>(
     env
 }
 
-fn healthcheck(port: u16) -> Healthcheck {
+pub(crate) fn healthcheck(port: u16) -> Healthcheck {
     Healthcheck {
         test: vec![
             "CMD".into(),
@@ -309,7 +309,7 @@ fn labels(plan: &Plan, role: Role) -> BTreeMap<String, String> {
     ])
 }
 
-fn after_broker() -> BTreeMap<String, DependsOn> {
+pub(crate) fn after_broker() -> BTreeMap<String, DependsOn> {
     BTreeMap::from([(
         "broker".to_string(),
         DependsOn {

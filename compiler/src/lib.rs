@@ -16,6 +16,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod duration;
 pub mod emit;
+pub mod fleet;
 pub mod git;
 pub mod graph;
 pub mod instance;

@@ -145,3 +145,71 @@ fn custom_component_images_get_a_service_each() {
         "${WEFT_RUNTIME_IMAGE:-weft/runtime:0.1.0}"
     );
 }
+
+#[test]
+fn the_fleet_shares_one_service_per_integration_step_across_customers() {
+    // event-import has two customers of one integration.
+    let compilation = compile("event-import");
+    assert!(compilation.plans.len() >= 2);
+    let files = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project).unwrap();
+    let text = &files
+        .iter()
+        .find(|(name, _)| name == "docker-compose.yaml")
+        .unwrap()
+        .1;
+    let file = ComposeFile::from_yaml(text).unwrap();
+    assert_eq!(
+        file,
+        weft_compiler::fleet::fleet_compose_file(&compilation.plans, &compilation.project).unwrap()
+    );
+    // One step service per integration, flow and step with a process, not per customer.
+    let plan = &compilation.plans[0];
+    let steps: BTreeSet<String> = plan
+        .flows
+        .iter()
+        .filter(|f| f.enabled)
+        .flat_map(|f| {
+            f.leading_steps().map(|s| {
+                weft_compiler::fleet::fleet_service_name(&plan.integration, &f.name, &s.id)
+            })
+        })
+        .collect();
+    let services: BTreeSet<String> = file
+        .services
+        .iter()
+        .filter(|(_, s)| s.role() == Some(Role::Step))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(services, steps);
+    for (name, service) in &file.services {
+        assert_eq!(service.labels["weft.customer"], "fleet", "{name}");
+        if service.role() == Some(Role::Step) {
+            assert!(service.command.contains(&"--integration".to_string()));
+            assert_eq!(service.volumes, ["./plans:/plans:ro"]);
+        }
+    }
+    // The gateway gets every customer's trigger secrets; the plans are copied under plans/.
+    let gateway = &file.services["gateway"];
+    for plan in &compilation.plans {
+        for secret in plan.gateway_secrets() {
+            assert!(gateway.environment.contains_key(secret), "{secret}");
+        }
+        assert!(
+            files
+                .iter()
+                .any(|(name, _)| *name == format!("plans/{}/plan.json", emit::bundle_dir(plan)))
+        );
+    }
+    // Deterministic: the same plans, the same files.
+    assert_eq!(
+        files,
+        weft_compiler::fleet::fleet(&compilation.plans, &compilation.project).unwrap()
+    );
+}
+
+#[test]
+fn the_fleet_refuses_file_steps_with_a_reason() {
+    let compilation = compile("file-import");
+    let why = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project).unwrap_err();
+    assert!(why.contains("file steps"), "{why}");
+}

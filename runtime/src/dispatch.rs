@@ -237,11 +237,15 @@ mod tests {
         }
     }
 
-    async fn pop_now(q: &StepQueue) -> Option<(usize, i64)> {
+    /// The next message, if one comes within 20 ms.
+    async fn pop_soon(q: &StepQueue) -> Option<(usize, StoredMessage)> {
         tokio::time::timeout(Duration::from_millis(20), q.pop())
             .await
             .ok()
-            .map(|(lane, m)| (lane, m.id))
+    }
+
+    async fn pop_now(q: &StepQueue) -> Option<(usize, i64)> {
+        pop_soon(q).await.map(|(lane, m)| (lane, m.id))
     }
 
     #[tokio::test]
@@ -303,14 +307,8 @@ mod tests {
         let q = StepQueue::new(1, 1);
         q.push(0, message(1));
         q.push(0, message(2));
-        let (lane, m) = pop_now_message(&q).await;
+        let (lane, m) = pop_soon(&q).await.expect("a message");
         q.give_back(lane, m);
         assert_eq!(pop_now(&q).await, Some((0, 1)));
-    }
-
-    async fn pop_now_message(q: &StepQueue) -> (usize, StoredMessage) {
-        tokio::time::timeout(Duration::from_millis(20), q.pop())
-            .await
-            .expect("a message")
     }
 }

@@ -16,7 +16,8 @@ Examples:
   weft build --format json         # a JSON summary of the bundles on stdout
   weft build --rev main -o dist    # any commit, without checking it out
   weft build --target compose,k8s  # docker-compose.yaml and kubernetes.yaml per bundle
-  weft build --target k8s --autoscale   # also keda.yaml: steps scaled on their queue's lag";
+  weft build --target k8s --autoscale   # also keda.yaml: steps scaled on their queue's lag
+  weft build --fleet && weft up dist/fleet   # one topology for every customer";
 
 /// Compile every instance into a bundle: bundle.json, plan.json, docker-compose.yaml, .env.example.
 #[derive(Debug, clap::Args)]
@@ -43,6 +44,11 @@ pub struct Args {
     /// queue's lag.
     #[arg(long)]
     pub autoscale: bool,
+    /// Also write the fleet topology into <out>/fleet (docker-compose.yaml, nats.conf,
+    /// .env.example, plans/): one gateway for every customer and one service per integration
+    /// and step, shared by its instances; run it with `weft up <out>/fleet`.
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// A deployment target of `weft build`.
@@ -116,6 +122,23 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("writing bundles into {}", args.out.display()))?;
     progress.finish_and_clear();
+    if args.fleet {
+        let files = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project)
+            .map_err(|why| anyhow::anyhow!("--fleet: {why}"))?;
+        let dir = args.out.join(weft_compiler::fleet::FLEET_DIR);
+        for (name, contents) in files {
+            let path = dir.join(name);
+            if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+                continue;
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            std::fs::write(&path, contents)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     if json {
         print_json(&compilation, &sources, &written)?;
     } else {

@@ -38,7 +38,7 @@ fn down(args: Args) -> anyhow::Result<ExitCode> {
     let bundle = Bundle::read(&args.bundle)?;
     docker::block_on(async {
         let docker = docker::connect().await?;
-        let (customer, integration) = (&bundle.plan.customer, &bundle.plan.integration);
+        let (customer, integration) = (&bundle.customer, &bundle.integration);
         let containers = docker::bundle_containers(&docker, customer, integration).await?;
         for c in &containers {
             let name = docker::container_name(c);

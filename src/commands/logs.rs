@@ -52,8 +52,7 @@ fn logs(args: Args) -> anyhow::Result<ExitCode> {
     docker::block_on(async {
         let docker = docker::connect().await?;
         let containers =
-            docker::bundle_containers(&docker, &bundle.plan.customer, &bundle.plan.integration)
-                .await?;
+            docker::bundle_containers(&docker, &bundle.customer, &bundle.integration).await?;
         let prefix = format!("{}-", bundle.project);
         let mut streams = Vec::new();
         for c in &containers {
@@ -82,8 +81,8 @@ fn logs(args: Args) -> anyhow::Result<ExitCode> {
         if streams.is_empty() {
             bail!(
                 "no container of {}/{} was started by `weft up`",
-                bundle.plan.customer,
-                bundle.plan.integration
+                bundle.customer,
+                bundle.integration
             );
         }
         if args.follow {

@@ -54,7 +54,7 @@ fn ps(args: Args) -> anyhow::Result<ExitCode> {
         let docker = docker::connect().await?;
         let filter = bundle
             .as_ref()
-            .map(|b| (b.plan.customer.as_str(), b.plan.integration.as_str()));
+            .map(|b| (b.customer.as_str(), b.integration.as_str()));
         docker::weft_containers(&docker, filter).await
     })??;
     let mut rows: BTreeMap<(String, String, String, bool, String), ServiceRow> = BTreeMap::new();

@@ -125,19 +125,15 @@ async fn check_images(docker: &Docker, specs: &[ContainerSpec]) -> anyhow::Resul
 /// Removes the bundle's old containers, then creates the network, the volumes and the
 /// containers, and starts them (the broker first).
 async fn start(docker: &Docker, bundle: &Bundle, specs: &[ContainerSpec]) -> anyhow::Result<()> {
-    let old =
-        docker::bundle_containers(docker, &bundle.plan.customer, &bundle.plan.integration).await?;
+    let old = docker::bundle_containers(docker, &bundle.customer, &bundle.integration).await?;
     for c in &old {
         let name = docker::container_name(c);
         eprintln!("removing old container {name}");
         docker::force_remove(docker, name).await?;
     }
     let bundle_labels: HashMap<String, String> = HashMap::from([
-        (label::CUSTOMER.to_string(), bundle.plan.customer.clone()),
-        (
-            label::INTEGRATION.to_string(),
-            bundle.plan.integration.clone(),
-        ),
+        (label::CUSTOMER.to_string(), bundle.customer.clone()),
+        (label::INTEGRATION.to_string(), bundle.integration.clone()),
     ]);
     let network = bundle.network();
     match docker.inspect_network(&network, None).await {
