@@ -724,63 +724,10 @@ async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throu
     );
 }
 
-/// A stand-in upstream that records the `Authorization` of every arrival by event id, and
-/// answers `status`.
-#[derive(Clone)]
-struct CredentialSink {
-    seen: Arc<Mutex<HashMap<String, Vec<String>>>>,
-    status: u16,
-}
-
-impl CredentialSink {
-    async fn start(status: u16) -> (CredentialSink, SocketAddr) {
-        let sink = CredentialSink {
-            seen: Arc::default(),
-            status,
-        };
-        async fn handle(
-            State(sink): State<CredentialSink>,
-            headers: HeaderMap,
-            body: Bytes,
-        ) -> axum::http::StatusCode {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let auth = headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            sink.seen
-                .lock()
-                .unwrap()
-                .entry(v["id"].as_str().unwrap_or_default().to_string())
-                .or_default()
-                .push(auth);
-            axum::http::StatusCode::from_u16(sink.status).unwrap()
-        }
-        let addr = serve_orders(
-            axum::Router::new()
-                .route("/orders", axum::routing::post(handle))
-                .with_state(sink.clone()),
-        )
-        .await;
-        (sink, addr)
-    }
-
-    fn snapshot(&self) -> HashMap<String, Vec<String>> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-/// A customer's token in the fleet test.
-fn fleet_token(customer: &str) -> String {
-    format!("token-of-{customer}-{}", customer.len() * 7919)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
     const CUSTOMERS: usize = 100;
-    let (sink, sink_addr) = CredentialSink::start(200).await;
-    let (down, down_addr) = CredentialSink::start(503).await;
+    let (sink, sink_addr) = support::CredentialSink::start_on("127.0.0.1").await;
     let setup = Setup::new(sink_addr);
     // 100 customers of the reference integration, each with its own token; c000's upstream
     // is down (every call answers 503).
@@ -792,12 +739,12 @@ async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
             "weft: 1\nintegration: reference\nconfig:\n  hook_secret: {{ secret: HOOK_SECRET }}\n  token: {{ secret: {variable} }}\n"
         );
         if customer == "c000" {
-            text.push_str(&format!("  sink_url: http://{down_addr}\n"));
+            text.push_str(&format!("  sink_url: http://{sink_addr}/down\n"));
         }
         let dir = setup.repo.join("instances").join(customer);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("reference.yaml"), text).unwrap();
-        env.push((variable, fleet_token(customer)));
+        env.push((variable, support::fleet_token(customer)));
     }
     std::fs::remove_dir_all(setup.repo.join("instances/acme")).unwrap();
     let dist = build_bundle(&setup.repo)
@@ -846,66 +793,30 @@ async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
 
     // c001 and c002 interleaved, c000 (upstream down) beside them, one event for each other.
     let client = support::http_client(Duration::from_secs(10));
-    let mut accepted: Vec<(String, String)> = Vec::new();
-    let post = async |customer: &str, id: String| {
-        let r = support::post_reference_as(&client, setup.port, customer, &id)
+    let events = support::fleet_events(&customers, 60, 6);
+    for (customer, id) in &events {
+        let r = support::post_reference_as(&client, setup.port, customer, id)
             .await
             .unwrap();
         assert_eq!(r.status(), 202, "{customer}: {:?}", r.text().await);
-        (customer.to_string(), id)
-    };
-    for i in 0..60 {
-        accepted.push(post("c001", format!("c001-{i}")).await);
-        accepted.push(post("c002", format!("c002-{i}")).await);
-        if i % 6 == 0 {
-            accepted.push(post("c000", format!("c000-{i}")).await);
-        }
     }
-    for customer in &customers[3..] {
-        accepted.push(post(customer, format!("{customer}-only")).await);
-    }
-    let healthy: Vec<&(String, String)> = accepted.iter().filter(|(c, _)| c != "c000").collect();
+    let healthy = events.iter().filter(|(c, _)| c != "c000").count();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let seen = sink.snapshot();
-        if healthy.iter().all(|(_, id)| seen.contains_key(id)) {
-            break;
-        }
+    while Instant::now() < deadline
+        && !events
+            .iter()
+            .filter(|(c, _)| c != "c000")
+            .all(|(_, id)| sink.snapshot().contains_key(id))
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let seen = sink.snapshot();
-    let ids: Vec<String> = healthy.iter().map(|(_, id)| id.clone()).collect();
-    support::assert_none_lost(&ids, |id| seen.contains_key(id), &setup.log);
-    // Nothing crossed: each delivery carries its own customer's token, and only its own
-    // customer's events reach a stand-in.
-    for (customer, id) in &healthy {
-        let expected = format!("Bearer {}", fleet_token(customer));
-        assert!(
-            seen[id].iter().all(|auth| *auth == expected),
-            "{id} arrived with {:?}, not {customer}'s token",
-            seen[id]
-        );
-    }
-    assert_eq!(
-        seen.len(),
-        healthy.len(),
-        "the sink got only the healthy customers' events"
-    );
-    let tried = down.snapshot();
-    let c000 = format!("Bearer {}", fleet_token("c000"));
-    assert!(
-        tried.keys().all(|id| id.starts_with("c000-")),
-        "only c000's events went to c000's upstream: {:?}",
-        tried.keys().collect::<Vec<_>>()
-    );
-    assert!(tried.values().flatten().all(|auth| *auth == c000));
-    assert!(!tried.is_empty(), "c000's upstream was called");
+    // Nothing lost, nothing crossed: each arrival with its own customer's token, at its own
+    // upstream; c000's retries stay its own.
+    let down = support::assert_fleet_apart(&events, &sink.snapshot(), &setup.log);
     // The worker's history reaches the fleet gateway's store.
-    let succeeded = wait_succeeded(&setup.data, healthy.len(), &setup.log).await;
+    let succeeded = wait_succeeded(&setup.data, healthy, &setup.log).await;
     eprintln!(
-        "fleet of {CUSTOMERS} instances: {} events of the healthy customers delivered with their own tokens ({succeeded} succeeded in the history), c000's upstream called {} times",
-        healthy.len(),
-        tried.values().map(Vec::len).sum::<usize>()
+        "fleet of {CUSTOMERS} instances: {healthy} events of the healthy customers delivered with their own tokens ({succeeded} succeeded in the history), c000's upstream called {down} times"
     );
     drop(topology);
 }

@@ -265,7 +265,12 @@ pub fn run_as(
         let rt = weft_runtime::start(plans, options, secrets)
             .await
             .map_err(anyhow::Error::msg)?;
-        crate::resident::trim_after_start();
+        // Once the gateway serves: a fleet's start-up heap is large, and returning it takes a
+        // while that callers need not wait for.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _ = tokio::task::spawn_blocking(crate::resident::trim_after_start).await;
+        });
         tracing::info!(
             "running {flows} flow(s) of {instances} instance(s); data in {}",
             args.data_dir.display()

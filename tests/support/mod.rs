@@ -138,6 +138,115 @@ impl CountingSink {
     }
 }
 
+/// Every arrival's path and `Authorization`, by event id.
+pub type Arrivals = HashMap<String, Vec<(String, String)>>;
+
+/// The fleet tests' stand-in upstream: records the path and `Authorization` of every arrival by
+/// event id; paths under `/down/` answer 503 (a customer whose upstream is down).
+#[derive(Clone, Default)]
+pub struct CredentialSink {
+    seen: Arc<Mutex<Arrivals>>,
+}
+
+impl CredentialSink {
+    /// The sink on `ip` (`0.0.0.0`: reachable from containers as host.docker.internal).
+    pub async fn start_on(ip: &str) -> (CredentialSink, SocketAddr) {
+        let sink = CredentialSink::default();
+        async fn handle(
+            State(sink): State<CredentialSink>,
+            uri: axum::http::Uri,
+            headers: axum::http::HeaderMap,
+            body: Bytes,
+        ) -> axum::http::StatusCode {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            sink.seen
+                .lock()
+                .unwrap()
+                .entry(v["id"].as_str().unwrap_or_default().to_string())
+                .or_default()
+                .push((uri.path().to_string(), auth));
+            if uri.path().starts_with("/down/") {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                axum::http::StatusCode::OK
+            }
+        }
+        let app = Router::new()
+            .fallback(post(handle))
+            .with_state(sink.clone());
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (sink, addr)
+    }
+
+    pub fn snapshot(&self) -> Arrivals {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The token of a customer in the fleet tests.
+pub fn fleet_token(customer: &str) -> String {
+    format!("fleet-token-{customer}-5e1b")
+}
+
+/// The fleet tests' events, as (customer, id) in sending order: c001's and c002's interleaved
+/// for `rounds`, one of c000's every `down_every` rounds, then one for each other customer.
+pub fn fleet_events(
+    customers: &[String],
+    rounds: usize,
+    down_every: usize,
+) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    for i in 0..rounds {
+        for customer in ["c001", "c002"] {
+            events.push((customer.to_string(), format!("{customer}-{i}")));
+        }
+        if i % down_every == 0 {
+            events.push(("c000".to_string(), format!("c000-{i}")));
+        }
+    }
+    for customer in customers.iter().skip(3) {
+        events.push((customer.clone(), format!("{customer}-only")));
+    }
+    events
+}
+
+/// Checks the fleet tests' deliveries: every event of a healthy customer arrived, and every
+/// arrival (c000's too) carried its own customer's token to its own upstream (c000's is
+/// `/down/orders`). Returns how many calls c000's upstream got.
+pub fn assert_fleet_apart(events: &[(String, String)], seen: &Arrivals, log: &Path) -> usize {
+    let healthy: Vec<String> = events
+        .iter()
+        .filter(|(c, _)| c != "c000")
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_none_lost(&healthy, |id| seen.contains_key(id), log);
+    for (customer, id) in events {
+        let expected = format!("Bearer {}", fleet_token(customer));
+        let path = if customer == "c000" {
+            "/down/orders"
+        } else {
+            "/orders"
+        };
+        for (at, auth) in seen.get(id).into_iter().flatten() {
+            assert_eq!((at.as_str(), auth), (path, &expected), "{id}");
+        }
+    }
+    let down: usize = seen
+        .iter()
+        .filter(|(id, _)| id.starts_with("c000-"))
+        .map(|(_, v)| v.len())
+        .sum();
+    assert!(down > 0, "c000's upstream was called");
+    down
+}
+
 /// A scratch folder for one `weft run`: the reference repository (delivering to `sink`), a
 /// data folder, a log file, and a free port.
 pub struct Scratch {
