@@ -8,6 +8,20 @@ use std::process::Command;
 use weft_compiler::build::write_bundles;
 use weft_compiler::repo::read_repo;
 
+/// `.env` from the folder's `.env.example`, with every secret set as an operator would.
+fn write_env(dir: &Path) {
+    let example = std::fs::read_to_string(dir.join(".env.example")).unwrap();
+    let env: String = example
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_suffix('=') {
+            Some(secret) => format!("{secret}=dummy\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(dir.join(".env"), env).unwrap();
+}
+
 #[test]
 fn docker_compose_accepts_every_emitted_file() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -26,17 +40,7 @@ fn docker_compose_accepts_every_emitted_file() {
         for (bundle, _) in write_bundles(&target, &compilation.plans, &compilation.project).unwrap()
         {
             let bundle_dir = target.join(&bundle);
-            // The secrets docker-compose interpolates, as an operator would fill them in.
-            let example = std::fs::read_to_string(bundle_dir.join(".env.example")).unwrap();
-            let env: String = example
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .map(|l| match l.strip_suffix('=') {
-                    Some(secret) => format!("{secret}=dummy\n"),
-                    None => format!("{l}\n"),
-                })
-                .collect();
-            std::fs::write(bundle_dir.join(".env"), env).unwrap();
+            write_env(&bundle_dir);
             let output = Command::new("docker-compose")
                 .args([
                     "--project-directory",
@@ -120,16 +124,7 @@ fn docker_compose_accepts_the_fleet_file() {
         String::from_utf8_lossy(&built.stderr)
     );
     let fleet = out.path().join("fleet");
-    let example_env = std::fs::read_to_string(fleet.join(".env.example")).unwrap();
-    let env: String = example_env
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(|l| match l.strip_suffix('=') {
-            Some(secret) => format!("{secret}=dummy\n"),
-            None => format!("{l}\n"),
-        })
-        .collect();
-    std::fs::write(fleet.join(".env"), env).unwrap();
+    write_env(&fleet);
     let output = Command::new("docker-compose")
         .args([
             "--project-directory",

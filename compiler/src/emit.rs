@@ -318,6 +318,27 @@ pub(crate) fn after_broker() -> BTreeMap<String, DependsOn> {
     )])
 }
 
+/// The broker's service: NATS JetStream with `nats.conf` beside the compose file and its data
+/// on the `broker-data` volume.
+pub(crate) fn broker_service(project: &Project, labels: BTreeMap<String, String>) -> Service {
+    Service {
+        image: format!("${{WEFT_BROKER_IMAGE:-{}}}", project.images.broker),
+        command: vec!["--config".into(), "/etc/nats/nats.conf".into()],
+        environment: BTreeMap::new(),
+        ports: Vec::new(),
+        volumes: vec![
+            "broker-data:/data".into(),
+            "./nats.conf:/etc/nats/nats.conf:ro".into(),
+        ],
+        labels,
+        extra_hosts: Vec::new(),
+        depends_on: BTreeMap::new(),
+        restart: Some("unless-stopped".into()),
+        healthcheck: None,
+        deploy: None,
+    }
+}
+
 /// The service of a custom component: its name (the host the runtime calls,
 /// `http://<name>:8080`), unless that is a service name weft takes.
 pub fn component_service(component: &str) -> String {
@@ -480,22 +501,7 @@ pub fn compose_file(plan: &Plan, project: &Project, host_port: u16) -> ComposeFi
     volumes.insert("gateway-data".to_string(), compose::NamedVolume {});
     services.insert(
         "broker".to_string(),
-        Service {
-            image: format!("${{WEFT_BROKER_IMAGE:-{}}}", project.images.broker),
-            command: vec!["--config".into(), "/etc/nats/nats.conf".into()],
-            environment: BTreeMap::new(),
-            ports: Vec::new(),
-            volumes: vec![
-                "broker-data:/data".into(),
-                "./nats.conf:/etc/nats/nats.conf:ro".into(),
-            ],
-            labels: labels(plan, Role::Broker),
-            extra_hosts: Vec::new(),
-            depends_on: BTreeMap::new(),
-            restart: Some("unless-stopped".into()),
-            healthcheck: None,
-            deploy: None,
-        },
+        broker_service(project, labels(plan, Role::Broker)),
     );
     // Custom components are reached at http://<component>:8080 unless renamed here.
     let mut component_env = BTreeMap::new();

@@ -117,22 +117,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
     let mut services = BTreeMap::new();
     services.insert(
         "broker".to_string(),
-        Service {
-            image: format!("${{WEFT_BROKER_IMAGE:-{}}}", project.images.broker),
-            command: vec!["--config".into(), "/etc/nats/nats.conf".into()],
-            environment: BTreeMap::new(),
-            ports: Vec::new(),
-            volumes: vec![
-                "broker-data:/data".into(),
-                "./nats.conf:/etc/nats/nats.conf:ro".into(),
-            ],
-            labels: labels(project, Role::Broker),
-            extra_hosts: Vec::new(),
-            depends_on: BTreeMap::new(),
-            restart: Some("unless-stopped".into()),
-            healthcheck: None,
-            deploy: None,
-        },
+        emit::broker_service(project, labels(project, Role::Broker)),
     );
     let port = gateway_port(plans);
     let gateway_secrets: BTreeSet<&str> = plans.iter().flat_map(|p| p.gateway_secrets()).collect();
