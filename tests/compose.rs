@@ -22,6 +22,21 @@ fn write_env(dir: &Path) {
     std::fs::write(dir.join(".env"), env).unwrap();
 }
 
+/// `docker-compose config` on the folder's `docker-compose.yaml`.
+fn compose_config(dir: &Path) -> std::process::Output {
+    Command::new("docker-compose")
+        .args([
+            "--project-directory",
+            ".",
+            "-f",
+            "docker-compose.yaml",
+            "config",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("docker-compose is installed (apt-get install docker-compose; .ci/run does)")
+}
+
 #[test]
 fn docker_compose_accepts_every_emitted_file() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
@@ -41,19 +56,7 @@ fn docker_compose_accepts_every_emitted_file() {
         {
             let bundle_dir = target.join(&bundle);
             write_env(&bundle_dir);
-            let output = Command::new("docker-compose")
-                .args([
-                    "--project-directory",
-                    ".",
-                    "-f",
-                    "docker-compose.yaml",
-                    "config",
-                ])
-                .current_dir(&bundle_dir)
-                .output()
-                .expect(
-                    "docker-compose is installed (apt-get install docker-compose; .ci/run does)",
-                );
+            let output = compose_config(&bundle_dir);
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(
@@ -125,17 +128,7 @@ fn docker_compose_accepts_the_fleet_file() {
     );
     let fleet = out.path().join("fleet");
     write_env(&fleet);
-    let output = Command::new("docker-compose")
-        .args([
-            "--project-directory",
-            ".",
-            "-f",
-            "docker-compose.yaml",
-            "config",
-        ])
-        .current_dir(&fleet)
-        .output()
-        .expect("docker-compose is installed (apt-get install docker-compose; .ci/run does)");
+    let output = compose_config(&fleet);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "docker-compose config: {stderr}");

@@ -424,10 +424,10 @@ struct StepGroup {
 fn step_groups(instances: &HashMap<String, Arc<InstanceRt>>, options: &Options) -> Vec<StepGroup> {
     let mut keys: Vec<&String> = instances.keys().collect();
     keys.sort();
-    // By version (its address: one per version), flow and step.
-    let mut members: std::collections::BTreeMap<(usize, String, String), Vec<Arc<InstanceRt>>> =
+    // By version (its address: one per version), flow and step: the step and its instances.
+    type Members = (Arc<instance::StepRt>, Vec<Arc<InstanceRt>>);
+    let mut groups: std::collections::BTreeMap<(usize, String, String), Members> =
         Default::default();
-    let mut steps: HashMap<(usize, String, String), Arc<instance::StepRt>> = HashMap::new();
     for key in keys {
         let instance = &instances[key];
         let version = Arc::as_ptr(&instance.version) as usize;
@@ -436,16 +436,17 @@ fn step_groups(instances: &HashMap<String, Arc<InstanceRt>>, options: &Options) 
                 if !options.role.runs_step(flow, &step.step) {
                     continue;
                 }
-                let at = (version, flow.name.clone(), step.step.id.clone());
-                steps.entry(at.clone()).or_insert_with(|| step.clone());
-                members.entry(at).or_default().push(instance.clone());
+                groups
+                    .entry((version, flow.name.clone(), step.step.id.clone()))
+                    .or_insert_with(|| (step.clone(), Vec::new()))
+                    .1
+                    .push(instance.clone());
             }
         }
     }
-    members
-        .into_iter()
-        .map(|(at, instances)| {
-            let step = steps.remove(&at).expect("a step per group");
+    groups
+        .into_values()
+        .map(|(step, instances)| {
             let concurrency =
                 options.step_concurrency.max(1) * options.role.replicas_here(&step.step);
             let lane_limit = match instances.len() {

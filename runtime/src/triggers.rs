@@ -4,7 +4,7 @@
 //! cursor never moves past items that were not enqueued.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,10 +63,10 @@ const LONGEST_SLEEP_MS: i64 = 60_000;
 /// poll ends.
 pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
     let timers: Arc<Vec<Timer>> = Arc::new(timers);
-    let (rearm, mut due_again) = tokio::sync::mpsc::unbounded_channel::<(i64, usize)>();
+    // Entries are (due, timer, last fired time): a schedule's last fired time travels with its
+    // entry (a timer is armed again only once its firing ends); polls keep 0.
+    let (rearm, mut due_again) = tokio::sync::mpsc::unbounded_channel::<Armed>();
     let mut heap = BinaryHeap::new();
-    // A schedule's last fired time, by timer.
-    let mut last = HashMap::new();
     for (i, timer) in timers.iter().enumerate() {
         match &timer.kind {
             Timed::Schedule(schedule) => {
@@ -77,20 +77,18 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
                     .flatten()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(now_ms);
-                last.insert(i, fired);
                 match next_occurrence(schedule, fired) {
-                    Some((due, _)) => heap.push(Reverse((due, i))),
+                    Some((due, _)) => heap.push(Reverse((due, i, fired))),
                     None => no_next_occurrence(timer),
                 }
             }
-            Timed::Poll(_) => heap.push(Reverse((now_ms(), i))),
+            Timed::Poll(_) => heap.push(Reverse((now_ms(), i, 0))),
         }
     }
-    let last = Arc::new(std::sync::Mutex::new(last));
     while !engine.is_stopping() {
         let wait = heap
             .peek()
-            .map_or(LONGEST_SLEEP_MS, |Reverse((due, _))| due - now_ms())
+            .map_or(LONGEST_SLEEP_MS, |Reverse((due, _, _))| due - now_ms())
             .clamp(0, LONGEST_SLEEP_MS);
         tokio::select! {
             Some(entry) = due_again.recv() => heap.push(Reverse(entry)),
@@ -99,7 +97,7 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
                     return;
                 }
                 let now = now_ms();
-                while let Some(&Reverse((due, i))) = heap.peek() {
+                while let Some(&Reverse((due, i, fired))) = heap.peek() {
                     if due > now {
                         break;
                     }
@@ -108,7 +106,7 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
                         engine.clone(),
                         timers.clone(),
                         i,
-                        last.clone(),
+                        fired,
                         rearm.clone(),
                     ));
                 }
@@ -117,42 +115,38 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
     }
 }
 
-/// Runs timer `i` once and sends its next due time to the wheel.
+/// A timer in the wheel: (due, timer, last fired time).
+type Armed = (i64, usize, i64);
+
+/// Runs timer `i` (a schedule last fired at `fired`) once and sends it back to the wheel with
+/// its next due time.
 async fn fire(
     engine: Arc<Engine>,
     timers: Arc<Vec<Timer>>,
     i: usize,
-    last: Arc<std::sync::Mutex<HashMap<usize, i64>>>,
-    rearm: tokio::sync::mpsc::UnboundedSender<(i64, usize)>,
+    fired: i64,
+    rearm: tokio::sync::mpsc::UnboundedSender<Armed>,
 ) {
     if engine.is_stopping() {
         return;
     }
     let timer = &timers[i];
-    let next_due = match &timer.kind {
+    let next = match &timer.kind {
         Timed::Poll(poll) => {
             let key = format!("cursor:{}:{}", timer.instance.key, timer.flow);
             if let Err(e) = poll_once(&engine, &timer.instance, &timer.flow, poll, &key).await {
                 tracing::warn!(flow = %timer.flow, instance = %timer.instance.key, "poll failed: {}", engine.redactor().str(&e.to_string()));
             }
-            Some(now_ms() + poll.every.as_millis() as i64)
+            Some((now_ms() + poll.every.as_millis() as i64, fired))
         }
-        Timed::Schedule(schedule) => {
-            let fired = last.lock().unwrap_or_else(|p| p.into_inner())[&i];
-            match fire_schedule(&engine, timer, schedule, fired).await {
-                Some(fired) => {
-                    last.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(i, fired);
-                    next_occurrence(schedule, fired).map(|(due, _)| due)
-                }
-                None => Some(now_ms() + 1000),
-            }
-        }
+        Timed::Schedule(schedule) => match fire_schedule(&engine, timer, schedule, fired).await {
+            Some(fired) => next_occurrence(schedule, fired).map(|(due, _)| (due, fired)),
+            None => Some((now_ms() + 1000, fired)),
+        },
     };
-    match next_due {
-        Some(due) => {
-            let _ = rearm.send((due, i));
+    match next {
+        Some((due, fired)) => {
+            let _ = rearm.send((due, i, fired));
         }
         None => no_next_occurrence(timer),
     }
