@@ -51,15 +51,27 @@ async fn accepted_events_survive_kill_9() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Then the sink holds every delivery (and later fails it unrecorded) while the senders go
+    // on: work accepted from here on is certainly in flight or queued at the kill, however fast
+    // or slow this machine delivers.
+    sink.hold(true);
+    let delivered_at_hold = sink.distinct();
+    for _ in 0..400 {
+        if accepted.lock().unwrap().len() >= delivered_at_hold + 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let at_kill = accepted.lock().unwrap().len();
-    let delivered_at_kill = sink.distinct();
     weft.kill9();
+    let delivered_at_kill = sink.distinct();
     // Senders keep going against the dead port for a moment (refused: not accepted), then stop.
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.await.unwrap();
     }
+    sink.hold(false);
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
     assert!(
         at_kill > 100,

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,8 @@ pub struct CountingSink {
     pub seen: Arc<Mutex<HashMap<String, (usize, Instant)>>>,
     /// How long the sink takes to answer each request.
     pub latency: Duration,
+    /// While set, requests wait, then fail with 503 unrecorded (see [`CountingSink::hold`]).
+    held: Arc<AtomicBool>,
 }
 
 impl CountingSink {
@@ -109,9 +112,18 @@ impl CountingSink {
             latency,
             ..CountingSink::default()
         };
-        async fn handle(State(sink): State<CountingSink>, body: Bytes) -> &'static str {
+        async fn handle(
+            State(sink): State<CountingSink>,
+            body: Bytes,
+        ) -> (axum::http::StatusCode, &'static str) {
             if !sink.latency.is_zero() {
                 tokio::time::sleep(sink.latency).await;
+            }
+            if sink.held.load(Ordering::SeqCst) {
+                while sink.held.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "held");
             }
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             let id = v["id"]
@@ -122,7 +134,7 @@ impl CountingSink {
             seen.entry(id)
                 .and_modify(|(n, _)| *n += 1)
                 .or_insert((1, Instant::now()));
-            "{}"
+            (axum::http::StatusCode::OK, "{}")
         }
         let app = Router::new()
             .route("/orders", post(handle))
@@ -135,6 +147,13 @@ impl CountingSink {
 
     pub fn distinct(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    /// Holds (`true`) or releases (`false`) the sink. A request that arrives while it is held
+    /// waits for the release, then fails with 503 and is not recorded: a delivery in flight
+    /// when its sender dies stays undelivered, so only a restarted sender can deliver it.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::SeqCst);
     }
 }
 
