@@ -14,7 +14,7 @@
 //! first run (derived from the input message's stream sequence), so the broker drops it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub struct JetStreamQueue {
     replicas: usize,
     held: Mutex<HashMap<i64, Held>>,
     next_id: AtomicI64,
+    /// Whether the fleet history stream is declared (and applied, in the gateway).
+    fleet_history: AtomicBool,
 }
 
 /// The stable broker-side de-duplication id of a message to publish.
@@ -149,6 +151,7 @@ impl JetStreamQueue {
             replicas: replicas.max(1),
             held: Mutex::default(),
             next_id: AtomicI64::new(1),
+            fleet_history: AtomicBool::new(false),
         })
     }
 
@@ -165,9 +168,25 @@ impl JetStreamQueue {
         step_concurrency: usize,
         role: &Role,
     ) -> Result<(), StoreError> {
+        let instances: Vec<Arc<InstanceRt>> = engine.instances().values().cloned().collect();
+        self.start_instances(engine, &instances, &|_| true, step_concurrency, role)
+            .await
+    }
+
+    /// [`JetStreamQueue::start`] for `instances`, new to this process (at start, or added or
+    /// replaced by a reload): the gateway applies the history streams of those `is_new` says
+    /// it does not follow yet. A fetch loop ends when its instance is retired.
+    pub async fn start_instances(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        instances: &[Arc<InstanceRt>],
+        is_new: &(dyn Fn(&str) -> bool + Sync),
+        step_concurrency: usize,
+        role: &Role,
+    ) -> Result<(), StoreError> {
         // A fleet's step workers (several instances each) publish their history on one
         // stream: its gateway applies it beside its instances' own.
-        if engine.instances().nth(1).is_some() {
+        if engine.instances().len() > 1 && !self.fleet_history.swap(true, Ordering::Relaxed) {
             let fleet = self
                 .declare_stream(
                     broker_names::FLEET_HISTORY_STREAM.to_string(),
@@ -176,9 +195,11 @@ impl JetStreamQueue {
                 .await?;
             self.apply_history_here(engine, role, &fleet).await?;
         }
-        for instance in engine.instances() {
+        for instance in instances {
             let history = self.history_stream(instance).await?;
-            self.apply_history_here(engine, role, &history).await?;
+            if is_new(&instance.key) {
+                self.apply_history_here(engine, role, &history).await?;
+            }
             for flow in instance.enabled_flows() {
                 let steps: Vec<&Arc<StepRt>> =
                     instance.version.flows[&flow.name].steps.values().collect();
@@ -193,6 +214,7 @@ impl JetStreamQueue {
                     let concurrency = step_concurrency.max(1) * role.replicas_here(&step.step);
                     tokio::spawn(self.clone().fetch_loop(
                         engine.clone(),
+                        instance.clone(),
                         step.clone(),
                         consumer,
                         concurrency,
@@ -304,13 +326,14 @@ impl JetStreamQueue {
     async fn fetch_loop(
         self: Arc<Self>,
         engine: Arc<Engine>,
+        instance: Arc<InstanceRt>,
         step: Arc<StepRt>,
         consumer: consumer::PullConsumer,
         concurrency: usize,
     ) {
         let slots = Arc::new(Semaphore::new(concurrency));
         let what = format!("step `{}`", step.step.id);
-        while !engine.is_stopping() {
+        while !engine.is_stopping() && !instance.is_retired() {
             let Ok(first) = slots.clone().acquire_owned().await else {
                 return;
             };

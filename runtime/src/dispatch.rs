@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
@@ -21,8 +22,8 @@ use crate::store::StoredMessage;
 pub struct StepQueue {
     state: Mutex<Lanes>,
     notify: Notify,
-    /// Messages one lane may have running at once.
-    lane_limit: usize,
+    /// Messages one lane may have running at once (a reload that adds lanes may lower it).
+    lane_limit: AtomicUsize,
 }
 
 struct Lanes {
@@ -75,19 +76,36 @@ impl StepQueue {
                 turn: VecDeque::new(),
             }),
             notify: Notify::new(),
-            lane_limit: lane_limit.max(1),
+            lane_limit: AtomicUsize::new(lane_limit.max(1)),
         }
+    }
+
+    fn limit(&self) -> usize {
+        self.lane_limit.load(Ordering::Relaxed)
+    }
+
+    /// Lets each lane run at most `limit` messages at once from now on.
+    pub fn set_lane_limit(&self, limit: usize) {
+        self.lane_limit.store(limit.max(1), Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lanes> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds `count` empty lanes (instances a reload added); returns the first one's index.
+    pub fn add_lanes(&self, count: usize) -> usize {
+        let mut state = self.lock();
+        let first = state.lanes.len();
+        state.lanes.extend((0..count).map(|_| LaneState::default()));
+        first
+    }
+
     /// Adds a message at the back of `lane`.
     pub fn push(&self, lane: usize, m: StoredMessage) {
         let mut state = self.lock();
         state.lanes[lane].items.push_back(m);
-        if state.offer(lane, self.lane_limit) {
+        if state.offer(lane, self.limit()) {
             drop(state);
             self.notify.notify_one();
         }
@@ -108,7 +126,7 @@ impl StepQueue {
                         continue;
                     };
                     state.lanes[lane].running += 1;
-                    if state.offer(lane, self.lane_limit) {
+                    if state.offer(lane, self.limit()) {
                         // More to take: let another waiter see it.
                         self.notify.notify_one();
                     }
@@ -124,7 +142,7 @@ impl StepQueue {
         let mut state = self.lock();
         let l = &mut state.lanes[lane];
         l.running = l.running.saturating_sub(1);
-        if state.offer(lane, self.lane_limit) {
+        if state.offer(lane, self.limit()) {
             drop(state);
             self.notify.notify_one();
         }
@@ -167,28 +185,49 @@ impl Lane {
     }
 }
 
+/// The lanes of one step queue, by lane index, with the instance each serves; a reload
+/// swaps in a longer table.
+pub type LaneTable = ArcSwap<Vec<(Arc<crate::instance::InstanceRt>, Lane)>>;
+
+/// Every instance's step lanes, by queue name.
+pub type LaneMap = HashMap<String, Lane>;
+
 /// Routes committed messages to their in-memory queues (called on the store's writer thread).
 pub struct Dispatch {
-    /// Every instance's step queues, by queue name.
-    pub lanes: HashMap<String, Lane>,
+    /// Every instance's step lanes, by queue name; a reload swaps in a larger map.
+    lanes: ArcSwap<LaneMap>,
     /// Messages waiting or in flight, for admission control at the gateway.
     pub pending: AtomicUsize,
     handle: tokio::runtime::Handle,
 }
 
 impl Dispatch {
-    pub fn new(lanes: HashMap<String, Lane>, handle: tokio::runtime::Handle) -> Self {
+    pub fn new(lanes: LaneMap, handle: tokio::runtime::Handle) -> Self {
         Dispatch {
-            lanes,
+            lanes: ArcSwap::from_pointee(lanes),
             pending: AtomicUsize::new(0),
             handle,
         }
     }
 
+    /// The lane of queue `queue`, if this process runs it.
+    pub fn lane(&self, queue: &str) -> Option<Lane> {
+        self.lanes.load().get(queue).cloned()
+    }
+
+    /// Adds (or, for a replaced instance, repoints) the lanes of `queues`: messages committed
+    /// from now on go there.
+    pub fn add_lanes(&self, queues: impl IntoIterator<Item = (String, Lane)>) {
+        let mut lanes = LaneMap::clone(&self.lanes.load());
+        lanes.extend(queues);
+        self.lanes.store(Arc::new(lanes));
+    }
+
     pub fn deliver(&self, messages: &[StoredMessage]) {
         let now = now_ms();
+        let lanes = self.lanes.load();
         for m in messages {
-            let Some(lane) = self.lanes.get(&m.queue).cloned() else {
+            let Some(lane) = lanes.get(&m.queue).cloned() else {
                 continue; // not ours: stays in the store
             };
             self.pending.fetch_add(1, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -15,10 +16,10 @@ use tokio::sync::{Notify, Semaphore, oneshot};
 use weft_plan::{self as plan, Builtin, EdgeKind, OnError, StepRunStatus};
 
 pub use crate::clock::now_ms;
-use crate::dispatch::{Dispatch, Lane, StepQueue};
+use crate::dispatch::{Dispatch, Lane, LaneTable, StepQueue};
 use crate::error::TriggerError;
 use crate::inflight::InflightSlots;
-use crate::instance::{InstanceRt, StepRt};
+use crate::instance::{InstanceMap, InstanceRt, StepRt};
 use crate::json_view::{Document, JsonView};
 use crate::metrics::{Metrics, StepLabels};
 use crate::offline::{OfflineHooks, StepOverride};
@@ -51,7 +52,7 @@ pub struct EngineParts {
     /// The durable queue: the embedded store, or another backend behind the same trait.
     pub store: Arc<dyn Queue>,
     pub dispatch: Arc<Dispatch>,
-    pub instances: HashMap<String, Arc<InstanceRt>>,
+    pub instances: InstanceMap,
     pub renderer: Renderer,
     pub http: reqwest::Client,
     pub deny_private: bool,
@@ -69,12 +70,14 @@ pub struct EngineParts {
 pub struct Engine {
     store: Arc<dyn Queue>,
     dispatch: Arc<Dispatch>,
-    instances: HashMap<String, Arc<InstanceRt>>,
+    /// Swapped whole by a reload.
+    instances: ArcSwap<InstanceMap>,
     renderer: Renderer,
     http: reqwest::Client,
     deny_private: bool,
     component_urls: HashMap<String, String>,
-    redactor: Redactor,
+    /// Swapped whole by a reload (it masks the secrets of every instance).
+    redactor: ArcSwap<Redactor>,
     inflight: Option<InflightSlots>,
     offline: Option<Arc<dyn OfflineHooks>>,
     metrics: Metrics,
@@ -117,12 +120,12 @@ impl Engine {
         Engine {
             store: parts.store,
             dispatch: parts.dispatch,
-            instances: parts.instances,
+            instances: ArcSwap::from_pointee(parts.instances),
             renderer: parts.renderer,
             http: parts.http,
             deny_private: parts.deny_private,
             component_urls: parts.component_urls,
-            redactor: parts.redactor,
+            redactor: ArcSwap::from_pointee(parts.redactor),
             inflight: parts.inflight,
             offline: parts.offline,
             metrics: Metrics::new(),
@@ -133,6 +136,11 @@ impl Engine {
         }
     }
 
+    /// Routes committed messages to the step queues.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
     pub fn store(&self) -> &dyn Queue {
         self.store.as_ref()
     }
@@ -141,29 +149,42 @@ impl Engine {
         &self.metrics
     }
 
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
+    /// What masks every secret now (a reload swaps it).
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.redactor.load_full()
+    }
+
+    /// Masks the secrets of a reloaded set of instances from now on.
+    pub fn set_redactor(&self, redactor: Redactor) {
+        self.redactor.store(Arc::new(redactor));
     }
 
     pub fn renderer(&self) -> &Renderer {
         &self.renderer
     }
 
-    /// Every instance, keyed `<customer>/<integration>`.
-    pub fn instances(&self) -> impl Iterator<Item = &Arc<InstanceRt>> {
-        self.instances.values()
+    /// Every instance now, keyed `<customer>/<integration>` (a reload swaps the whole map).
+    pub fn instances(&self) -> Arc<InstanceMap> {
+        self.instances.load_full()
+    }
+
+    /// Runs `instances` from now on (a reload; see [`crate::reload`]).
+    pub fn set_instances(&self, instances: InstanceMap) {
+        self.instances.store(Arc::new(instances));
     }
 
     /// The instance of `customer` that has a flow named `flow`.
-    pub fn instance_with_flow(&self, customer: &str, flow: &str) -> Option<&Arc<InstanceRt>> {
+    pub fn instance_with_flow(&self, customer: &str, flow: &str) -> Option<Arc<InstanceRt>> {
         self.instances
+            .load()
             .values()
             .find(|i| i.customer == customer && i.flow(flow).is_some())
+            .cloned()
     }
 
     /// Messages waiting in memory for a step's queue.
     pub fn queue_depth(&self, queue: &str) -> usize {
-        self.dispatch.lanes.get(queue).map_or(0, Lane::len)
+        self.dispatch.lane(queue).map_or(0, |l| l.len())
     }
 
     /// Messages waiting or in flight, for admission control at the gateway.
@@ -218,7 +239,7 @@ impl Engine {
     ) -> StepEnv<'a> {
         StepEnv {
             http: &self.http,
-            redactor: &self.redactor,
+            redactor: self.redactor.load_full(),
             deny_private: self.deny_private,
             idempotency_key,
             timeout,
@@ -291,7 +312,7 @@ impl Engine {
             id: id.to_string(),
             instance: instance.key.clone(),
             flow: flow.to_string(),
-            trigger: self.redactor.json(&trigger),
+            trigger: self.redactor.load().json(&trigger),
             started_at: now_ms(),
         });
         let first = f.entry.as_ref().map(|first| {
@@ -332,7 +353,7 @@ impl Engine {
         self: Arc<Self>,
         step: Arc<StepRt>,
         queue: Arc<StepQueue>,
-        lanes: Arc<Vec<(Arc<InstanceRt>, Lane)>>,
+        lanes: Arc<LaneTable>,
         concurrency: usize,
     ) {
         let permits = Arc::new(Semaphore::new(concurrency));
@@ -352,7 +373,7 @@ impl Engine {
             }
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             let engine = self.clone();
-            let (instance, lane) = lanes[index].clone();
+            let (instance, lane) = lanes.load()[index].clone();
             let step = step.clone();
             tokio::spawn(async move {
                 engine.handle(&instance, &step, &lane, message).await;
@@ -430,7 +451,7 @@ impl Engine {
                 step: step.to_string(),
                 error: error.clone(),
                 at,
-                body: Some(self.redactor.str(&message.body)),
+                body: Some(self.redactor.load().str(&message.body)),
             },
             Op::FailExecution {
                 execution: message.execution.clone(),
@@ -474,7 +495,7 @@ impl Engine {
             step: step.step.id.clone(),
             attempt,
             status: StepRunStatus::Succeeded,
-            input: Some(self.redactor.json(&input_seen)),
+            input: Some(self.redactor.load().json(&input_seen)),
             output: None,
             error: None,
             started_at,
@@ -492,7 +513,7 @@ impl Engine {
         error: StepError,
     ) -> AfterFailure {
         let retry = &step.step.retry;
-        let text = self.redactor.str(&error.message);
+        let text = self.redactor.load().str(&error.message);
         let id = &step.step.id;
         let execution = &message.execution;
         let at = now_ms();
@@ -538,7 +559,7 @@ impl Engine {
                 at,
                 // What the step's data held of secrets is masked; a replay reads config and
                 // connections afresh, so templates over `config.<secret>` get real values.
-                body: Some(self.redactor.str(&message.body)),
+                body: Some(self.redactor.load().str(&message.body)),
             }
         } else {
             Op::Ack(message.id)
@@ -577,7 +598,7 @@ impl Engine {
             next.extend(self.follow(instance, step, envelope, kind, &output, item));
         }
         if run.status == StepRunStatus::Succeeded {
-            run.output = Some(self.redactor.json(&output));
+            run.output = Some(self.redactor.load().json(&output));
         }
         ops.push(Op::RecordStep(run));
         let enqueued = self
@@ -661,7 +682,7 @@ impl Engine {
                     for (kind, item) in routes {
                         work.extend(self.follow(instance, &step, &envelope, kind, &output, item));
                     }
-                    run.output = Some(self.redactor.json(&output));
+                    run.output = Some(self.redactor.load().json(&output));
                     ops.push(Op::RecordStep(run));
                     continue;
                 }

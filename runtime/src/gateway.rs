@@ -6,8 +6,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -22,7 +24,7 @@ use weft_plan::{self as plan, Respond, Trigger};
 use crate::auth::{self, Verdict, WebhookAuth};
 use crate::engine::Engine;
 use crate::error::{StartError, TemplateError};
-use crate::instance::InstanceRt;
+use crate::instance::{InstanceMap, InstanceRt};
 use crate::metrics::StepLabels;
 use crate::nesting::{MAX_NESTING, nesting};
 use crate::render;
@@ -59,37 +61,43 @@ pub struct Limits {
 /// Budget permits are counted in KiB.
 const BUDGET_UNIT: usize = 1024;
 
+/// Webhook routes by `(customer, integration, path)`.
+pub type Hooks = HashMap<(String, String, String), Arc<Hook>>;
+
 pub struct GatewayState {
     engine: Arc<Engine>,
-    /// By `(customer, integration, path)`.
-    hooks: HashMap<(String, String, String), Hook>,
+    /// Swapped whole by a reload.
+    hooks: ArcSwap<Hooks>,
     limits: Limits,
+    /// [`Limits::max_instance_pending`], which a reload may change (one instance or several).
+    max_instance_pending: AtomicUsize,
     budget: Arc<Semaphore>,
 }
 
 impl GatewayState {
-    pub fn new(
-        engine: Arc<Engine>,
-        hooks: HashMap<(String, String, String), Hook>,
-        limits: Limits,
-    ) -> GatewayState {
+    pub fn new(engine: Arc<Engine>, hooks: Hooks, limits: Limits) -> GatewayState {
         let permits = (limits.body_budget / BUDGET_UNIT).clamp(1, Semaphore::MAX_PERMITS);
         GatewayState {
             engine,
-            hooks,
+            hooks: ArcSwap::from_pointee(hooks),
+            max_instance_pending: AtomicUsize::new(limits.max_instance_pending),
             budget: Arc::new(Semaphore::new(permits)),
             limits,
         }
     }
+
+    /// Routes `hooks` from now on, each instance refused past `max_instance_pending` (a reload).
+    pub fn set_hooks(&self, hooks: Hooks, max_instance_pending: usize) {
+        self.hooks.store(Arc::new(hooks));
+        self.max_instance_pending
+            .store(max_instance_pending, Ordering::Relaxed);
+    }
 }
 
-/// Every webhook route of every instance, with its auth secrets rendered from config.
-pub fn hooks(
-    engine: &Engine,
-    max_body: usize,
-) -> Result<HashMap<(String, String, String), Hook>, StartError> {
+/// Every webhook route of `instances`, with its auth secrets rendered from config.
+pub fn hooks(instances: &InstanceMap, max_body: usize) -> Result<Hooks, StartError> {
     let mut hooks = HashMap::new();
-    for instance in engine.instances() {
+    for instance in instances.values() {
         for (flow, enabled) in instance.flows() {
             let Trigger::Webhook {
                 method,
@@ -126,7 +134,7 @@ pub fn hooks(
                 enabled,
                 max_body: plan_limit.min(max_body),
             };
-            hooks.insert(key, hook);
+            hooks.insert(key, Arc::new(hook));
         }
     }
     Ok(hooks)
@@ -174,7 +182,7 @@ pub fn app(state: Arc<GatewayState>) -> Router {
 
 async fn metrics(State(state): State<Arc<GatewayState>>) -> Response {
     let engine = &state.engine;
-    for instance in engine.instances() {
+    for instance in engine.instances().values() {
         for step in instance.enabled_steps() {
             let queue = instance.queue_of(step);
             let depth = engine.queue_depth(&queue);
@@ -286,6 +294,7 @@ async fn webhook(
 /// signature; then one durable commit; then, for sync flows, the flow's reply.
 async fn accept(state: &GatewayState, call: &Call, body: Body) -> Result<Response, Refusal> {
     let hook = route(state, call)?;
+    let hook = &*hook;
     admit(state, hook)?;
     if let Some(why) = auth::precheck(&hook.auth, &call.headers) {
         return Err(unauthorized(hook, why));
@@ -315,13 +324,13 @@ async fn accept(state: &GatewayState, call: &Call, body: Body) -> Result<Respons
     Ok(sync_reply(state, hook, &execution, waiter).await)
 }
 
-fn route<'s>(state: &'s GatewayState, call: &Call) -> Result<&'s Hook, Refusal> {
+fn route(state: &GatewayState, call: &Call) -> Result<Arc<Hook>, Refusal> {
     let key = (
         call.customer.clone(),
         call.integration.clone(),
         call.path.clone(),
     );
-    let Some(hook) = state.hooks.get(&key) else {
+    let Some(hook) = state.hooks.load().get(&key).cloned() else {
         return Err(Refusal::closing(
             StatusCode::NOT_FOUND,
             json!({ "error": "no webhook at this path" }),
@@ -352,11 +361,8 @@ fn admit(state: &GatewayState, hook: &Hook) -> Result<(), Refusal> {
             json!({ "error": "shutting down" }),
         ));
     }
-    if hook
-        .instance
-        .pending
-        .load(std::sync::atomic::Ordering::Relaxed)
-        >= state.limits.max_instance_pending
+    if hook.instance.pending.load(Ordering::Relaxed)
+        >= state.max_instance_pending.load(Ordering::Relaxed)
     {
         return Err(busy(
             "busy: too many of this instance's messages waiting, retry later",

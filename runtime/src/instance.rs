@@ -8,7 +8,7 @@ use std::time::Duration;
 use rayon::prelude::*;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use weft_plan::{self as plan, ConfigValue, Plan, Trigger};
 
 use crate::error::{StartError, TemplateError};
@@ -124,17 +124,26 @@ impl VersionRt {
     }
 }
 
-/// Builds every instance, compiling each integration version once for all its instances;
-/// returns them in the order of `plans`, with the number of versions. The work is spread
-/// over every core: a fleet has thousands of instances. `secrets` holds every secret's value
-/// by name, and `public_url` is where callers reach the gateway (for
-/// `instance.flows[...].url`). Of several errors, the first plan's is returned.
+/// Instances by `<customer>/<integration>`.
+pub type InstanceMap = HashMap<String, Arc<InstanceRt>>;
+
+/// The integration versions built so far, by [`VersionKey`] digest: instances added later (a
+/// reload) share them.
+pub type Versions = HashMap<[u8; 32], Arc<VersionRt>>;
+
+/// Builds every instance, compiling each integration version once for all its instances
+/// (and not at all when `versions` has it already; new versions are added there); returns
+/// them in the order of `plans`. The work is spread over every core: a fleet has thousands of
+/// instances. `secrets` holds every secret's value by name, and `public_url` is where callers
+/// reach the gateway (for `instance.flows[...].url`). Of several errors, the first plan's is
+/// returned.
 pub fn build_instances(
     plans: &[Plan],
     renderer: &Renderer,
     secrets: &HashMap<String, String>,
     public_url: &str,
-) -> Result<(Vec<InstanceRt>, usize), StartError> {
+    versions: &mut Versions,
+) -> Result<Vec<InstanceRt>, StartError> {
     let keyed: Vec<(String, [u8; 32])> = plans
         .par_iter()
         .map(|plan| {
@@ -145,11 +154,13 @@ pub fn build_instances(
     // Each version is compiled from its first instance's plan.
     let mut first: HashMap<[u8; 32], usize> = HashMap::new();
     for (i, (_, digest)) in keyed.iter().enumerate() {
-        first.entry(*digest).or_insert(i);
+        if !versions.contains_key(digest) {
+            first.entry(*digest).or_insert(i);
+        }
     }
     let mut firsts: Vec<usize> = first.into_values().collect();
     firsts.sort_unstable();
-    let versions: HashMap<[u8; 32], Arc<VersionRt>> = firsts
+    let built: Vec<([u8; 32], Arc<VersionRt>)> = firsts
         .par_iter()
         .map(|&i| {
             let plan = &plans[i];
@@ -160,8 +171,9 @@ pub fn build_instances(
         .collect::<Vec<Result<_, StartError>>>()
         .into_iter()
         .collect::<Result<_, _>>()?;
-    let count = versions.len();
-    let instances = plans
+    versions.extend(built);
+    let versions = &*versions;
+    plans
         .par_iter()
         .zip(keyed.into_par_iter())
         .map(|(plan, (prefix, digest))| {
@@ -176,8 +188,7 @@ pub fn build_instances(
         })
         .collect::<Vec<_>>()
         .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((instances, count))
+        .collect::<Result<Vec<_>, _>>()
 }
 
 impl InstanceRt {
@@ -223,6 +234,7 @@ impl InstanceRt {
             instance_value,
             connections,
             pending: Arc::default(),
+            retired: AtomicBool::new(false),
         })
     }
 }
@@ -367,9 +379,36 @@ pub struct InstanceRt {
     pub connections_template: minijinja::Value,
     /// The instance's messages waiting or in flight (the gateway's per-instance backpressure).
     pub pending: Arc<AtomicUsize>,
+    /// Set when a reload removed or replaced the instance: it takes no new work (no webhook,
+    /// timer or broker fetch), and what it had queued runs to its end.
+    retired: AtomicBool,
 }
 
 impl InstanceRt {
+    /// Takes the instance out of service (see [`InstanceRt::is_retired`]).
+    pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether `other` (the same instance built again, by a reload) runs exactly like this
+    /// one: the same version and the same config, secrets, connections and enabled flows.
+    pub fn same_as(&self, other: &InstanceRt) -> bool {
+        Arc::ptr_eq(&self.version, &other.version)
+            && self.key == other.key
+            && self.queue_prefix == other.queue_prefix
+            && self.enabled == other.enabled
+            && self.deploy_hash == other.deploy_hash
+            && self.config == other.config
+            && self.instance_value == other.instance_value
+            && self.connections == other.connections
+    }
+
+    /// Whether a reload removed or replaced the instance.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The integration's name.
     pub fn integration(&self) -> &str {
         &self.version.plan.integration

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod nesting;
 pub mod offline;
 pub mod redact;
+mod reload;
 pub mod render;
 pub mod steps;
 pub mod store;
@@ -34,9 +35,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_plan::{Plan, Trigger, broker_names};
+use weft_plan::{Plan, broker_names};
 
-use crate::dispatch::{Dispatch, Lane, StepQueue};
+use crate::dispatch::Dispatch;
 use crate::engine::{Engine, EngineParts};
 pub use crate::error::{StartError, TriggerError};
 use crate::gateway::{GatewayState, Limits};
@@ -45,6 +46,8 @@ use crate::instance::InstanceRt;
 use crate::redact::Redactor;
 use crate::render::Renderer;
 use crate::store::{Op, Store};
+
+pub use crate::reload::{Reloaded, Reloader};
 
 /// Runtime knobs (flags of `weft run`); what flows mean lives in the plans.
 #[derive(Debug, Clone)]
@@ -170,12 +173,18 @@ pub struct Runtime {
     /// Held for the life of the runtime: the data folder's lock.
     _lock: Option<std::fs::File>,
     gateway: Arc<GatewayState>,
+    reloader: Arc<Reloader>,
     options: Options,
 }
 
 impl Runtime {
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Reloads the plans while the runtime runs (add, replace and remove instances).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// Starts an execution of `flow` in `customer`'s instance that has it, as a trigger would.
@@ -267,22 +276,27 @@ pub async fn start(
     render::set_max_output(options.max_output);
     check_role(&plans, &options)?;
     let renderer = Renderer::new();
-    let instances = build_instances(&plans, &renderer, &secrets, &options.public_url)?;
-    let groups = step_groups(&instances, &options);
+    let mut versions = instance::Versions::new();
+    let instances = build_instances(
+        &plans,
+        &renderer,
+        &secrets,
+        &options.public_url,
+        &mut versions,
+    )?;
+    let mut groups = reload::StepGroups::default();
+    let (lanes, new_groups) = {
+        let mut all: Vec<Arc<InstanceRt>> = instances.values().cloned().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        groups.add(&all, &options)
+    };
     // A step worker has no data folder: it keeps nothing.
     let lock = match options.role {
         Role::Step { .. } => None,
         Role::All | Role::Gateway => Some(lock_data_folder(&options.data_dir)?),
     };
     let dispatch = Arc::new(Dispatch::new(
-        groups
-            .iter()
-            .flat_map(|g| {
-                g.lanes
-                    .iter()
-                    .map(|(i, lane)| (i.queue_of(&g.step), lane.clone()))
-            })
-            .collect(),
+        lanes.into_iter().collect(),
         tokio::runtime::Handle::current(),
     ));
     let queues = open_queues(&plans, &options, &dispatch).await?;
@@ -300,46 +314,61 @@ pub async fn start(
         offline: options.offline.clone(),
     }));
     resume(&engine, &options.data_dir, &queues.running_at_stop).await?;
-    spawn_workers(&engine, groups);
+    reload::spawn_workers(&engine, new_groups);
     if let Some(broker) = &queues.broker {
         broker
             .start(&engine, options.step_concurrency, &options.role)
             .await?;
     }
+    let mut timers = None;
     let hooks = if let Role::Step { .. } = options.role {
         HashMap::new()
     } else if options.offline.is_some() {
         // A test starts each execution itself.
-        gateway::hooks(&engine, options.max_body)?
+        gateway::hooks(&engine.instances(), options.max_body)?
     } else {
-        spawn_triggers(&engine);
+        let all: Vec<Arc<InstanceRt>> = engine.instances().values().cloned().collect();
+        let (added, wheel) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(triggers::timer_wheel(
+            engine.clone(),
+            reload::timers_of(&engine, &all),
+            wheel,
+        ));
+        timers = Some(added);
         spawn_housekeeping(&engine, &options);
-        gateway::hooks(&engine, options.max_body)?
+        gateway::hooks(&engine.instances(), options.max_body)?
     };
-    let several = engine.instances().nth(1).is_some();
     let limits = Limits {
         max_pending: options.max_pending,
-        max_instance_pending: match options.max_instance_pending {
-            Some(n) => n,
-            None if several => options.max_pending / 4,
-            None => options.max_pending,
-        }
-        .max(1),
+        max_instance_pending: reload::max_instance_pending(&options, engine.instances().len()),
         max_body: options.max_body,
         body_budget: options.body_budget,
         body_timeout: options.read_timeout,
     };
     let gateway = Arc::new(GatewayState::new(engine.clone(), hooks, limits));
+    let reloader = Arc::new(Reloader {
+        engine: engine.clone(),
+        gateway: gateway.clone(),
+        broker: queues.broker.clone(),
+        timers,
+        options: options.clone(),
+        state: tokio::sync::Mutex::new(reload::ReloadState {
+            versions,
+            groups,
+            secrets,
+        }),
+    });
     Ok(Runtime {
         engine,
         _lock: lock,
         gateway,
+        reloader,
         options,
     })
 }
 
 /// The gateway and step roles run on a broker; a step's role names a step of the plans.
-fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
+pub(crate) fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
     if options.role != Role::All && options.broker.is_none() {
         return Err(StartError::Role(
             "the gateway and step processes need a broker (--broker nats://HOST:PORT)".into(),
@@ -392,92 +421,29 @@ fn check_role(plans: &[Plan], options: &Options) -> Result<(), StartError> {
 }
 
 /// Every instance, ready to run, by `<customer>/<integration>`: each integration version is
-/// compiled once and shared by its instances.
+/// compiled once and shared by its instances (and kept in `versions` for reloads).
 fn build_instances(
     plans: &[Plan],
     renderer: &Renderer,
     secrets: &HashMap<String, String>,
     public_url: &str,
+    versions: &mut instance::Versions,
 ) -> Result<HashMap<String, Arc<InstanceRt>>, StartError> {
-    let (built, versions) = instance::build_instances(plans, renderer, secrets, public_url)?;
+    let built = instance::build_instances(plans, renderer, secrets, public_url, versions)?;
     let instances: HashMap<String, Arc<InstanceRt>> = built
         .into_iter()
         .map(|i| (i.key.clone(), Arc::new(i)))
         .collect();
     tracing::debug!(
-        "{} instance(s) of {versions} integration version(s)",
-        instances.len()
+        "{} instance(s) of {} integration version(s)",
+        instances.len(),
+        versions.len()
     );
     Ok(instances)
 }
 
-/// One step of an integration version that this process runs, for every instance that has
-/// its flow enabled: one queue with a lane per instance, and one worker loop.
-struct StepGroup {
-    step: Arc<instance::StepRt>,
-    queue: Arc<StepQueue>,
-    lanes: Arc<Vec<(Arc<InstanceRt>, Lane)>>,
-    concurrency: usize,
-}
-
-/// The step groups of every enabled flow `options.role` runs, in a stable order.
-fn step_groups(instances: &HashMap<String, Arc<InstanceRt>>, options: &Options) -> Vec<StepGroup> {
-    let mut keys: Vec<&String> = instances.keys().collect();
-    keys.sort();
-    // By version (its address: one per version), flow and step: the step and its instances.
-    type Members = (Arc<instance::StepRt>, Vec<Arc<InstanceRt>>);
-    let mut groups: std::collections::BTreeMap<(usize, String, String), Members> =
-        Default::default();
-    for key in keys {
-        let instance = &instances[key];
-        let version = Arc::as_ptr(&instance.version) as usize;
-        for flow in instance.enabled_flows() {
-            for step in instance.version.flows[&flow.name].steps.values() {
-                if !options.role.runs_step(flow, &step.step) {
-                    continue;
-                }
-                groups
-                    .entry((version, flow.name.clone(), step.step.id.clone()))
-                    .or_insert_with(|| (step.clone(), Vec::new()))
-                    .1
-                    .push(instance.clone());
-            }
-        }
-    }
-    groups
-        .into_values()
-        .map(|(step, instances)| {
-            let concurrency =
-                options.step_concurrency.max(1) * options.role.replicas_here(&step.step);
-            let lane_limit = match instances.len() {
-                1 => concurrency,
-                _ => options.instance_concurrency.unwrap_or(concurrency * 3 / 4),
-            };
-            let queue = Arc::new(StepQueue::new(instances.len(), lane_limit));
-            let lanes = instances
-                .into_iter()
-                .enumerate()
-                .map(|(index, instance)| {
-                    let lane = Lane {
-                        queue: queue.clone(),
-                        index,
-                        pending: instance.pending.clone(),
-                    };
-                    (instance, lane)
-                })
-                .collect();
-            StepGroup {
-                step,
-                queue,
-                lanes: Arc::new(lanes),
-                concurrency,
-            }
-        })
-        .collect()
-}
-
 /// Masks every secret, and the basic-auth credentials weft encodes from them.
-fn redactor(
+pub(crate) fn redactor(
     secrets: &HashMap<String, String>,
     instances: &HashMap<String, Arc<InstanceRt>>,
 ) -> Redactor {
@@ -625,52 +591,6 @@ fn quarantine(engine: &Engine, message: &store::StoredMessage) -> Vec<Op> {
     );
     tracing::error!(message = message.id, execution = %message.execution, "{error}");
     engine.give_up(message, &step, error)
-}
-
-/// One worker loop per step group.
-fn spawn_workers(engine: &Arc<Engine>, groups: Vec<StepGroup>) {
-    for group in groups {
-        tokio::spawn(engine.clone().worker(
-            group.step,
-            group.queue,
-            group.lanes,
-            group.concurrency,
-        ));
-    }
-}
-
-/// Schedules and polls of every enabled flow, on one timer wheel; deploy flows once each.
-fn spawn_triggers(engine: &Arc<Engine>) {
-    let mut timed = Vec::new();
-    for instance in engine.instances() {
-        for flow in instance.enabled_flows() {
-            let compiled = &instance.version.flows[&flow.name];
-            let kind = match &flow.trigger {
-                Trigger::Schedule { .. } => {
-                    compiled.schedule.clone().map(triggers::Timed::Schedule)
-                }
-                Trigger::Poll { .. } => compiled.poll.clone().map(triggers::Timed::Poll),
-                Trigger::Deploy => {
-                    tokio::spawn(triggers::deploy(
-                        engine.clone(),
-                        instance.clone(),
-                        flow.name.clone(),
-                        instance.deploy_hash.clone().unwrap_or_default(),
-                    ));
-                    None
-                }
-                Trigger::Webhook { .. } => None,
-            };
-            timed.extend(kind.map(|kind| triggers::Timer {
-                instance: instance.clone(),
-                flow: flow.name.clone(),
-                kind,
-            }));
-        }
-    }
-    if !timed.is_empty() {
-        tokio::spawn(triggers::timer_wheel(engine.clone(), timed));
-    }
 }
 
 /// Replays requested from other processes, and history retention.

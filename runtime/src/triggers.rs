@@ -61,29 +61,27 @@ const LONGEST_SLEEP_MS: i64 = 60_000;
 /// A schedule's last fired time is saved with each execution; after a restart, an occurrence
 /// missed while the process was down runs once. A poll runs at start, then `every` after each
 /// poll ends.
-pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
-    let timers: Arc<Vec<Timer>> = Arc::new(timers);
+pub async fn timer_wheel(
+    engine: Arc<Engine>,
+    timers: Vec<Timer>,
+    mut added: tokio::sync::mpsc::UnboundedReceiver<Vec<Timer>>,
+) {
+    // The wheel's timers, by index; a reload adds timers (a retired instance's timer is dropped
+    // from the heap when it is next due).
+    let mut all: Vec<Arc<Timer>> = Vec::new();
     // Entries are (due, timer, last fired time): a schedule's last fired time travels with its
     // entry (a timer is armed again only once its firing ends); polls keep 0.
     let (rearm, mut due_again) = tokio::sync::mpsc::unbounded_channel::<Armed>();
     let mut heap = BinaryHeap::new();
-    for (i, timer) in timers.iter().enumerate() {
-        match &timer.kind {
-            Timed::Schedule(schedule) => {
-                let fired = engine
-                    .store()
-                    .state(&schedule_key(timer))
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or_else(now_ms);
-                match next_occurrence(schedule, fired) {
-                    Some((due, _)) => heap.push(Reverse((due, i, fired))),
-                    None => no_next_occurrence(timer),
-                }
-            }
-            Timed::Poll(_) => heap.push(Reverse((now_ms(), i, 0))),
+    let arm = |all: &mut Vec<Arc<Timer>>, heap: &mut BinaryHeap<Reverse<Armed>>, timer| {
+        let i = all.len();
+        all.push(Arc::new(timer));
+        if let Some((due, fired)) = first_due(&engine, &all[i]) {
+            heap.push(Reverse((due, i, fired)));
         }
+    };
+    for timer in timers {
+        arm(&mut all, &mut heap, timer);
     }
     while !engine.is_stopping() {
         let wait = heap
@@ -92,6 +90,11 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
             .clamp(0, LONGEST_SLEEP_MS);
         tokio::select! {
             Some(entry) = due_again.recv() => heap.push(Reverse(entry)),
+            Some(timers) = added.recv() => {
+                for timer in timers {
+                    arm(&mut all, &mut heap, timer);
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {
                 if engine.is_stopping() {
                     return;
@@ -104,7 +107,7 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
                     heap.pop();
                     tokio::spawn(fire(
                         engine.clone(),
-                        timers.clone(),
+                        all[i].clone(),
                         i,
                         fired,
                         rearm.clone(),
@@ -115,22 +118,44 @@ pub async fn timer_wheel(engine: Arc<Engine>, timers: Vec<Timer>) {
     }
 }
 
+/// When a timer first fires, with the last fired time its entry starts with: a schedule's
+/// next occurrence after the last one saved (or after now), a poll at once.
+fn first_due(engine: &Engine, timer: &Timer) -> Option<(i64, i64)> {
+    match &timer.kind {
+        Timed::Schedule(schedule) => {
+            let fired = engine
+                .store()
+                .state(&schedule_key(timer))
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(now_ms);
+            let due = next_occurrence(schedule, fired).map(|(due, _)| (due, fired));
+            if due.is_none() {
+                no_next_occurrence(timer);
+            }
+            due
+        }
+        Timed::Poll(_) => Some((now_ms(), 0)),
+    }
+}
+
 /// A timer in the wheel: (due, timer, last fired time).
 type Armed = (i64, usize, i64);
 
-/// Runs timer `i` (a schedule last fired at `fired`) once and sends it back to the wheel with
-/// its next due time.
+/// Runs `timer` (the wheel's timer `i`; a schedule last fired at `fired`) once and sends it
+/// back to the wheel with its next due time. A retired instance's timer is dropped.
 async fn fire(
     engine: Arc<Engine>,
-    timers: Arc<Vec<Timer>>,
+    timer: Arc<Timer>,
     i: usize,
     fired: i64,
     rearm: tokio::sync::mpsc::UnboundedSender<Armed>,
 ) {
-    if engine.is_stopping() {
+    if engine.is_stopping() || timer.instance.is_retired() {
         return;
     }
-    let timer = &timers[i];
+    let timer = &*timer;
     let next = match &timer.kind {
         Timed::Poll(poll) => {
             let key = format!("cursor:{}:{}", timer.instance.key, timer.flow);

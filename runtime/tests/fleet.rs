@@ -57,7 +57,7 @@ async fn instances_share_their_version_and_keep_their_own_config() {
     )
     .await
     .unwrap();
-    let instances: Vec<_> = runtime.engine().instances().cloned().collect();
+    let instances: Vec<_> = runtime.engine().instances().values().cloned().collect();
     assert_eq!(instances.len(), 3);
     assert!(
         instances
@@ -196,5 +196,98 @@ async fn a_shared_step_serves_customers_in_turn_and_keeps_slots_for_the_others()
         "globex waited behind acme's backlog: {acme_done} of acme's 12 finished first"
     );
     rt.wait_finished(13).await;
+    rt.stop().await;
+}
+
+/// The bearer token of each delivery at the sink, by event id.
+fn tokens_by_id(sink: &Sink) -> std::collections::BTreeMap<String, String> {
+    sink.received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(headers, body)| {
+            (
+                body["id"].as_str().unwrap().to_string(),
+                headers["authorization"].to_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_replaces_and_removes_instances_while_serving() {
+    let (sink, addr) = Sink::start().await;
+    let rt = Running::start(&three_customers(repo(addr, "")), None).await;
+    let version = rt.reloader_version("acme/orders");
+    for customer in ["acme", "globex"] {
+        let body = json!({ "id": format!("{customer}-before"), "amount_cents": 5000 });
+        assert_eq!(
+            rt.post_signed(customer, "/orders", &body).await.status(),
+            202
+        );
+    }
+    sink.wait_for(2).await;
+
+    // The next plans: acme's minimum lowered (replaced), globex and initech gone, hooli new
+    // with a secret of its own.
+    let mut sources = repo(addr, "");
+    sources
+        .files
+        .retain(|f| f.path != "instances/acme/orders.yaml");
+    sources.add(
+        "instances/acme/orders.yaml",
+        "weft: 1\nintegration: orders\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n  min_amount: 1\n",
+    );
+    sources.add(
+        "instances/hooli/orders.yaml",
+        "weft: 1\nintegration: orders\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN_HOOLI }\n",
+    );
+    sources.sort();
+    let mut secrets = support::secrets();
+    secrets.insert("CRM_TOKEN_HOOLI".into(), "canary-hooli-token-77c2".into());
+    let reloaded = rt
+        .reloader
+        .reload(support::compile(&sources), secrets.clone())
+        .await
+        .unwrap();
+    assert_eq!(reloaded.added, ["hooli/orders"]);
+    assert_eq!(reloaded.replaced, ["acme/orders"]);
+    assert_eq!(reloaded.removed, ["globex/orders", "initech/orders"]);
+    assert_eq!(reloaded.unchanged, 0);
+    assert!(
+        Arc::ptr_eq(&version, &rt.reloader_version("hooli/orders")),
+        "the added instance shares the version compiled at start"
+    );
+
+    // 5 is now above acme's minimum; hooli delivers with its own token; globex is gone.
+    for (customer, cents) in [("acme", 500), ("hooli", 5000)] {
+        let body = json!({ "id": format!("{customer}-after"), "amount_cents": cents });
+        assert_eq!(
+            rt.post_signed(customer, "/orders", &body).await.status(),
+            202
+        );
+    }
+    let body = json!({ "id": "globex-after", "amount_cents": 5000 });
+    assert_eq!(
+        rt.post_signed("globex", "/orders", &body).await.status(),
+        404
+    );
+    sink.wait_for(4).await;
+    let tokens = tokens_by_id(&sink);
+    assert_eq!(tokens["acme-after"], format!("Bearer {TOKEN}"));
+    assert_eq!(tokens["hooli-after"], "Bearer canary-hooli-token-77c2");
+    assert_eq!(tokens["globex-before"], format!("Bearer {GLOBEX_TOKEN}"));
+    assert_eq!(tokens.len(), 4, "{tokens:?}");
+
+    // The same plans again change nothing; hooli's secret stays masked in the history.
+    let again = rt
+        .reloader
+        .reload(support::compile(&sources), secrets)
+        .await
+        .unwrap();
+    assert_eq!((again.unchanged, again.is_empty()), (2, true));
+    rt.wait_finished(4).await;
+    let history = serde_json::to_string(&rt.executions()).unwrap();
+    assert!(!history.contains("canary-hooli-token-77c2"));
     rt.stop().await;
 }

@@ -108,6 +108,15 @@ pub struct Args {
     /// Replicas of each stream on the broker (with --broker).
     #[arg(long, default_value_t = 1, env = "WEFT_BROKER_REPLICAS")]
     pub broker_replicas: usize,
+    /// A folder of secret files, one per secret named like its variable (a mounted Docker or
+    /// Kubernetes secret): read where the environment lacks a secret, at start and at each
+    /// reload, so instances added later bring their secrets without a restart.
+    #[arg(long, value_name = "DIR", env = "WEFT_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+    /// Reload the plans when the files under PATH change, looking every SECONDS: instances are
+    /// added, replaced and removed without a restart (SIGHUP reloads at once, always).
+    #[arg(long, value_name = "SECONDS", env = "WEFT_RELOAD_EVERY")]
+    pub reload_every: Option<u64>,
 }
 
 /// `10MB`, `512KiB`, `100B`.
@@ -213,9 +222,10 @@ pub fn run_as(
             args.path.display()
         );
     }
+    let lookup = secret_lookup(args.secrets_dir.clone());
     let secrets =
-        weft_runtime::resolve_role_secrets(&plans, &role, &|name| std::env::var(name).ok())
-            .map_err(anyhow::Error::msg)?;
+        weft_runtime::resolve_role_secrets(&plans, &role, &lookup).map_err(anyhow::Error::msg)?;
+    let role_for_reload = role.clone();
     let listen = SocketAddr::new(args.listen, args.port);
     let options = weft_runtime::Options {
         data_dir: args.data_dir.clone(),
@@ -256,6 +266,13 @@ pub fn run_as(
         .enable_all()
         .build()
         .context("starting tokio")?;
+    let source = PlanSource {
+        path: args.path.clone(),
+        color,
+        role: role_for_reload,
+        integration: integration.map(str::to_string),
+        secrets_dir: args.secrets_dir.clone(),
+    };
     runtime.block_on(async move {
         let instances = plans.len();
         let flows: usize = plans
@@ -275,11 +292,152 @@ pub fn run_as(
             "running {flows} flow(s) of {instances} instance(s); data in {}",
             args.data_dir.display()
         );
+        tokio::spawn(watch_reloads(
+            rt.reloader(),
+            source,
+            args.reload_every.map(|s| Duration::from_secs(s.max(1))),
+        ));
         weft_runtime::serve(rt, shutdown_signal())
             .await
             .map_err(anyhow::Error::msg)
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a reload reads plans and secrets again: what the process was started with.
+struct PlanSource {
+    path: PathBuf,
+    color: ColorChoice,
+    role: weft_runtime::Role,
+    integration: Option<String>,
+    secrets_dir: Option<PathBuf>,
+}
+
+/// A secret's value: from the environment, else from the file of that name in `dir`
+/// (without its trailing newline).
+fn secret_lookup(dir: Option<PathBuf>) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        std::env::var(name).ok().or_else(|| {
+            let dir = dir.as_ref()?;
+            // A secret's name is a variable name: it never leaves the folder.
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return None;
+            }
+            let text = std::fs::read_to_string(dir.join(name)).ok()?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        })
+    }
+}
+
+/// Reloads on SIGHUP, and when the files under the plans' path change (looked at every
+/// `every`, when given). A reload that fails leaves the running plans as they were.
+async fn watch_reloads(
+    reloader: std::sync::Arc<weft_runtime::Reloader>,
+    source: PlanSource,
+    every: Option<Duration>,
+) {
+    let source = std::sync::Arc::new(source);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut seen = match every {
+        Some(_) => fingerprint(&source.path).await,
+        None => None,
+    };
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<Option<()>>();
+        let tick = async {
+            match every {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = signalled => tracing::info!("SIGHUP: reloading the plans"),
+            () = tick => {
+                let now = fingerprint(&source.path).await;
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                tracing::info!("{} changed: reloading the plans", source.path.display());
+            }
+        }
+        let started = std::time::Instant::now();
+        match reload_once(&reloader, source.clone()).await {
+            Ok(reloaded) => tracing::info!(
+                "reloaded in {} ms: {reloaded}",
+                started.elapsed().as_millis()
+            ),
+            Err(e) => tracing::error!("reload refused, the running plans are kept: {e:#}"),
+        }
+    }
+}
+
+/// Reads the plans and secrets again and hands them to the runtime.
+async fn reload_once(
+    reloader: &weft_runtime::Reloader,
+    source: std::sync::Arc<PlanSource>,
+) -> anyhow::Result<weft_runtime::Reloaded> {
+    let (plans, secrets) = tokio::task::spawn_blocking(move || {
+        let mut plans = match load_plans(&source.path, source.color)? {
+            Ok(plans) => plans,
+            Err(_) => bail!("the sources have errors (printed above)"),
+        };
+        if let Some(name) = &source.integration {
+            plans.retain(|p| &p.integration == name);
+        }
+        if plans.is_empty() {
+            bail!("{} has no instances to run", source.path.display());
+        }
+        let secrets = weft_runtime::resolve_role_secrets(
+            &plans,
+            &source.role,
+            &secret_lookup(source.secrets_dir.clone()),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok((plans, secrets))
+    })
+    .await??;
+    Ok(reloader.reload(plans, secrets).await?)
+}
+
+/// The path, length and modification time of every file under `path`, or `None` when it
+/// cannot be read; a change of any means the plans may have changed.
+async fn fingerprint(path: &Path) -> Option<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut files = Vec::new();
+        let mut folders = vec![path];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).ok()? {
+                let entry = entry.ok()?;
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') || name == "target" {
+                    continue;
+                }
+                // Followed: a mounted Kubernetes volume swaps its files by a link.
+                let meta = std::fs::metadata(entry.path()).ok()?;
+                if meta.is_dir() {
+                    folders.push(entry.path());
+                } else {
+                    files.push((entry.path(), meta.len(), meta.modified().ok()?));
+                }
+            }
+        }
+        files.sort();
+        Some(files)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn component_urls(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {

@@ -196,7 +196,9 @@ pub async fn execute(
     let runtime = weft_runtime::start(vec![plan.clone()], options, secrets)
         .await
         .map_err(|e| ExecuteError::Start(e.to_string()))?;
-    let _ = mocks.redactor.set(runtime.engine().redactor().clone());
+    let _ = mocks
+        .redactor
+        .set(Redactor::clone(&runtime.engine().redactor()));
     let mut started = Vec::new();
     for trigger in triggers(test, plan) {
         let id = runtime

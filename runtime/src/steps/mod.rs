@@ -9,6 +9,7 @@ mod file;
 mod http;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -66,7 +67,7 @@ impl StepError {
 pub struct StepEnv<'a> {
     pub http: &'a reqwest::Client,
     /// Masks secrets in what the step writes to the log.
-    pub redactor: &'a crate::redact::Redactor,
+    pub redactor: Arc<crate::redact::Redactor>,
     pub deny_private: bool,
     /// Sent as `Idempotency-Key` (or the step's `idempotency_header`) on HTTP calls.
     pub idempotency_key: &'a str,
@@ -178,7 +179,7 @@ mod tests {
         let urls = std::collections::HashMap::new();
         let env = StepEnv {
             http: &client,
-            redactor: &redactor,
+            redactor: Arc::new(redactor),
             deny_private: true,
             idempotency_key: "k",
             timeout: Duration::from_secs(2),

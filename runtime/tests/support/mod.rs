@@ -169,6 +169,8 @@ pub struct Running {
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<()>,
     pub client: reqwest::Client,
+    /// Reloads the running plans.
+    pub reloader: std::sync::Arc<weft_runtime::Reloader>,
 }
 
 impl Running {
@@ -214,6 +216,7 @@ impl Running {
         let runtime = weft_runtime::start(plans, options, secrets())
             .await
             .unwrap();
+        let reloader = runtime.reloader();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             weft_runtime::serve_on(runtime, listener, async move {
@@ -228,7 +231,13 @@ impl Running {
             stop: Some(tx),
             task,
             client: reqwest::Client::new(),
+            reloader,
         }
+    }
+
+    /// The integration version instance `key` runs now.
+    pub fn reloader_version(&self, key: &str) -> std::sync::Arc<weft_runtime::instance::VersionRt> {
+        self.reloader.engine().instances()[key].version.clone()
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
