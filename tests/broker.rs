@@ -724,16 +724,16 @@ async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throu
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
-    const CUSTOMERS: usize = 100;
-    let (sink, sink_addr) = support::CredentialSink::start_on("127.0.0.1").await;
-    let setup = Setup::new(sink_addr);
-    // 100 customers of the reference integration, each with its own token; c000's upstream
-    // is down (every call answers 503).
-    let customers: Vec<String> = (0..CUSTOMERS).map(|c| format!("c{c:03}")).collect();
-    let mut env: Vec<(String, String)> = Vec::new();
-    for customer in &customers {
+/// Builds `customers` (instead of acme) of the reference integration into a `weft build`
+/// folder, each with its own token (c000's upstream is down: every call answers 503); returns
+/// the folder and the tokens' variables.
+fn build_fleet(
+    setup: &Setup,
+    customers: &[String],
+    sink_addr: SocketAddr,
+) -> (PathBuf, Vec<(String, String)>) {
+    let mut env = Vec::new();
+    for customer in customers {
         let variable = format!("TOKEN_{}", customer.to_uppercase());
         let mut text = format!(
             "weft: 1\nintegration: reference\nconfig:\n  hook_secret: {{ secret: HOOK_SECRET }}\n  token: {{ secret: {variable} }}\n"
@@ -746,13 +746,25 @@ async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
         std::fs::write(dir.join("reference.yaml"), text).unwrap();
         env.push((variable, support::fleet_token(customer)));
     }
-    std::fs::remove_dir_all(setup.repo.join("instances/acme")).unwrap();
+    let _ = std::fs::remove_dir_all(setup.repo.join("instances/acme"));
     let dist = build_bundle(&setup.repo)
         .parent()
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
+    (dist, env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
+    const CUSTOMERS: usize = 100;
+    let (sink, sink_addr) = support::CredentialSink::start_on("127.0.0.1").await;
+    let setup = Setup::new(sink_addr);
+    // 100 customers of the reference integration, each with its own token; c000's upstream
+    // is down (every call answers 503).
+    let customers: Vec<String> = (0..CUSTOMERS).map(|c| format!("c{c:03}")).collect();
+    let (dist, env) = build_fleet(&setup, &customers, sink_addr);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let url = setup.nats.url();
     let broker = ["--broker", url.as_str()];
@@ -817,6 +829,151 @@ async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
     let succeeded = wait_succeeded(&setup.data, healthy, &setup.log).await;
     eprintln!(
         "fleet of {CUSTOMERS} instances: {healthy} events of the healthy customers delivered with their own tokens ({succeeded} succeeded in the history), c000's upstream called {down} times"
+    );
+    drop(topology);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_adds_and_removes_customers_without_restarting_its_processes() {
+    let (sink, sink_addr) = support::CredentialSink::start_on("127.0.0.1").await;
+    let setup = Setup::new(sink_addr);
+    let customers: Vec<String> = ["c001", "c002", "c003"].map(String::from).to_vec();
+    let (built, env) = build_fleet(&setup, &customers, sink_addr);
+    // The fleet starts with c001 and c002; c003's plan comes later, its token in a mounted
+    // secrets folder only (the processes' environment cannot change).
+    let dist = setup.data.parent().unwrap().join("fleet");
+    std::fs::create_dir_all(&dist).unwrap();
+    for customer in ["c001", "c002"] {
+        std::fs::rename(built.join(customer), dist.join(customer)).unwrap();
+    }
+    let secrets = setup.data.parent().unwrap().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("TOKEN_C003"), format!("{}\n", env[2].1)).unwrap();
+    let env: Vec<(&str, &str)> = env[..2]
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let url = setup.nats.url();
+    let secrets_dir = secrets.to_str().unwrap();
+    let args = [
+        "--broker",
+        url.as_str(),
+        "--reload-every",
+        "1",
+        "--secrets-dir",
+        secrets_dir,
+    ];
+    let gateway = WeftProcess::spawn_as(
+        &binary(),
+        &["gateway"],
+        &dist,
+        &setup.data,
+        setup.port,
+        &setup.log,
+        &env,
+        &args,
+    );
+    let step = [
+        "step",
+        "--integration",
+        "reference",
+        "--flow",
+        "orders",
+        "--step",
+        "deliver",
+    ];
+    let worker = WeftProcess::spawn_as(
+        &binary(),
+        &step,
+        &dist,
+        &setup.data.join("unused"),
+        free_port(),
+        &setup.log,
+        &env,
+        &args,
+    );
+    let mut topology = Topology {
+        gateway,
+        steps: vec![("deliver".into(), worker)],
+    };
+    topology.wait_healthy(&setup.log).await;
+    let client = support::http_client(Duration::from_secs(10));
+    let post = |customer: &'static str, id: String| {
+        let client = client.clone();
+        async move {
+            support::post_reference_as(&client, setup.port, customer, &id)
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let mut events = Vec::new();
+    for i in 0..5 {
+        for customer in ["c001", "c002"] {
+            let id = format!("{customer}-before-{i}");
+            assert_eq!(post(customer, id.clone()).await, 202);
+            events.push((customer.to_string(), id));
+        }
+    }
+
+    // c003 moves in and c002 out, each by one rename, as a deploy tool would swap folders.
+    std::fs::rename(built.join("c003"), dist.join("c003")).unwrap();
+    std::fs::rename(dist.join("c002"), built.join("c002")).unwrap();
+    let mut routed = false;
+    for _ in 0..200 {
+        if post("c003", "c003-probe".into()).await == 202 {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        routed,
+        "the gateway routes c003 after the reload: {}",
+        std::fs::read_to_string(&setup.log).unwrap_or_default()
+    );
+    events.push(("c003".to_string(), "c003-probe".to_string()));
+    for i in 0..5 {
+        for customer in ["c001", "c003"] {
+            let id = format!("{customer}-after-{i}");
+            assert_eq!(post(customer, id.clone()).await, 202);
+            events.push((customer.to_string(), id));
+        }
+    }
+    assert_eq!(
+        post("c002", "c002-after".into()).await,
+        404,
+        "c002 was removed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline
+        && !events
+            .iter()
+            .all(|(_, id)| sink.snapshot().contains_key(id))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every event delivered, with its own customer's token, c003's read from the
+    // secrets folder; the processes that started are the ones that delivered.
+    support::assert_fleet_apart(&events, &sink.snapshot(), &setup.log);
+    for (name, process) in std::iter::once(("gateway", &mut topology.gateway))
+        .chain(topology.steps.iter_mut().map(|(n, p)| (n.as_str(), p)))
+    {
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "{name} kept running through the reload"
+        );
+    }
+    let log = std::fs::read_to_string(&setup.log).unwrap_or_default();
+    assert!(
+        log.matches("1 added, 0 replaced, 1 removed, 1 unchanged")
+            .count()
+            == 2,
+        "the gateway and the worker each log their reload: {log}"
+    );
+    assert!(
+        !log.contains(&support::fleet_token("c003")),
+        "no secret in the log"
     );
     drop(topology);
 }

@@ -238,7 +238,7 @@ pub fn fleet_events(
 
 /// Checks the fleet tests' deliveries: every event of a healthy customer arrived, and every
 /// arrival (c000's too) carried its own customer's token to its own upstream (c000's is
-/// `/down/orders`). Returns how many calls c000's upstream got.
+/// `/down/orders`; it was called when c000 had events). Returns how many calls it got.
 pub fn assert_fleet_apart(events: &[(String, String)], seen: &Arrivals, log: &Path) -> usize {
     let healthy: Vec<String> = events
         .iter()
@@ -262,7 +262,9 @@ pub fn assert_fleet_apart(events: &[(String, String)], seen: &Arrivals, log: &Pa
         .filter(|(id, _)| id.starts_with("c000-"))
         .map(|(_, v)| v.len())
         .sum();
-    assert!(down > 0, "c000's upstream was called");
+    if events.iter().any(|(c, _)| c == "c000") {
+        assert!(down > 0, "c000's upstream was called");
+    }
     down
 }
 
