@@ -811,4 +811,90 @@ flows:
         "fleet of {CUSTOMERS} instances in 4 containers: {} events of 99 customers delivered with their own tokens; c000's failing upstream called {down} times",
         events.iter().filter(|(c, _)| c != "c000").count(),
     );
+
+    // c100 moves in and c099 out while the fleet runs: the repository changes and is built
+    // again; c100's token goes in the secrets folder (a container's environment is fixed).
+    let started = started_at(&containers_of("fleet"));
+    std::fs::remove_dir_all(repo.join("instances/c099")).unwrap();
+    support::write_files(
+        &repo,
+        &[(
+            "instances/c100/relay.yaml",
+            "weft: 1\nintegration: relay\nconfig:\n  token: { secret: TOKEN_C100 }\n".to_string(),
+        )],
+    );
+    std::fs::write(
+        fleet.join("secrets/TOKEN_C100"),
+        support::fleet_token("c100"),
+    )
+    .unwrap();
+    let rebuilt = weft(&[
+        "build",
+        repo.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--fleet",
+    ]);
+    assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
+    assert!(!fleet.join("plans/c099").exists(), "c099's plan is gone");
+    let post = |customer: &'static str, id: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!(
+                    "http://127.0.0.1:{port}/hooks/{customer}/relay/orders"
+                ))
+                .json(&serde_json::json!({ "id": id }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while post("c100", "c100-probe".into()).await != 202 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway routes c100 within a minute: {}",
+            text(&weft(&["logs", &fleet_arg, "--tail", "30"]).stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut added = vec![("c100".to_string(), "c100-probe".to_string())];
+    for i in 0..10 {
+        let id = format!("c100-{i}");
+        assert_eq!(post("c100", id.clone()).await, 202);
+        added.push(("c100".to_string(), id));
+    }
+    assert_eq!(post("c099", "c099-after".into()).await, 404, "c099 is gone");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !added.iter().all(|(_, id)| sink.snapshot().contains_key(id))
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    support::assert_fleet_apart(&added, &sink.snapshot(), Path::new("/dev/null"));
+    assert_eq!(
+        started_at(&containers_of("fleet")),
+        started,
+        "no container restarted"
+    );
+}
+
+/// Each container's id and when it last started, sorted.
+fn started_at(containers: &[bollard::models::ContainerSummary]) -> Vec<(String, String)> {
+    let ids: Vec<String> = containers.iter().filter_map(|c| c.id.clone()).collect();
+    let mut started = docker_block(|d| async move {
+        let mut started = Vec::new();
+        for id in ids {
+            let inspect = d
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .unwrap();
+            let at = inspect.state.and_then(|s| s.started_at).unwrap_or_default();
+            started.push((id, at));
+        }
+        started
+    });
+    started.sort();
+    started
 }

@@ -26,6 +26,12 @@ pub const FLEET_DIR: &str = "fleet";
 /// Where the fleet's `plans/` folder is mounted in its containers.
 pub const FLEET_MOUNT: &str = "/plans";
 
+/// Where the fleet's `secrets/` folder is mounted in its containers (`--secrets-dir`).
+pub const SECRETS_MOUNT: &str = "/run/weft-secrets";
+
+/// How often the fleet's processes look for changed plans and secrets (`--reload-every`).
+pub const RELOAD_SECONDS: u32 = 5;
+
 /// The name the fleet's containers carry as their integration label, and the second half of
 /// its compose project: the project's name (`fleet` without one).
 pub fn fleet_name(project: &Project) -> String {
@@ -46,9 +52,12 @@ pub fn fleet_service_name(integration: &str, flow: &str, step: &str) -> String {
 }
 
 /// The files of the fleet topology, by path inside [`FLEET_DIR`]: `docker-compose.yaml`,
-/// `nats.conf`, `.env.example` and `plans/<customer>/<integration>/plan.json`. Instances with
-/// file steps or custom components are refused (their volumes and component containers are
-/// per bundle).
+/// `nats.conf`, `.env.example`, `secrets/README.md` and
+/// `plans/<customer>/<integration>/plan.json`. Instances with file steps or custom components
+/// are refused (their volumes and component containers are per bundle).
+///
+/// The containers look at `plans/` and `secrets/` every [`RELOAD_SECONDS`]: an instance added,
+/// changed or removed there (by building again) runs, changes or stops without a restart.
 pub fn fleet(plans: &[Plan], project: &Project) -> Result<Vec<(String, String)>, String> {
     let compose = fleet_compose_file(plans, project)?;
     let header = format!(
@@ -65,6 +74,7 @@ pub fn fleet(plans: &[Plan], project: &Project) -> Result<Vec<(String, String)>,
         ),
         ("nats.conf".to_string(), NATS_CONF.to_string()),
         (".env.example".to_string(), env_example(plans, project)),
+        ("secrets/README.md".to_string(), SECRETS_README.to_string()),
     ];
     for plan in plans {
         files.push((
@@ -113,7 +123,11 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
         }
     }
     let runtime = format!("${{WEFT_RUNTIME_IMAGE:-{}}}", project.images.runtime);
-    let plans_mount = format!("./plans:{FLEET_MOUNT}:ro");
+    let mounts = vec![
+        format!("./plans:{FLEET_MOUNT}:ro"),
+        format!("./secrets:{SECRETS_MOUNT}:ro"),
+    ];
+    let reload = ["--reload-every".to_string(), RELOAD_SECONDS.to_string()];
     let mut services = BTreeMap::new();
     services.insert(
         "broker".to_string(),
@@ -123,6 +137,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
     let gateway_secrets: BTreeSet<&str> = plans.iter().flat_map(|p| p.gateway_secrets()).collect();
     let mut gateway_env = environment(first, gateway_secrets);
     gateway_env.insert("WEFT_DATA_DIR".into(), GATEWAY_DATA.into());
+    gateway_env.insert("WEFT_SECRETS_DIR".into(), SECRETS_MOUNT.into());
     services.insert(
         "gateway".to_string(),
         Service {
@@ -136,10 +151,16 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
                 &port.to_string(),
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(reload.clone())
+            .collect(),
             environment: gateway_env,
             ports: vec![format!("127.0.0.1:${{WEFT_PORT:-{port}}}:{port}")],
-            volumes: vec![plans_mount.clone(), format!("gateway-data:{GATEWAY_DATA}")],
+            volumes: mounts
+                .iter()
+                .cloned()
+                .chain([format!("gateway-data:{GATEWAY_DATA}")])
+                .collect(),
             labels: labels(project, Role::Gateway),
             extra_hosts: vec![HOST_GATEWAY.into()],
             depends_on: after_broker(),
@@ -163,6 +184,8 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
         }
     }
     for ((integration, flow, step), (secrets, replicas)) in steps {
+        let mut step_env = environment(first, secrets);
+        step_env.insert("WEFT_SECRETS_DIR".into(), SECRETS_MOUNT.into());
         let mut step_labels = labels(project, Role::Step);
         step_labels.insert(label::FLOW.to_string(), flow.clone());
         step_labels.insert(label::STEP.to_string(), step.clone());
@@ -185,10 +208,12 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
                     &STEP_HEALTH_PORT.to_string(),
                 ]
                 .map(String::from)
-                .to_vec(),
-                environment: environment(first, secrets),
+                .into_iter()
+                .chain(reload.clone())
+                .collect(),
+                environment: step_env,
                 ports: Vec::new(),
-                volumes: vec![plans_mount.clone()],
+                volumes: mounts.clone(),
                 labels: step_labels,
                 extra_hosts: vec![HOST_GATEWAY.into()],
                 depends_on: after_broker(),
@@ -208,6 +233,17 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
         volumes,
     })
 }
+
+/// `secrets/README.md`: what the folder is for.
+const SECRETS_README: &str = "\
+# Secrets of instances added while the fleet runs
+
+The fleet's containers start with the secrets of `.env`. A container's environment cannot
+change while it runs, so an instance added later (built again into `plans/`) reads its secrets
+from this folder: one file per secret, named like its variable (`CRM_TOKEN_GLOBEX`), holding
+its value. It is mounted read-only at /run/weft-secrets, and read where the environment lacks
+a secret, at start and at each reload. Keep it out of version control, like `.env`.
+";
 
 /// `.env.example` of the fleet: the compose project and every instance's secret names, never
 /// their values.

@@ -185,7 +185,24 @@ fn the_fleet_shares_one_service_per_integration_step_across_customers() {
         assert_eq!(service.labels["weft.customer"], "fleet", "{name}");
         if service.role() == Some(Role::Step) {
             assert!(service.command.contains(&"--integration".to_string()));
-            assert_eq!(service.volumes, ["./plans:/plans:ro"]);
+            assert_eq!(
+                service.volumes,
+                ["./plans:/plans:ro", "./secrets:/run/weft-secrets:ro"]
+            );
+        }
+        // Gateway and workers reload the plans and secrets they watch.
+        if service.role() != Some(Role::Broker) {
+            assert!(
+                service
+                    .command
+                    .ends_with(&["--reload-every".into(), "5".into()]),
+                "{name}: {:?}",
+                service.command
+            );
+            assert_eq!(
+                service.environment["WEFT_SECRETS_DIR"],
+                weft_compiler::fleet::SECRETS_MOUNT
+            );
         }
     }
     // The gateway gets every customer's trigger secrets; the plans are copied under plans/.

@@ -1,7 +1,7 @@
 //! `weft build`: compiles every instance into `DIR/<customer>/<integration>/`.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -125,19 +125,7 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     if args.fleet {
         let files = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project)
             .map_err(|why| anyhow::anyhow!("--fleet: {why}"))?;
-        let dir = args.out.join(weft_compiler::fleet::FLEET_DIR);
-        for (name, contents) in files {
-            let path = dir.join(name);
-            if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
-                continue;
-            }
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
-            std::fs::write(&path, contents)
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+        write_fleet(&args.out.join(weft_compiler::fleet::FLEET_DIR), files)?;
     }
     if json {
         print_json(&compilation, &sources, &written)?;
@@ -152,6 +140,44 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the fleet's files, each by a rename (a running fleet that reloads its plans never
+/// reads half a file), then removes the plans of instances no longer in the repository.
+fn write_fleet(dir: &Path, files: Vec<(String, String)>) -> anyhow::Result<()> {
+    let mut written = std::collections::BTreeSet::new();
+    for (name, contents) in files {
+        let path = dir.join(&name);
+        written.insert(path.clone());
+        if std::fs::read(&path).is_ok_and(|old| old == contents.as_bytes()) {
+            continue;
+        }
+        let parent = path.parent().expect("a file in the fleet's folder");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let file_name = path.file_name().expect("a file name").to_string_lossy();
+        let temporary = parent.join(format!(".{file_name}.tmp"));
+        std::fs::write(&temporary, contents)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    // plans/<customer>/<integration>/plan.json of an instance that is gone.
+    let plans = dir.join("plans");
+    for customer in std::fs::read_dir(&plans).into_iter().flatten().flatten() {
+        for integration in std::fs::read_dir(customer.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !written.contains(&integration.path().join("plan.json")) {
+                std::fs::remove_dir_all(integration.path())
+                    .with_context(|| format!("removing {}", integration.path().display()))?;
+            }
+        }
+        // Gone when it holds no instance any more.
+        let _ = std::fs::remove_dir(customer.path());
+    }
+    Ok(())
 }
 
 fn print_json(

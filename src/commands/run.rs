@@ -314,10 +314,12 @@ struct PlanSource {
 }
 
 /// A secret's value: from the environment, else from the file of that name in `dir`
-/// (without its trailing newline).
+/// (without its trailing newline). An empty variable counts as unset: compose sets one empty
+/// when its `.env` lacks it.
 fn secret_lookup(dir: Option<PathBuf>) -> impl Fn(&str) -> Option<String> {
     move |name| {
-        std::env::var(name).ok().or_else(|| {
+        let set = std::env::var(name).ok().filter(|v| !v.is_empty());
+        set.or_else(|| {
             let dir = dir.as_ref()?;
             // A secret's name is a variable name: it never leaves the folder.
             if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -329,8 +331,9 @@ fn secret_lookup(dir: Option<PathBuf>) -> impl Fn(&str) -> Option<String> {
     }
 }
 
-/// Reloads on SIGHUP, and when the files under the plans' path change (looked at every
-/// `every`, when given). A reload that fails leaves the running plans as they were.
+/// Reloads on SIGHUP, and when the files under the plans' path or the secrets folder change
+/// (looked at every `every`, when given). A reload that fails leaves the running plans as
+/// they were.
 async fn watch_reloads(
     reloader: std::sync::Arc<weft_runtime::Reloader>,
     source: PlanSource,
@@ -339,8 +342,16 @@ async fn watch_reloads(
     let source = std::sync::Arc::new(source);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let watched = || async {
+        let plans = fingerprint(&source.path).await;
+        let secrets = match &source.secrets_dir {
+            Some(dir) => fingerprint(dir).await,
+            None => None,
+        };
+        (plans, secrets)
+    };
     let mut seen = match every {
-        Some(_) => fingerprint(&source.path).await,
+        Some(_) => Some(watched().await),
         None => None,
     };
     loop {
@@ -362,12 +373,14 @@ async fn watch_reloads(
         tokio::select! {
             _ = signalled => tracing::info!("SIGHUP: reloading the plans"),
             () = tick => {
-                let now = fingerprint(&source.path).await;
+                // A failed reload is tried again when the files change again (a plan fixed,
+                // a secret added), not at every look.
+                let now = Some(watched().await);
                 if now == seen {
                     continue;
                 }
                 seen = now;
-                tracing::info!("{} changed: reloading the plans", source.path.display());
+                tracing::info!("the plans or secrets changed: reloading");
             }
         }
         let started = std::time::Instant::now();
