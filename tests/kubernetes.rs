@@ -4,6 +4,8 @@
 //! the compose file's services with the same replicas; no Secret, secret value, host path or
 //! timestamp in any manifest.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -231,4 +233,149 @@ fn regex_lite_timestamp(text: &str) -> bool {
             && digit(14)
             && digit(15)
     })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_of_six_hundred_instances_splits_its_plans_over_configmaps_that_run() {
+    const CUSTOMERS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    support::reference_repo(&repo, "127.0.0.1:9");
+    std::fs::remove_dir_all(repo.join("instances/acme")).unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("HOOK_SECRET"), support::HOOK_SECRET).unwrap();
+    for c in 0..CUSTOMERS {
+        let variable = format!("TOKEN_C{c:03}");
+        support::write_files(
+            &repo,
+            &[(
+                &format!("instances/c{c:03}/reference.yaml"),
+                format!(
+                    "weft: 1\nintegration: reference\nconfig:\n  hook_secret: {{ secret: HOOK_SECRET }}\n  token: {{ secret: {variable} }}\n"
+                ),
+            )],
+        );
+        std::fs::write(
+            secrets.join(&variable),
+            support::fleet_token(&format!("c{c:03}")),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("dist");
+    let status = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["build", repo.to_str().unwrap(), "-o", out.to_str().unwrap()])
+        .args(["--fleet", "--target", "k8s"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = out.join("fleet/kubernetes.yaml");
+    assert!(
+        !out.join("fleet/docker-compose.yaml").exists(),
+        "--target k8s alone"
+    );
+
+    // Every object passes the schemas.
+    let output = Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&manifest)
+        .output()
+        .expect("kubernetes-validate is installed (pip install kubernetes-validate; .ci/run does)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{report}");
+    let docs = documents(&manifest);
+    let passed = report
+        .lines()
+        .filter(|l| l.contains(" passed for "))
+        .count();
+    assert_eq!(passed, docs.len(), "every object validated:\n{report}");
+
+    // The plans, split over ConfigMaps each under Kubernetes' 1 MiB; every instance once.
+    let maps: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ConfigMap").collect();
+    assert!(maps.len() > 1, "{} ConfigMap(s)", maps.len());
+    let mut keys = 0;
+    let plans = dir.path().join("mounted");
+    std::fs::create_dir_all(&plans).unwrap();
+    for map in &maps {
+        // Kubernetes counts a ConfigMap's keys and values, at most 1 MiB.
+        let size: usize = map["data"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+            .sum();
+        assert!(
+            size < 1024 * 1024,
+            "{}: {size} bytes",
+            map["metadata"]["name"]
+        );
+        for (key, plan) in map["data"].as_object().unwrap() {
+            // As the kubelet projects them: one file per key in one folder.
+            std::fs::write(plans.join(key), plan.as_str().unwrap()).unwrap();
+            keys += 1;
+        }
+    }
+    assert_eq!(keys, CUSTOMERS);
+    // One gateway and one worker for the 600 customers' HTTP step; no secret in the
+    // environment: the pods read the fleet's Secret as files.
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    let roles: Vec<&str> = deployments
+        .iter()
+        .map(|d| d["metadata"]["labels"]["weft.role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["gateway", "step"]);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(!text.contains("secretKeyRef") && !text.contains(&support::fleet_token("c001")));
+    for deployment in &deployments {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let sources = pod["volumes"][0]["projected"]["sources"]
+            .as_array()
+            .unwrap();
+        assert!(
+            sources.len() >= maps.len() * 2,
+            "room to grow without a new pod template"
+        );
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.ends_with(&["--reload-every", "5"]), "{args:?}");
+    }
+
+    // The projected folder runs as written: every instance, its token read from the secrets
+    // folder as a mounted Secret gives it.
+    let data = dir.path().join("data");
+    let log = dir.path().join("weft.log");
+    let port = support::free_port();
+    let weft = support::WeftProcess::spawn_args(
+        &support::binary(),
+        &plans,
+        &data,
+        port,
+        &log,
+        &["--secrets-dir", secrets.to_str().unwrap()],
+    );
+    weft.wait_healthy().await;
+    let client = support::http_client(std::time::Duration::from_secs(10));
+    let r = support::post_reference_as(&client, port, "c599", "k8s-1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let started = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        started.contains(&format!("of {CUSTOMERS} instance(s)")),
+        "{started}"
+    );
+    drop(weft);
+    eprintln!(
+        "fleet of {CUSTOMERS} instances: {} ConfigMaps of plans, {} objects, all valid",
+        maps.len(),
+        docs.len()
+    );
 }

@@ -103,25 +103,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
     let Some(first) = plans.first() else {
         return Err("the repository has no instances".into());
     };
-    for plan in plans {
-        if let Some((name, _)) = plan.components.iter().find(|(_, c)| c.image.is_some()) {
-            return Err(format!(
-                "{}: custom component `{name}` runs in a container per bundle; build without --fleet",
-                plan.instance_key()
-            ));
-        }
-        let files = plan
-            .flows
-            .iter()
-            .flat_map(|f| &f.steps)
-            .any(|s| s.uses.builtin().map(|b| b.family()) == Some(Family::File));
-        if files {
-            return Err(format!(
-                "{}: file steps keep their folders in per-bundle volumes; build without --fleet",
-                plan.instance_key()
-            ));
-        }
-    }
+    check_fleet(plans)?;
     let runtime = format!("${{WEFT_RUNTIME_IMAGE:-{}}}", project.images.runtime);
     let mounts = vec![
         format!("./plans:{FLEET_MOUNT}:ro"),
@@ -171,18 +153,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
     );
     // One service per integration, flow and step with a process, over all its instances: the
     // secrets of every instance's step, the most replicas any instance asks for.
-    let mut steps: BTreeMap<(String, String, String), (BTreeSet<&str>, u32)> = BTreeMap::new();
-    for plan in plans {
-        for flow in plan.flows.iter().filter(|f| f.enabled) {
-            for step in flow.leading_steps() {
-                let entry = steps
-                    .entry((plan.integration.clone(), flow.name.clone(), step.id.clone()))
-                    .or_default();
-                entry.0.extend(flow.step_process_secrets(step));
-                entry.1 = entry.1.max(step.replicas.max(1));
-            }
-        }
-    }
+    let steps = fleet_steps(plans);
     for ((integration, flow, step), (secrets, replicas)) in steps {
         let mut step_env = environment(first, secrets);
         step_env.insert("WEFT_SECRETS_DIR".into(), SECRETS_MOUNT.into());
@@ -244,6 +215,49 @@ from this folder: one file per secret, named like its variable (`CRM_TOKEN_GLOBE
 its value. It is mounted read-only at /run/weft-secrets, and read where the environment lacks
 a secret, at start and at each reload. Keep it out of version control, like `.env`.
 ";
+
+/// Refuses instances the fleet cannot run, with the reason: custom component images and file
+/// steps (their containers and volumes are per bundle).
+pub fn check_fleet(plans: &[Plan]) -> Result<(), String> {
+    for plan in plans {
+        if let Some((name, _)) = plan.components.iter().find(|(_, c)| c.image.is_some()) {
+            return Err(format!(
+                "{}: custom component `{name}` runs in a container per bundle; build without --fleet",
+                plan.instance_key()
+            ));
+        }
+        let files = plan
+            .flows
+            .iter()
+            .flat_map(|f| &f.steps)
+            .any(|s| s.uses.builtin().map(|b| b.family()) == Some(Family::File));
+        if files {
+            return Err(format!(
+                "{}: file steps keep their folders in per-bundle volumes; build without --fleet",
+                plan.instance_key()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each integration, flow and step with a process, over all instances: the secrets of every
+/// instance's step, and the most replicas any instance asks for.
+pub fn fleet_steps(plans: &[Plan]) -> BTreeMap<(String, String, String), (BTreeSet<&str>, u32)> {
+    let mut steps: BTreeMap<(String, String, String), (BTreeSet<&str>, u32)> = BTreeMap::new();
+    for plan in plans {
+        for flow in plan.flows.iter().filter(|f| f.enabled) {
+            for step in flow.leading_steps() {
+                let entry = steps
+                    .entry((plan.integration.clone(), flow.name.clone(), step.id.clone()))
+                    .or_default();
+                entry.0.extend(flow.step_process_secrets(step));
+                entry.1 = entry.1.max(step.replicas.max(1));
+            }
+        }
+    }
+    steps
+}
 
 /// `.env.example` of the fleet: the compose project and every instance's secret names, never
 /// their values.

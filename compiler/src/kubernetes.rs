@@ -30,11 +30,11 @@ use crate::model::{Project, ResourceAmounts, Resources};
 use crate::plan::{self as plan_types, Plan};
 
 /// The port weft's containers listen on (the gateway's webhooks; a step's health).
-const PORT: i32 = 8080;
+pub(crate) const PORT: i32 = 8080;
 /// The port custom component containers listen on (the runtime's default component URL).
 const COMPONENT_PORT: i32 = 8080;
 /// The non-root user weft's containers run as.
-const USER: i64 = 65532;
+pub(crate) const USER: i64 = 65532;
 /// Kubernetes object names (DNS labels) are at most this long.
 const MAX_NAME: usize = 63;
 
@@ -74,7 +74,7 @@ pub fn dns_name(parts: &[&str]) -> String {
 }
 
 /// A label value: at most 63 characters of `[A-Za-z0-9._-]`, starting and ending alphanumeric.
-fn label_value(text: &str) -> String {
+pub(crate) fn label_value(text: &str) -> String {
     let cleaned: String = text
         .chars()
         .map(|c| match c {
@@ -128,7 +128,7 @@ impl Workload<'_> {
 }
 
 /// The labels a workload's pods are selected by.
-fn selector(name: &str) -> BTreeMap<String, String> {
+pub(crate) fn selector(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "weft".to_string()),
         ("app.kubernetes.io/instance".to_string(), label_value(name)),
@@ -223,9 +223,15 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
     ];
     // Recreate: the volume is ReadWriteOnce, and two gateways would both run the triggers.
     docs.push(yaml(&deployment(
-        plan, &base, &gateway, 1, container, volumes, "Recreate",
+        &gateway.name,
+        gateway.labels(plan),
+        &base,
+        1,
+        container,
+        volumes,
+        "Recreate",
     )));
-    docs.push(yaml(&service(plan, &gateway, PORT)));
+    docs.push(yaml(&service(&gateway.name, gateway.labels(plan), PORT)));
 
     for flow in plan.flows.iter().filter(|f| f.enabled) {
         for step in flow.leading_steps() {
@@ -256,9 +262,9 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
                 ..weft_container(project, step.resources.as_ref())
             };
             docs.push(yaml(&deployment(
-                plan,
+                &workload.name,
+                workload.labels(plan),
                 &base,
-                &workload,
                 step.replicas,
                 container,
                 vec![plan_volume(&plan_map)],
@@ -296,15 +302,19 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
             ..Default::default()
         };
         docs.push(yaml(&deployment(
-            plan,
+            &workload.name,
+            workload.labels(plan),
             &base,
-            &workload,
             1,
             container,
             Vec::new(),
             "RollingUpdate",
         )));
-        docs.push(yaml(&service(plan, &workload, COMPONENT_PORT)));
+        docs.push(yaml(&service(
+            &workload.name,
+            workload.labels(plan),
+            COMPONENT_PORT,
+        )));
     }
 
     let header = format!(
@@ -383,11 +393,11 @@ fn component_env(plan: &Plan) -> Vec<EnvVar> {
         .collect()
 }
 
-fn yaml<T: serde::Serialize>(object: &T) -> String {
+pub(crate) fn yaml<T: serde::Serialize>(object: &T) -> String {
     serde_saphyr::to_string(object).expect("objects serialize")
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
+pub(crate) fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
@@ -407,7 +417,7 @@ fn meta(name: &str, plan: &Plan, workload: Option<&Workload<'_>>) -> ObjectMeta 
     }
 }
 
-fn plain_env(name: &str, value: &str) -> EnvVar {
+pub(crate) fn plain_env(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -416,7 +426,7 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
 }
 
 /// The broker and the allocator's lean settings (many small containers).
-fn runtime_env(project: &Project) -> Vec<EnvVar> {
+pub(crate) fn runtime_env(project: &Project) -> Vec<EnvVar> {
     vec![
         plain_env("WEFT_BROKER_URL", &project.broker.url),
         plain_env(
@@ -448,7 +458,7 @@ fn secret_env<'a>(plan: &Plan, names: impl IntoIterator<Item = &'a str>) -> Vec<
         .collect()
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub(crate) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -491,7 +501,10 @@ fn container_security() -> SecurityContext {
 }
 
 /// A weft container (gateway or step) without its arguments, environment and mounts.
-fn weft_container(project: &Project, step_resources: Option<&plan_types::Resources>) -> Container {
+pub(crate) fn weft_container(
+    project: &Project,
+    step_resources: Option<&plan_types::Resources>,
+) -> Container {
     let health = |period| Probe {
         http_get: Some(HTTPGetAction {
             path: Some("/healthz".into()),
@@ -537,22 +550,27 @@ fn resources(defaults: &Resources, step: Option<&plan_types::Resources>) -> Reso
     }
 }
 
-fn deployment(
-    plan: &Plan,
+/// The Deployment `name` (labelled `labels`, its pods too) of `replicas` pods of one container,
+/// non-root, under `account`.
+pub(crate) fn deployment(
+    name: &str,
+    labels: BTreeMap<String, String>,
     account: &str,
-    workload: &Workload<'_>,
     replicas: u32,
     container: Container,
     volumes: Vec<Volume>,
     strategy: &str,
 ) -> Deployment {
-    let labels = workload.labels(plan);
     Deployment {
-        metadata: meta(&workload.name, plan, Some(workload)),
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
         spec: Some(DeploymentSpec {
             replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
             selector: LabelSelector {
-                match_labels: Some(selector(&workload.name)),
+                match_labels: Some(selector(name)),
                 ..Default::default()
             },
             strategy: Some(DeploymentStrategy {
@@ -589,11 +607,16 @@ fn deployment(
     }
 }
 
-fn service(plan: &Plan, workload: &Workload<'_>, port: i32) -> Service {
+/// The Service `name` (labelled `labels`) in front of the pods of the Deployment `name`.
+pub(crate) fn service(name: &str, labels: BTreeMap<String, String>, port: i32) -> Service {
     Service {
-        metadata: meta(&workload.name, plan, Some(workload)),
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
         spec: Some(ServiceSpec {
-            selector: Some(selector(&workload.name)),
+            selector: Some(selector(name)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port,

@@ -21,6 +21,7 @@ pub mod git;
 pub mod graph;
 pub mod instance;
 pub mod kubernetes;
+pub mod kubernetes_fleet;
 pub mod load;
 pub mod lower;
 pub mod model;

@@ -17,7 +17,8 @@ Examples:
   weft build --rev main -o dist    # any commit, without checking it out
   weft build --target compose,k8s  # docker-compose.yaml and kubernetes.yaml per bundle
   weft build --target k8s --autoscale   # also keda.yaml: steps scaled on their queue's lag
-  weft build --fleet && weft up dist/fleet   # one topology for every customer";
+  weft build --fleet && weft up dist/fleet   # one topology for every customer
+  weft build --fleet --target k8s            # its manifests: dist/fleet/kubernetes.yaml";
 
 /// Compile every instance into a bundle: bundle.json, plan.json, docker-compose.yaml, .env.example.
 #[derive(Debug, clap::Args)]
@@ -45,8 +46,9 @@ pub struct Args {
     #[arg(long)]
     pub autoscale: bool,
     /// Also write the fleet topology into <out>/fleet (docker-compose.yaml, nats.conf,
-    /// .env.example, plans/): one gateway for every customer and one service per integration
-    /// and step, shared by its instances; run it with `weft up <out>/fleet`.
+    /// .env.example, plans/, secrets/; kubernetes.yaml with --target k8s): one gateway for
+    /// every customer and one service per integration and step, shared by its instances; run
+    /// it with `weft up <out>/fleet`. Built again, the running fleet reloads what changed.
     #[arg(long)]
     pub fleet: bool,
 }
@@ -123,8 +125,19 @@ pub fn run(args: Args, color: ColorChoice) -> anyhow::Result<ExitCode> {
     .with_context(|| format!("writing bundles into {}", args.out.display()))?;
     progress.finish_and_clear();
     if args.fleet {
-        let files = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project)
+        let mut files = weft_compiler::fleet::fleet(&compilation.plans, &compilation.project)
             .map_err(|why| anyhow::anyhow!("--fleet: {why}"))?;
+        if !targets.compose {
+            files.retain(|(name, _)| name != "docker-compose.yaml" && name != "nats.conf");
+        }
+        if targets.kubernetes {
+            let manifests = weft_compiler::kubernetes_fleet::manifests(
+                &compilation.plans,
+                &compilation.project,
+            )
+            .map_err(|why| anyhow::anyhow!("--fleet: {why}"))?;
+            files.push(("kubernetes.yaml".into(), manifests));
+        }
         write_fleet(&args.out.join(weft_compiler::fleet::FLEET_DIR), files)?;
     }
     if json {

@@ -147,12 +147,26 @@ fn load_plans(path: &Path, color: ColorChoice) -> anyhow::Result<Loaded> {
         return Ok(Ok(vec![read_plan(&path.join("plan.json"))?]));
     }
     if !path.join("weft.yaml").is_file() && !path.join("integrations").is_dir() {
-        // A `weft build` output folder: <customer>/<integration>/plan.json.
+        // A `weft build` output folder (<customer>/<integration>/plan.json), or a folder of
+        // <customer>.<integration>.plan.json files (a fleet's ConfigMaps on Kubernetes).
         let mut files = Vec::new();
         for customer in
             std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
         {
-            let customer = customer?.path();
+            let customer = customer?;
+            // Hidden: Kubernetes keeps a mounted volume's versions in `..data` folders.
+            if customer.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let customer = customer.path();
+            if customer.is_file()
+                && customer
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().ends_with(".plan.json"))
+            {
+                files.push(customer);
+                continue;
+            }
             if !customer.is_dir() {
                 continue;
             }
