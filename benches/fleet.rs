@@ -5,7 +5,8 @@
 //!    compile alike) with 1, 5 and 10 instances of each, built with `weft build` and run from
 //!    the bundles. Prints, per size: the time to build, the time from `weft run` to a healthy
 //!    gateway, the idle RSS, the RSS each added instance costs (the slope from the size before),
-//!    and the CPU the idle fleet uses.
+//!    the CPU the idle fleet uses, and the time a reload takes to route one more customer
+//!    (added to the folder, then SIGHUP).
 //! 2. Fairness: customers A, B and C on one integration whose step posts to a sink that answers
 //!    in 20 ms, with 16 slots at the step. B sends 100 events/s alone, then beside A sending
 //!    10× as many (more than the step can deliver), then beside C whose upstream never answers.
@@ -118,6 +119,8 @@ struct Row {
     ready_s: f64,
     rss_mb: f64,
     idle_cpu_ms_per_s: f64,
+    /// From SIGHUP to the webhook of an instance added to the folder being routed.
+    reload_ms: f64,
 }
 
 async fn scale_row(integrations: usize, instances: usize) -> Row {
@@ -172,6 +175,7 @@ async fn scale_row(integrations: usize, instances: usize) -> Row {
     let idle = Duration::from_secs(5);
     tokio::time::sleep(idle).await;
     let idle_cpu_ms_per_s = (support::cpu_seconds(pid) - before) * 1000.0 / idle.as_secs_f64();
+    let reload_ms = reload_one(&dir.path().join("extra"), &out, pid, port).await;
     weft.kill9();
     if std::env::var_os("WEFT_BENCH_KEEP").is_some() {
         let _ = dir.keep();
@@ -182,6 +186,54 @@ async fn scale_row(integrations: usize, instances: usize) -> Row {
         ready_s,
         rss_mb,
         idle_cpu_ms_per_s,
+        reload_ms,
+    }
+}
+
+/// Adds a customer of `integration-0` to the running fleet's folder `out` (built from a
+/// repository of that integration alone: the same version), sends SIGHUP to `pid`, and returns
+/// the milliseconds until its webhook is routed (401 unsigned, where it was 404).
+async fn reload_one(scratch: &Path, out: &Path, pid: u32, port: u16) -> f64 {
+    let repo = scratch.join("repo");
+    support::write_files(
+        &repo,
+        &[
+            ("weft.yaml", "weft: 1\nname: fleet\n".to_string()),
+            (
+                "integrations/integration-0/integration.yaml",
+                integration(0),
+            ),
+            ("instances/customer-new/integration-0.yaml", instance(0, 99)),
+        ],
+    );
+    let built = Command::new(binary())
+        .args(["build", repo.to_str().unwrap(), "--out"])
+        .arg(scratch.join("dist"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::rename(scratch.join("dist/customer-new"), out.join("customer-new")).unwrap();
+    let client = http_client(Duration::from_secs(5));
+    let url = format!("http://127.0.0.1:{port}/hooks/customer-new/integration-0/orders");
+    let started = Instant::now();
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    loop {
+        let status = client.post(&url).body("{}").send().await.unwrap().status();
+        if status != 404 {
+            assert_eq!(status, 401, "routed, and the signature checked");
+            return started.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no reload");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -385,8 +437,15 @@ async fn main() {
         "fleet: {integrations} integrations of {STEPS} steps in 2 flows (a signed webhook, a daily schedule), run from `weft build` bundles"
     );
     println!(
-        "\n{:>9} {:>7} {:>9} {:>10} {:>12} {:>14} {:>14}",
-        "instances", "flows", "build s", "ready s", "idle RSS MB", "KB/instance", "idle CPU ms/s"
+        "\n{:>9} {:>7} {:>9} {:>10} {:>12} {:>14} {:>14} {:>10}",
+        "instances",
+        "flows",
+        "build s",
+        "ready s",
+        "idle RSS MB",
+        "KB/instance",
+        "idle CPU ms/s",
+        "reload ms"
     );
     let mut previous: Option<Row> = None;
     for &n in &sizes {
@@ -398,14 +457,15 @@ async fn main() {
             )
         });
         println!(
-            "{:>9} {:>7} {:>9.2} {:>10.2} {:>12.1} {:>14} {:>14.2}",
+            "{:>9} {:>7} {:>9.2} {:>10.2} {:>12.1} {:>14} {:>14.2} {:>10.0}",
             row.instances,
             row.instances * 2,
             row.build_s,
             row.ready_s,
             row.rss_mb,
             slope,
-            row.idle_cpu_ms_per_s
+            row.idle_cpu_ms_per_s,
+            row.reload_ms
         );
         previous = Some(row);
     }
