@@ -109,6 +109,11 @@ pub struct JetStreamQueue {
     next_id: AtomicI64,
     /// Whether the fleet history stream is declared (and applied, in the gateway).
     fleet_history: AtomicBool,
+    /// Woken when the client (re)connects: pull requests waiting at the broker may be gone.
+    reconnected: Arc<tokio::sync::Notify>,
+    /// The processes run a fleet: history travels on the fleet's stream only (see
+    /// [`crate::Options::fleet`]).
+    fleet: bool,
 }
 
 /// The stable broker-side de-duplication id of a message to publish.
@@ -127,6 +132,7 @@ impl JetStreamQueue {
         url: &str,
         history: HistorySink,
         replicas: usize,
+        fleet: bool,
     ) -> Result<JetStreamQueue, StoreError> {
         // `nats://a:4222,nats://b:4222`: any node of a cluster (the client learns the others).
         let servers = url
@@ -137,7 +143,17 @@ impl JetStreamQueue {
         // Reconnect quickly (every 100 ms, growing to 1 s): while the broker is away, webhooks
         // get 503 and settles wait. A broker not up yet at start (containers start together)
         // is waited for: the declarations at start are retried.
+        let reconnected = Arc::new(tokio::sync::Notify::new());
+        let woken = reconnected.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let woken = woken.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        woken.notify_waiters();
+                    }
+                }
+            })
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts.min(10) as u64)
             })
@@ -152,6 +168,8 @@ impl JetStreamQueue {
             held: Mutex::default(),
             next_id: AtomicI64::new(1),
             fleet_history: AtomicBool::new(false),
+            reconnected,
+            fleet,
         })
     }
 
@@ -184,9 +202,10 @@ impl JetStreamQueue {
         step_concurrency: usize,
         role: &Role,
     ) -> Result<(), StoreError> {
-        // A fleet's step workers (several instances each) publish their history on one
-        // stream: its gateway applies it beside its instances' own.
-        if engine.instances().len() > 1 && !self.fleet_history.swap(true, Ordering::Relaxed) {
+        // A fleet's step workers publish their history on one stream, and so do workers of
+        // several instances: the gateway applies it beside its instances' own, if any.
+        let several = engine.instances().len() > 1;
+        if (self.fleet || several) && !self.fleet_history.swap(true, Ordering::Relaxed) {
             let fleet = self
                 .declare_stream(
                     broker_names::FLEET_HISTORY_STREAM.to_string(),
@@ -196,8 +215,9 @@ impl JetStreamQueue {
             self.apply_history_here(engine, role, &fleet).await?;
         }
         for instance in instances {
-            let history = self.history_stream(instance).await?;
-            if is_new(&instance.key) {
+            // One bundle's processes: the instance's own history stream.
+            if !self.fleet && is_new(&instance.key) {
+                let history = self.history_stream(instance).await?;
                 self.apply_history_here(engine, role, &history).await?;
             }
             for flow in instance.enabled_flows() {
@@ -242,7 +262,12 @@ impl JetStreamQueue {
                 })
                 .await
                 .map_err(broker("creating the history consumer"))?;
-            tokio::spawn(apply_history(engine.clone(), store.clone(), consumer));
+            tokio::spawn(apply_history(
+                engine.clone(),
+                store.clone(),
+                consumer,
+                self.reconnected.clone(),
+            ));
         }
         Ok(())
     }
@@ -333,6 +358,7 @@ impl JetStreamQueue {
     ) {
         let slots = Arc::new(Semaphore::new(concurrency));
         let what = format!("step `{}`", step.step.id);
+        let mut idle = IdleBackoff::default();
         while !engine.is_stopping() && !instance.is_retired() {
             let Ok(first) = slots.clone().acquire_owned().await else {
                 return;
@@ -344,15 +370,19 @@ impl JetStreamQueue {
                     Err(_) => break,
                 }
             }
-            let Some(mut messages) = fetch(&consumer, permits.len(), &what).await else {
+            let expires = idle.expires();
+            let Some(mut messages) = fetch(&consumer, permits.len(), expires, &what).await else {
                 continue;
             };
-            while let Some(next) = messages.next().await {
+            let mut got = 0;
+            while let Some(next) = next_or_woken(&mut messages, &self.reconnected).await {
                 let (Ok(message), Some(permit)) = (next, permits.pop()) else {
                     break;
                 };
+                got += 1;
                 self.take(&engine, &step, message, permit).await;
             }
+            idle.got(got);
         }
     }
 
@@ -698,15 +728,59 @@ async fn undo(store: &Store, first: &[Op]) {
 
 /// Pulls at most `max` messages for `what`, waiting up to a second for them; `None` (after a
 /// pause) when the broker cannot be asked: the caller's loop tries again.
+/// How long a pull request waits at the broker: a second while messages come, then twice as
+/// long after each empty one, up to [`IdleBackoff::LONGEST`]. A waiting request is answered as
+/// soon as a message arrives, so an idle consumer costs the broker one request every half
+/// minute, not every second (a fleet has thousands), at no cost in latency. A reconnect ends
+/// the wait early (see `JetStreamQueue::reconnected`).
+struct IdleBackoff(Duration);
+
+impl IdleBackoff {
+    const SHORTEST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(30);
+
+    fn expires(&self) -> Duration {
+        self.0
+    }
+
+    /// A batch brought `got` messages.
+    fn got(&mut self, got: usize) {
+        self.0 = if got > 0 {
+            Self::SHORTEST
+        } else {
+            (self.0 * 2).min(Self::LONGEST)
+        };
+    }
+}
+
+impl Default for IdleBackoff {
+    fn default() -> Self {
+        IdleBackoff(Self::SHORTEST)
+    }
+}
+
+/// The batch's next message, or `None` when it ends or the client reconnected to the broker
+/// (a pull request waiting there may be gone with the server it was sent to).
+async fn next_or_woken(
+    messages: &mut consumer::pull::Batch,
+    reconnected: &tokio::sync::Notify,
+) -> Option<Result<jetstream::Message, async_nats::Error>> {
+    tokio::select! {
+        next = messages.next() => next,
+        () = reconnected.notified() => None,
+    }
+}
+
 async fn fetch(
     consumer: &consumer::PullConsumer,
     max: usize,
+    expires: Duration,
     what: &str,
 ) -> Option<consumer::pull::Batch> {
     match consumer
         .fetch()
         .max_messages(max)
-        .expires(Duration::from_secs(1))
+        .expires(expires)
         .messages()
         .await
     {
@@ -722,12 +796,21 @@ async fn fetch(
 /// The gateway's side of the history stream: applies each batch a step worker published to
 /// the store, then answers the sync webhooks it releases. A batch that cannot be read is
 /// dropped with an error (it would never apply); one that fails to commit comes back later.
-async fn apply_history(engine: Arc<Engine>, store: Store, consumer: consumer::PullConsumer) {
+async fn apply_history(
+    engine: Arc<Engine>,
+    store: Store,
+    consumer: consumer::PullConsumer,
+    reconnected: Arc<tokio::sync::Notify>,
+) {
+    let mut idle = IdleBackoff::default();
     while !engine.is_stopping() {
-        let Some(mut messages) = fetch(&consumer, BATCH, "the history").await else {
+        let Some(mut messages) = fetch(&consumer, BATCH, idle.expires(), "the history").await
+        else {
             continue;
         };
-        while let Some(Ok(message)) = messages.next().await {
+        let mut got = 0;
+        while let Some(Ok(message)) = next_or_woken(&mut messages, &reconnected).await {
+            got += 1;
             let kind = match serde_json::from_slice::<HistoryBatch>(&message.payload) {
                 Err(e) => {
                     tracing::error!("dropping an unreadable history batch: {e}");
@@ -748,6 +831,7 @@ async fn apply_history(engine: Arc<Engine>, store: Store, consumer: consumer::Pu
                 tracing::warn!("settling a history batch with the broker: {e}");
             }
         }
+        idle.got(got);
     }
 }
 

@@ -94,6 +94,10 @@ pub struct Options {
     /// What this process runs: everything (`weft run`), or one part of a bundle's container
     /// topology on the broker (`weft gateway`, `weft step`).
     pub role: Role,
+    /// The processes on the broker run a fleet (a `weft build` output folder, not one bundle):
+    /// step workers publish their history on the fleet's one stream, which the gateway
+    /// applies, rather than on a stream per instance (thousands of idle consumers).
+    pub fleet: bool,
     /// `weft test`: mocks answer every HTTP request, steps may be replaced, retries and
     /// `delay` steps run on a virtual clock, and no trigger fires by itself.
     pub offline: Option<Arc<dyn offline::OfflineHooks>>,
@@ -162,6 +166,7 @@ impl Default for Options {
             broker: None,
             broker_replicas: 1,
             role: Role::All,
+            fleet: false,
             offline: None,
         }
     }
@@ -497,7 +502,9 @@ async fn open_queues(
             // history stream, or on the fleet's when it runs several instances.
             Role::Step { .. } => broker::HistorySink::Stream {
                 subject: match plans {
-                    [plan] => broker::history_subject(&plan.customer, &plan.integration),
+                    [plan] if !options.fleet => {
+                        broker::history_subject(&plan.customer, &plan.integration)
+                    }
                     _ => broker_names::FLEET_HISTORY_SUBJECT.to_string(),
                 },
             },
@@ -507,8 +514,10 @@ async fn open_queues(
                 options.max_store_bytes,
             )?),
         };
-        let queue =
-            Arc::new(broker::JetStreamQueue::connect(url, history, options.broker_replicas).await?);
+        let queue = Arc::new(
+            broker::JetStreamQueue::connect(url, history, options.broker_replicas, options.fleet)
+                .await?,
+        );
         tracing::info!("queues on the NATS JetStream broker at {url}");
         return Ok(Queues {
             queue: queue.clone(),

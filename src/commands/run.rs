@@ -274,6 +274,8 @@ pub fn run_as(
         broker: args.broker.clone(),
         broker_replicas: args.broker_replicas.max(1),
         role,
+        // Not one bundle: a fleet's processes share one history stream.
+        fleet: !args.path.join("plan.json").is_file(),
         offline: None,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
