@@ -3,6 +3,7 @@
 //! NATS JetStream server).
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -284,6 +285,7 @@ pub fn run_as(
         .context("starting tokio")?;
     let source = PlanSource {
         path: args.path.clone(),
+        data_dir: args.data_dir.clone(),
         color,
         role: role_for_reload,
         integration: integration.map(str::to_string),
@@ -323,6 +325,8 @@ pub fn run_as(
 /// Where a reload reads plans and secrets again: what the process was started with.
 struct PlanSource {
     path: PathBuf,
+    /// The data folder, when it lies under `path`: its files change with every event.
+    data_dir: PathBuf,
     color: ColorChoice,
     role: weft_runtime::Role,
     integration: Option<String>,
@@ -359,9 +363,9 @@ async fn watch_reloads(
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let watched = || async {
-        let plans = fingerprint(&source.path).await;
+        let plans = fingerprint(&source.path, &source.data_dir).await;
         let secrets = match &source.secrets_dir {
-            Some(dir) => fingerprint(dir).await,
+            Some(dir) => fingerprint(dir, &source.data_dir).await,
             None => None,
         };
         (plans, secrets)
@@ -440,8 +444,15 @@ async fn reload_once(
 
 /// The path, length and modification time of every file under `path`, or `None` when it
 /// cannot be read; a change of any means the plans may have changed.
-async fn fingerprint(path: &Path) -> Option<Vec<(PathBuf, u64, std::time::SystemTime)>> {
+async fn fingerprint(
+    path: &Path,
+    data_dir: &Path,
+) -> Option<Vec<(PathBuf, u64, std::time::SystemTime)>> {
     let path = path.to_path_buf();
+    // The data folder by device and inode (no path to compare however it was named).
+    let data_dir = std::fs::metadata(data_dir)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
     tokio::task::spawn_blocking(move || {
         let mut files = Vec::new();
         let mut folders = vec![path];
@@ -454,6 +465,9 @@ async fn fingerprint(path: &Path) -> Option<Vec<(PathBuf, u64, std::time::System
                 }
                 // Followed: a mounted Kubernetes volume swaps its files by a link.
                 let meta = std::fs::metadata(entry.path()).ok()?;
+                if meta.is_dir() && Some((meta.dev(), meta.ino())) == data_dir {
+                    continue;
+                }
                 if meta.is_dir() {
                     folders.push(entry.path());
                 } else {
