@@ -64,9 +64,19 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Reads a plan, checking its format version first so that a bundle built by another
-    /// version of weft gets a clear error rather than a field-by-field complaint.
+    /// Reads a plan, checking its format version: a bundle built by another version of weft
+    /// gets a clear error rather than a field-by-field complaint. The document is parsed once
+    /// when it reads (a fleet loads thousands); only a failure looks at the format alone.
     pub fn from_json(text: &str) -> Result<Plan, PlanError> {
+        let expected = |found: u64| PlanError::Version {
+            found,
+            expected: PLAN_FORMAT,
+        };
+        let parse_error = match serde_json::from_str::<Plan>(text) {
+            Ok(plan) if plan.format == PLAN_FORMAT => return Ok(plan),
+            Ok(plan) => return Err(expected(u64::from(plan.format))),
+            Err(e) => e,
+        };
         /// Only the format: the rest of the document is skipped, not built.
         #[derive(Deserialize)]
         struct Format {
@@ -82,12 +92,9 @@ impl Plan {
         };
         let found = format.ok_or_else(|| PlanError::Malformed("no `format` field".into()))?;
         if found != u64::from(PLAN_FORMAT) {
-            return Err(PlanError::Version {
-                found,
-                expected: PLAN_FORMAT,
-            });
+            return Err(expected(found));
         }
-        serde_json::from_str(text).map_err(|e| PlanError::Malformed(e.to_string()))
+        Err(PlanError::Malformed(parse_error.to_string()))
     }
 
     /// `<customer>/<integration>`: the instance's key in logs, metrics and queues.
@@ -689,5 +696,24 @@ mod tests {
         );
         let err = Plan::from_json("[]").unwrap_err();
         assert!(err.to_string().contains("no `format`"), "{err}");
+    }
+
+    #[test]
+    fn another_format_or_no_format_is_named_before_any_field() {
+        assert!(matches!(
+            Plan::from_json(r#"{"format": 999, "customer": 1}"#),
+            Err(PlanError::Version { found: 999, .. })
+        ));
+        for text in ["{}", "[]", r#"{"format": "1"}"#] {
+            assert!(
+                matches!(Plan::from_json(text), Err(PlanError::Malformed(ref m)) if m.contains("format")),
+                "{text}"
+            );
+        }
+        let wrong_field = format!(r#"{{"format": {PLAN_FORMAT}, "customer": 1}}"#);
+        assert!(matches!(
+            Plan::from_json(&wrong_field),
+            Err(PlanError::Malformed(_))
+        ));
     }
 }

@@ -363,6 +363,8 @@ pub async fn start(
             secrets,
         }),
     });
+    // Thousands of plans take a while to free: not before the gateway serves.
+    rayon::spawn(move || drop(plans));
     Ok(Runtime {
         engine,
         _lock: lock,

@@ -48,8 +48,9 @@ impl StepGroups {
     ) -> (Vec<(String, Lane)>, Vec<StepGroup>) {
         let mut sorted: Vec<&Arc<InstanceRt>> = instances.iter().collect();
         sorted.sort_by(|a, b| a.key.cmp(&b.key));
-        type Members = (Arc<StepRt>, Vec<Arc<InstanceRt>>);
-        let mut members: BTreeMap<(usize, String, String), Members> = BTreeMap::new();
+        // Keyed by names borrowed from the versions: a fleet has thousands of instances.
+        type Members<'a> = (&'a Arc<StepRt>, Vec<&'a Arc<InstanceRt>>);
+        let mut members: BTreeMap<(usize, &str, &str), Members> = BTreeMap::new();
         for instance in sorted {
             let version = Arc::as_ptr(&instance.version) as usize;
             for flow in instance.enabled_flows() {
@@ -58,22 +59,23 @@ impl StepGroups {
                         continue;
                     }
                     members
-                        .entry((version, flow.name.clone(), step.step.id.clone()))
-                        .or_insert_with(|| (step.clone(), Vec::new()))
+                        .entry((version, flow.name.as_str(), step.step.id.as_str()))
+                        .or_insert_with(|| (step, Vec::new()))
                         .1
-                        .push(instance.clone());
+                        .push(instance);
                 }
             }
         }
         let mut lanes = Vec::new();
         let mut fresh = Vec::new();
-        for (key, (step, instances)) in members {
+        for ((version, flow, step_id), (step, instances)) in members {
+            let key = (version, flow.to_string(), step_id.to_string());
             let is_new = !self.groups.contains_key(&key);
             let group = self.groups.entry(key).or_insert_with(|| {
                 let concurrency =
                     options.step_concurrency.max(1) * options.role.replicas_here(&step.step);
                 StepGroup {
-                    step,
+                    step: step.clone(),
                     queue: Arc::new(StepQueue::new(0, concurrency)),
                     lanes: Arc::new(ArcSwap::from_pointee(Vec::new())),
                     concurrency,
@@ -88,7 +90,7 @@ impl StepGroups {
                     pending: instance.pending.clone(),
                 };
                 lanes.push((instance.queue_of(&group.step), lane.clone()));
-                table.push((instance, lane));
+                table.push((instance.clone(), lane));
             }
             // A step shared by several instances caps each one's share of its slots.
             let limit = match table.len() {

@@ -450,9 +450,7 @@ async fn fingerprint(
 ) -> Option<Vec<(PathBuf, u64, std::time::SystemTime)>> {
     let path = path.to_path_buf();
     // The data folder by device and inode (no path to compare however it was named).
-    let data_dir = std::fs::metadata(data_dir)
-        .ok()
-        .map(|m| (m.dev(), m.ino()));
+    let data_dir = std::fs::metadata(data_dir).ok().map(|m| (m.dev(), m.ino()));
     tokio::task::spawn_blocking(move || {
         let mut files = Vec::new();
         let mut folders = vec![path];
