@@ -112,6 +112,23 @@ fn binary() -> PathBuf {
     std::env::var_os("WEFT_BENCH_BINARY").map_or_else(support::binary, PathBuf::from)
 }
 
+/// `weft build REPO --out OUT`, which must succeed.
+fn weft_build(repo: &Path, out: &Path) {
+    let built = Command::new(binary())
+        .arg("build")
+        .arg(repo)
+        .arg("--out")
+        .arg(out)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "weft build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// One row of the scale table.
 struct Row {
     instances: usize,
@@ -132,19 +149,7 @@ async fn scale_row(integrations: usize, instances: usize) -> Row {
     }
     fleet_repo(&repo, integrations, instances / integrations);
     let started = Instant::now();
-    let built = Command::new(binary())
-        .arg("build")
-        .arg(&repo)
-        .arg("--out")
-        .arg(&out)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "weft build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    weft_build(&repo, &out);
     let build_s = started.elapsed().as_secs_f64();
     let port = free_port();
     let log = dir.path().join("weft.log");
@@ -206,17 +211,7 @@ async fn reload_one(scratch: &Path, out: &Path, pid: u32, port: u16) -> f64 {
             ("instances/customer-new/integration-0.yaml", instance(0, 99)),
         ],
     );
-    let built = Command::new(binary())
-        .args(["build", repo.to_str().unwrap(), "--out"])
-        .arg(scratch.join("dist"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    weft_build(&repo, &scratch.join("dist"));
     std::fs::rename(scratch.join("dist/customer-new"), out.join("customer-new")).unwrap();
     let client = http_client(Duration::from_secs(5));
     let url = format!("http://127.0.0.1:{port}/hooks/customer-new/integration-0/orders");

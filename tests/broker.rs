@@ -724,6 +724,44 @@ async fn three_replicas_of_a_slow_http_step_share_its_queue_and_triple_its_throu
     );
 }
 
+/// A fleet as processes on `dist`: one `weft gateway` for every customer, one `weft step` for
+/// the reference integration's HTTP step of every instance, both with `args`.
+fn fleet_processes(setup: &Setup, dist: &Path, env: &[(&str, &str)], args: &[&str]) -> Topology {
+    let gateway = WeftProcess::spawn_as(
+        &binary(),
+        &["gateway"],
+        dist,
+        &setup.data,
+        setup.port,
+        &setup.log,
+        env,
+        args,
+    );
+    let step = [
+        "step",
+        "--integration",
+        "reference",
+        "--flow",
+        "orders",
+        "--step",
+        "deliver",
+    ];
+    let worker = WeftProcess::spawn_as(
+        &binary(),
+        &step,
+        dist,
+        &setup.data.join("unused"),
+        free_port(),
+        &setup.log,
+        env,
+        args,
+    );
+    Topology {
+        gateway,
+        steps: vec![("deliver".into(), worker)],
+    }
+}
+
 /// Builds `customers` (instead of acme) of the reference integration into a `weft build`
 /// folder, each with its own token (c000's upstream is down: every call answers 503); returns
 /// the folder and the tokens' variables.
@@ -769,38 +807,7 @@ async fn a_fleet_gateway_and_step_worker_serve_a_hundred_customers_apart() {
     let url = setup.nats.url();
     let broker = ["--broker", url.as_str()];
     // One gateway for every customer's webhooks, one worker for the HTTP step of all 100.
-    let gateway = WeftProcess::spawn_as(
-        &binary(),
-        &["gateway"],
-        &dist,
-        &setup.data,
-        setup.port,
-        &setup.log,
-        &env,
-        &broker,
-    );
-    let worker = WeftProcess::spawn_as(
-        &binary(),
-        &[
-            "step",
-            "--integration",
-            "reference",
-            "--flow",
-            "orders",
-            "--step",
-            "deliver",
-        ],
-        &dist,
-        &setup.data.join("unused"),
-        free_port(),
-        &setup.log,
-        &env,
-        &broker,
-    );
-    let topology = Topology {
-        gateway,
-        steps: vec![("deliver".into(), worker)],
-    };
+    let topology = fleet_processes(&setup, &dist, &env, &broker);
     topology.wait_healthy(&setup.log).await;
 
     // c001 and c002 interleaved, c000 (upstream down) beside them, one event for each other.
@@ -863,39 +870,7 @@ async fn a_fleet_adds_and_removes_customers_without_restarting_its_processes() {
         "--secrets-dir",
         secrets_dir,
     ];
-    let gateway = WeftProcess::spawn_as(
-        &binary(),
-        &["gateway"],
-        &dist,
-        &setup.data,
-        setup.port,
-        &setup.log,
-        &env,
-        &args,
-    );
-    let step = [
-        "step",
-        "--integration",
-        "reference",
-        "--flow",
-        "orders",
-        "--step",
-        "deliver",
-    ];
-    let worker = WeftProcess::spawn_as(
-        &binary(),
-        &step,
-        &dist,
-        &setup.data.join("unused"),
-        free_port(),
-        &setup.log,
-        &env,
-        &args,
-    );
-    let mut topology = Topology {
-        gateway,
-        steps: vec![("deliver".into(), worker)],
-    };
+    let mut topology = fleet_processes(&setup, &dist, &env, &args);
     topology.wait_healthy(&setup.log).await;
     let client = support::http_client(Duration::from_secs(10));
     let post = |customer: &'static str, id: String| {

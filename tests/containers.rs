@@ -743,14 +743,17 @@ flows:
     let files: Vec<(&str, String)> = files.iter().map(|(p, t)| (p.as_str(), t.clone())).collect();
     support::write_files(&repo, &files);
     let out = dir.path().join("dist");
-    let built = weft(&[
-        "build",
-        repo.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--fleet",
-    ]);
-    assert!(built.status.success(), "{}", text(&built.stderr));
+    let build_fleet = || {
+        let built = weft(&[
+            "build",
+            repo.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--fleet",
+        ]);
+        assert!(built.status.success(), "{}", text(&built.stderr));
+    };
+    build_fleet();
     let fleet = out.join("fleet");
     // The operator's .env: the project name from .env.example, and every customer's token.
     let example = std::fs::read_to_string(fleet.join(".env.example")).unwrap();
@@ -828,14 +831,7 @@ flows:
         support::fleet_token("c100"),
     )
     .unwrap();
-    let rebuilt = weft(&[
-        "build",
-        repo.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--fleet",
-    ]);
-    assert!(rebuilt.status.success(), "{}", text(&rebuilt.stderr));
+    build_fleet();
     assert!(!fleet.join("plans/c099").exists(), "c099's plan is gone");
     let post = |customer: &'static str, id: String| {
         let client = client.clone();

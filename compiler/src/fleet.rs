@@ -109,7 +109,6 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
         format!("./plans:{FLEET_MOUNT}:ro"),
         format!("./secrets:{SECRETS_MOUNT}:ro"),
     ];
-    let reload = ["--reload-every".to_string(), RELOAD_SECONDS.to_string()];
     let mut services = BTreeMap::new();
     services.insert(
         "broker".to_string(),
@@ -124,18 +123,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
         "gateway".to_string(),
         Service {
             image: runtime.clone(),
-            command: [
-                "gateway",
-                FLEET_MOUNT,
-                "--listen",
-                "0.0.0.0",
-                "--port",
-                &port.to_string(),
-            ]
-            .map(String::from)
-            .into_iter()
-            .chain(reload.clone())
-            .collect(),
+            command: gateway_command(port),
             environment: gateway_env,
             ports: vec![format!("127.0.0.1:${{WEFT_PORT:-{port}}}:{port}")],
             volumes: mounts
@@ -164,24 +152,7 @@ pub fn fleet_compose_file(plans: &[Plan], project: &Project) -> Result<ComposeFi
             fleet_service_name(&integration, &flow, &step),
             Service {
                 image: runtime.clone(),
-                command: [
-                    "step",
-                    FLEET_MOUNT,
-                    "--integration",
-                    &integration,
-                    "--flow",
-                    &flow,
-                    "--step",
-                    &step,
-                    "--listen",
-                    "0.0.0.0",
-                    "--port",
-                    &STEP_HEALTH_PORT.to_string(),
-                ]
-                .map(String::from)
-                .into_iter()
-                .chain(reload.clone())
-                .collect(),
+                command: step_command(&integration, &flow, &step, STEP_HEALTH_PORT),
                 environment: step_env,
                 ports: Vec::new(),
                 volumes: mounts.clone(),
@@ -215,6 +186,49 @@ from this folder: one file per secret, named like its variable (`CRM_TOKEN_GLOBE
 its value. It is mounted read-only at /run/weft-secrets, and read where the environment lacks
 a secret, at start and at each reload. Keep it out of version control, like `.env`.
 ";
+
+/// The fleet gateway's command: every plan under [`FLEET_MOUNT`], on `port`, reloading.
+pub fn gateway_command(port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let reload = RELOAD_SECONDS.to_string();
+    [
+        "gateway",
+        FLEET_MOUNT,
+        "--listen",
+        "0.0.0.0",
+        "--port",
+        &port,
+        "--reload-every",
+        &reload,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The command of a fleet worker of `integration`'s `flow`/`step` for every instance of it,
+/// its health on `port`, reloading.
+pub fn step_command(integration: &str, flow: &str, step: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let reload = RELOAD_SECONDS.to_string();
+    [
+        "step",
+        FLEET_MOUNT,
+        "--integration",
+        integration,
+        "--flow",
+        flow,
+        "--step",
+        step,
+        "--listen",
+        "0.0.0.0",
+        "--port",
+        &port,
+        "--reload-every",
+        &reload,
+    ]
+    .map(String::from)
+    .to_vec()
+}
 
 /// Refuses instances the fleet cannot run, with the reason: custom component images and file
 /// steps (their containers and volumes are per bundle).

@@ -176,21 +176,11 @@ pub fn manifests(plan: &Plan, project: &Project, autoscale: bool) -> Vec<(&'stat
         step: None,
     };
     let data_claim = format!("{}-data", gateway.name);
-    docs.push(yaml(&PersistentVolumeClaim {
-        metadata: meta(&data_claim, plan, Some(&gateway)),
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(project.kubernetes.gateway_storage.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }));
+    docs.push(yaml(&gateway_claim(
+        &data_claim,
+        gateway.labels(plan),
+        project,
+    )));
     let mut env = runtime_env(project);
     env.push(plain_env("WEFT_DATA_DIR", "/data"));
     env.extend(secret_env(plan, plan.gateway_secrets()));
@@ -546,6 +536,34 @@ fn resources(defaults: &Resources, step: Option<&plan_types::Resources>) -> Reso
     ResourceRequirements {
         requests: pick(&defaults.requests, step.and_then(|s| s.requests.as_ref())),
         limits: pick(&defaults.limits, step.and_then(|s| s.limits.as_ref())),
+        ..Default::default()
+    }
+}
+
+/// The gateway's volume claim `name` (its history, dead letters and trigger state), of
+/// `kubernetes.gateway_storage`.
+pub(crate) fn gateway_claim(
+    name: &str,
+    labels: BTreeMap<String, String>,
+    project: &Project,
+) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(project.kubernetes.gateway_storage.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -14,17 +14,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapProjection, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, ProjectedVolumeSource, SecretVolumeSource, ServiceAccount,
-    Volume, VolumeProjection, VolumeResourceRequirements,
+    ConfigMap, ConfigMapProjection, PersistentVolumeClaimVolumeSource, ProjectedVolumeSource,
+    SecretVolumeSource, ServiceAccount, Volume, VolumeProjection,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::fleet::{self, RELOAD_SECONDS, SECRETS_MOUNT};
+use crate::fleet::{self, SECRETS_MOUNT};
 use crate::kubernetes::{
-    PORT, deployment, dns_name, label_value, mount, plain_env, runtime_env, selector, service,
-    strings, weft_container, yaml,
+    PORT, deployment, dns_name, gateway_claim, label_value, mount, plain_env, runtime_env,
+    selector, service, weft_container, yaml,
 };
 use crate::model::Project;
 use crate::plan::Plan;
@@ -32,9 +30,6 @@ use crate::plan::Plan;
 /// Bytes of plans one ConfigMap holds at most: well under the 1 MiB Kubernetes allows an
 /// object, with room for its metadata.
 pub const SHARD_BYTES: usize = 900 * 1024;
-
-/// Where the plans are mounted in the pods.
-const PLANS_MOUNT: &str = "/plans";
 
 /// `weft-fleet-<name>`: the prefix of every object of the fleet.
 fn fleet_base(project: &Project) -> String {
@@ -201,9 +196,8 @@ pub fn manifests(plans: &[Plan], project: &Project) -> Result<String, String> {
         }));
     }
     let mounted = mounted_shards(shards.len());
-    let reload = ["--reload-every".to_string(), RELOAD_SECONDS.to_string()];
     let mounts = vec![
-        mount("plans", PLANS_MOUNT, true),
+        mount("plans", fleet::FLEET_MOUNT, true),
         mount("secrets", SECRETS_MOUNT, true),
     ];
     let mut env = runtime_env(project);
@@ -213,25 +207,11 @@ pub fn manifests(plans: &[Plan], project: &Project) -> Result<String, String> {
     let gateway = dns_name(&[&base, "gateway"]);
     let gateway_labels = workload_labels(project, &gateway, "gateway", None);
     let claim = format!("{gateway}-data");
-    docs.push(yaml(&PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some(claim.clone()),
-            labels: Some(gateway_labels.clone()),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    Quantity(project.kubernetes.gateway_storage.clone()),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }));
+    docs.push(yaml(&gateway_claim(
+        &claim,
+        gateway_labels.clone(),
+        project,
+    )));
     let mut gateway_env = env.clone();
     gateway_env.push(plain_env("WEFT_DATA_DIR", "/data"));
     let mut volumes = fleet_volumes(&base, project, mounted);
@@ -243,21 +223,8 @@ pub fn manifests(plans: &[Plan], project: &Project) -> Result<String, String> {
         }),
         ..Default::default()
     });
-    let port = PORT.to_string();
     let container = k8s_openapi::api::core::v1::Container {
-        args: Some(
-            strings(&[
-                "gateway",
-                PLANS_MOUNT,
-                "--listen",
-                "0.0.0.0",
-                "--port",
-                &port,
-            ])
-            .into_iter()
-            .chain(reload.clone())
-            .collect(),
-        ),
+        args: Some(fleet::gateway_command(PORT as u16)),
         env: Some(gateway_env),
         volume_mounts: Some(
             mounts
@@ -284,25 +251,7 @@ pub fn manifests(plans: &[Plan], project: &Project) -> Result<String, String> {
         let name = dns_name(&[&base, "step", &integration, &flow, &step]);
         let labels = workload_labels(project, &name, "step", Some((&integration, &flow, &step)));
         let container = k8s_openapi::api::core::v1::Container {
-            args: Some(
-                strings(&[
-                    "step",
-                    PLANS_MOUNT,
-                    "--integration",
-                    &integration,
-                    "--flow",
-                    &flow,
-                    "--step",
-                    &step,
-                    "--listen",
-                    "0.0.0.0",
-                    "--port",
-                    &port,
-                ])
-                .into_iter()
-                .chain(reload.clone())
-                .collect(),
-            ),
+            args: Some(fleet::step_command(&integration, &flow, &step, PORT as u16)),
             env: Some(env.clone()),
             volume_mounts: Some(mounts.clone()),
             ..weft_container(project, None)

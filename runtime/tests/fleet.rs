@@ -105,19 +105,8 @@ async fn instances_share_their_version_and_keep_their_own_config() {
     assert_eq!(r.status(), 404, "initech's flow is disabled");
     sink.wait_for(3).await;
     rt.wait_finished(4).await;
-    let mut received: Vec<(String, String)> = sink
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(headers, body)| {
-            (
-                body["id"].as_str().unwrap().to_string(),
-                headers["authorization"].to_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    received.sort();
+    assert_eq!(sink.count(), 3, "each delivered once");
+    let received: Vec<(String, String)> = tokens_by_id(&sink).into_iter().collect();
     assert_eq!(
         received,
         [
