@@ -291,8 +291,7 @@ pub async fn start(
     )?;
     let mut groups = reload::StepGroups::default();
     let (lanes, new_groups) = {
-        let mut all: Vec<Arc<InstanceRt>> = instances.values().cloned().collect();
-        all.sort_by(|a, b| a.key.cmp(&b.key));
+        let all: Vec<Arc<InstanceRt>> = instances.values().cloned().collect();
         groups.add(&all, &options)
     };
     // A step worker has no data folder: it keeps nothing.
@@ -334,11 +333,8 @@ pub async fn start(
     } else {
         let all: Vec<Arc<InstanceRt>> = engine.instances().values().cloned().collect();
         let (added, wheel) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(triggers::timer_wheel(
-            engine.clone(),
-            reload::timers_of(&engine, &all),
-            wheel,
-        ));
+        let _ = added.send(reload::start_triggers(&engine, &all));
+        tokio::spawn(triggers::timer_wheel(engine.clone(), wheel));
         timers = Some(added);
         spawn_housekeeping(&engine, &options);
         gateway::hooks(&engine.instances(), options.max_body)?

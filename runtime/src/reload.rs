@@ -121,9 +121,9 @@ pub(crate) fn spawn_workers(engine: &Arc<Engine>, groups: Vec<StepGroup>) {
     }
 }
 
-/// The schedules and polls of `instances`' enabled flows, for the timer wheel; their deploy
-/// flows are started here, once each.
-pub(crate) fn timers_of(engine: &Arc<Engine>, instances: &[Arc<InstanceRt>]) -> Vec<Timer> {
+/// Starts the deploy flows of `instances` (once per plan hash), and returns the schedules and
+/// polls of their enabled flows for the timer wheel.
+pub(crate) fn start_triggers(engine: &Arc<Engine>, instances: &[Arc<InstanceRt>]) -> Vec<Timer> {
     let mut timed = Vec::new();
     for instance in instances {
         for flow in instance.enabled_flows() {
@@ -303,7 +303,7 @@ impl Reloader {
                 .set_hooks(hooks, max_instance_pending(&self.options, count));
         }
         if let Some(timers) = &self.timers {
-            let _ = timers.send(timers_of(&self.engine, &fresh));
+            let _ = timers.send(start_triggers(&self.engine, &fresh));
         }
         if let Some(broker) = &self.broker {
             let is_new = |key: &str| !current.contains_key(key);

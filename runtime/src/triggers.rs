@@ -63,11 +63,10 @@ const LONGEST_SLEEP_MS: i64 = 60_000;
 /// poll ends.
 pub async fn timer_wheel(
     engine: Arc<Engine>,
-    timers: Vec<Timer>,
     mut added: tokio::sync::mpsc::UnboundedReceiver<Vec<Timer>>,
 ) {
-    // The wheel's timers, by index; a reload adds timers (a retired instance's timer is dropped
-    // from the heap when it is next due).
+    // The wheel's timers, by index, as they arrive (at start, then from reloads); a retired
+    // instance's timer is dropped from the heap when it is next due.
     let mut all: Vec<Arc<Timer>> = Vec::new();
     // Entries are (due, timer, last fired time): a schedule's last fired time travels with its
     // entry (a timer is armed again only once its firing ends); polls keep 0.
@@ -80,9 +79,6 @@ pub async fn timer_wheel(
             heap.push(Reverse((due, i, fired)));
         }
     };
-    for timer in timers {
-        arm(&mut all, &mut heap, timer);
-    }
     while !engine.is_stopping() {
         let wait = heap
             .peek()

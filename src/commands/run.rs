@@ -360,7 +360,6 @@ async fn watch_reloads(
     every: Option<Duration>,
 ) {
     let source = std::sync::Arc::new(source);
-    #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let watched = || async {
         let plans = fingerprint(&source.path, &source.data_dir).await;
@@ -375,15 +374,12 @@ async fn watch_reloads(
         None => None,
     };
     loop {
-        #[cfg(unix)]
         let signalled = async {
             match hangup.as_mut() {
                 Some(h) => h.recv().await,
                 None => std::future::pending().await,
             }
         };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<Option<()>>();
         let tick = async {
             match every {
                 Some(every) => tokio::time::sleep(every).await,
@@ -391,7 +387,13 @@ async fn watch_reloads(
             }
         };
         tokio::select! {
-            _ = signalled => tracing::info!("SIGHUP: reloading the plans"),
+            _ = signalled => {
+                tracing::info!("SIGHUP: reloading the plans");
+                // What this reload reads is not read again at the next look.
+                if every.is_some() {
+                    seen = Some(watched().await);
+                }
+            }
             () = tick => {
                 // A failed reload is tried again when the files change again (a plan fixed,
                 // a secret added), not at every look.
