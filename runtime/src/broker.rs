@@ -412,6 +412,7 @@ impl JetStreamQueue {
             attempt,
             body: String::from_utf8_lossy(&message.payload).into_owned(),
             crashes: 0,
+            parsed: None,
         };
         self.held().insert(
             stored.id,
@@ -427,7 +428,7 @@ impl JetStreamQueue {
             }
             return;
         }
-        engine.deliver(&[stored]);
+        engine.deliver(vec![stored]);
     }
 
     /// Applies a request in the order that keeps the promise (see the module's doc).

@@ -223,7 +223,7 @@ impl Dispatch {
         self.lanes.store(Arc::new(lanes));
     }
 
-    pub fn deliver(&self, messages: &[StoredMessage]) {
+    pub fn deliver(&self, messages: Vec<StoredMessage>) {
         let now = now_ms();
         let lanes = self.lanes.load();
         for m in messages {
@@ -233,14 +233,13 @@ impl Dispatch {
             self.pending.fetch_add(1, Ordering::Relaxed);
             lane.pending.fetch_add(1, Ordering::Relaxed);
             if m.visible_at > now {
-                let m = m.clone();
                 let delay = Duration::from_millis((m.visible_at - now) as u64);
                 self.handle.spawn(async move {
                     tokio::time::sleep(delay).await;
                     lane.queue.push(lane.index, m);
                 });
             } else {
-                lane.queue.push(lane.index, m.clone());
+                lane.queue.push(lane.index, m);
             }
         }
     }
@@ -273,6 +272,7 @@ mod tests {
             attempt: 1,
             crashes: 0,
             body: String::new(),
+            parsed: None,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::metrics::{Metrics, StepLabels};
 use crate::offline::{OfflineHooks, StepOverride};
 use crate::redact::Redactor;
 use crate::render::{self, Renderer};
+use crate::scope::{Root, Scope};
 use crate::steps::{self, ActionCall, Outcome, Reply, StepEnv, StepError};
 use crate::store::{NewExecution, NewMessage, Op, Queue, StepRun, StoredMessage};
 
@@ -208,7 +209,7 @@ impl Engine {
     }
 
     /// Routes messages just committed (or found at start) to their queues.
-    pub fn deliver(&self, messages: &[StoredMessage]) {
+    pub fn deliver(&self, messages: Vec<StoredMessage>) {
         self.dispatch.deliver(messages);
     }
 
@@ -335,7 +336,7 @@ impl Engine {
     fn message(
         instance: &InstanceRt,
         step: &StepRt,
-        envelope: &Envelope,
+        envelope: Envelope,
         execution: &str,
     ) -> NewMessage {
         NewMessage {
@@ -343,7 +344,8 @@ impl Engine {
             execution: execution.to_string(),
             visible_at: now_ms(),
             attempt: 1,
-            body: serde_json::to_string(envelope).expect("an envelope serializes"),
+            body: serde_json::to_string(&envelope).expect("an envelope serializes"),
+            parsed: Some(Arc::new(envelope)),
         }
     }
 
@@ -397,7 +399,11 @@ impl Engine {
         // Until its commit, the message is marked as running: should the step kill the
         // process, the next start counts it (see `inflight`).
         let _running = self.inflight.as_ref().map(|s| s.claim(message.id));
-        let envelope: Envelope = match serde_json::from_str(&message.body) {
+        let parsed = match message.parsed.clone() {
+            Some(envelope) => Ok(envelope),
+            None => serde_json::from_str(&message.body).map(Arc::new),
+        };
+        let envelope = match parsed {
             Ok(e) => e,
             Err(e) => {
                 let ops = self.unreadable(step, &message, &e.to_string());
@@ -476,12 +482,12 @@ impl Engine {
     ) -> Attempt {
         let started_at = now_ms();
         let clock = Instant::now();
-        let ctx = self.context(instance, envelope);
+        let scope = self.scope(instance, envelope);
         let mut input_seen = Value::Null;
         // The idempotency key: one per execution, step and loop position.
         let key = format!("{execution}:{}{}", step.step.id, envelope.path);
         let result = self
-            .run_step(instance, step, &key, &ctx, &mut input_seen)
+            .run_step(instance, step, &key, &scope, &mut input_seen)
             .await;
         let elapsed = clock.elapsed();
         self.metrics
@@ -688,7 +694,7 @@ impl Engine {
                 }
             }
             ops.push(Op::Enqueue(Self::message(
-                instance, &step, &envelope, execution,
+                instance, &step, envelope, execution,
             )));
             enqueued += 1;
         }
@@ -713,7 +719,7 @@ impl Engine {
                 let mut ops = vec![start];
                 let delta = i64::from(first.is_some());
                 ops.extend(
-                    first.map(|(step, env)| Op::Enqueue(Self::message(instance, &step, &env, &id))),
+                    first.map(|(step, env)| Op::Enqueue(Self::message(instance, &step, env, &id))),
                 );
                 ops.push(Op::Pending {
                     execution: id.clone(),
@@ -790,9 +796,24 @@ impl Engine {
         }
     }
 
+    /// What a message's templates read: path reads take the trigger, step outputs, config
+    /// and loop item as they are; other templates get the context of [`Engine::context`].
+    fn scope<'a>(&'a self, instance: &'a InstanceRt, env: &'a Envelope) -> Scope<'a> {
+        let mut roots = vec![
+            ("trigger", Root::Value(&env.trigger)),
+            ("steps", Root::Map(&env.steps)),
+            ("config", Root::Value(&instance.config)),
+            ("instance", Root::Value(&instance.instance_value)),
+        ];
+        if let Some(item) = &env.item {
+            roots.push(("item", Root::Value(item)));
+        }
+        Scope::new(roots, move || Self::context(instance, env))
+    }
+
     /// The template context of a message. Config and `instance` are converted once per
     /// instance; the trigger and step outputs are read where templates read them.
-    fn context(&self, instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
+    fn context(instance: &InstanceRt, env: &Envelope) -> minijinja::Value {
         use minijinja::value::Serde;
         let mut ctx = std::collections::BTreeMap::new();
         ctx.insert(
@@ -848,7 +869,7 @@ impl Engine {
         instance: &InstanceRt,
         step: &StepRt,
         key: &str,
-        ctx: &minijinja::Value,
+        scope: &Scope<'_>,
         input_seen: &mut Value,
     ) -> Result<StepResult, StepError> {
         let permanent = |e: crate::error::TemplateError| StepError::permanent(e.to_string());
@@ -867,13 +888,13 @@ impl Engine {
         }
         if step.step.uses.is(Builtin::Branch) {
             for (i, case) in step.cases.iter().enumerate() {
-                if render::truthy(&render::render(case, ctx).map_err(permanent)?) {
+                if render::truthy(&render::render_in(case, scope).map_err(permanent)?) {
                     return Ok(StepResult::Branch(Some(i)));
                 }
             }
             return Ok(StepResult::Branch(None));
         }
-        let input = render::render(&step.with, ctx).map_err(permanent)?;
+        let input = render::render_in(&step.with, scope).map_err(permanent)?;
         *input_seen = input.clone();
         let connection = match &step.step.connection {
             Some(name) => {

@@ -77,7 +77,7 @@ pub fn executions(
         .prepare(
             "SELECT id, instance, flow, status, error, started_at, finished_at FROM executions
              WHERE (?1 IS NULL OR flow = ?1) AND (?2 IS NULL OR status = ?2)
-             ORDER BY started_at DESC, id DESC LIMIT ?3",
+             ORDER BY rowid DESC LIMIT ?3",
         )
         .map_err(|e| e.to_string())?;
     let rows = stmt

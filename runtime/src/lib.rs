@@ -24,6 +24,7 @@ pub mod offline;
 pub mod redact;
 mod reload;
 pub mod render;
+pub mod scope;
 pub mod steps;
 pub mod store;
 pub mod triggers;
@@ -508,7 +509,7 @@ async fn open_queues(
             },
             Role::All | Role::Gateway => broker::HistorySink::Store(Store::open_with(
                 &options.data_dir.join("weft.db"),
-                Box::new(|_: &[store::StoredMessage]| {}),
+                Box::new(|_: Vec<store::StoredMessage>| {}),
                 options.max_store_bytes,
             )?),
         };
@@ -545,7 +546,7 @@ fn open_store(
     max_bytes: Option<u64>,
 ) -> Result<Store, StartError> {
     let dispatch = dispatch.clone();
-    let on_commit = Box::new(move |messages: &[store::StoredMessage]| dispatch.deliver(messages));
+    let on_commit = Box::new(move |messages: Vec<store::StoredMessage>| dispatch.deliver(messages));
     Ok(Store::open_with(
         &dir.join("weft.db"),
         on_commit,
@@ -583,7 +584,7 @@ async fn resume(engine: &Engine, dir: &Path, running_at_stop: &[i64]) -> Result<
             dir.display()
         );
     }
-    engine.deliver(&deliver);
+    engine.deliver(deliver);
     Ok(())
 }
 

@@ -17,12 +17,14 @@ use minijinja::{Environment, Error, ErrorKind, Expression, Template, UndefinedBe
 use serde_json::Value;
 
 use crate::error::TemplateError;
+pub use crate::scope::Scope;
+use crate::scope::{Part, Path};
 
 /// Fuel per render: bounds the work one template can do (loops, filters).
 const FUEL: u64 = 200_000;
 
 /// Nesting deeper than this in a rendered value is refused.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 /// The widest `tojson` indent.
 const MAX_INDENT: usize = 16;
@@ -48,8 +50,8 @@ pub fn max_output() -> usize {
 /// with the same source (see [`Renderer::compile`]).
 pub enum Compiled {
     Literal(Value),
-    Expr(Arc<Expression<'static, 'static>>, &'static str),
-    Template(Arc<Template<'static, 'static>>),
+    Expr(Arc<Expression<'static, 'static>>, &'static str, Option<Arc<Path>>),
+    Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
     Array(Vec<Compiled>),
     Object(Vec<(String, Compiled)>),
 }
@@ -66,8 +68,8 @@ pub struct Renderer {
 /// A compiled template or expression, shared by source.
 #[derive(Clone)]
 enum Shared {
-    Expr(Arc<Expression<'static, 'static>>, &'static str),
-    Template(Arc<Template<'static, 'static>>),
+    Expr(Arc<Expression<'static, 'static>>, &'static str, Option<Arc<Path>>),
+    Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
 }
 
 impl Default for Renderer {
@@ -110,13 +112,16 @@ impl Renderer {
                     .env
                     .compile_expression(expr)
                     .map_err(|e| syntax(s, &e))?;
-                Shared::Expr(Arc::new(compiled), expr)
+                Shared::Expr(Arc::new(compiled), expr, Path::parse(expr).map(Arc::new))
             }
-            None => Shared::Template(Arc::new(
-                self.env
-                    .template_from_str(source)
-                    .map_err(|e| syntax(s, &e))?,
-            )),
+            None => Shared::Template(
+                Arc::new(
+                    self.env
+                        .template_from_str(source)
+                        .map_err(|e| syntax(s, &e))?,
+                ),
+                Part::split(source).map(Arc::new),
+            ),
         };
         compiled.insert(source, shared.clone());
         Ok(shared)
@@ -126,8 +131,8 @@ impl Renderer {
     pub fn compile(&self, value: &Value) -> Result<Compiled, TemplateError> {
         Ok(match value {
             Value::String(s) if s.contains("{{") || s.contains("{%") => match self.shared(s)? {
-                Shared::Expr(expr, source) => Compiled::Expr(expr, source),
-                Shared::Template(template) => Compiled::Template(template),
+                Shared::Expr(expr, source, path) => Compiled::Expr(expr, source, path),
+                Shared::Template(template, parts) => Compiled::Template(template, parts),
             },
             Value::Array(items) => Compiled::Array(
                 items
@@ -152,19 +157,31 @@ pub fn context(value: &Value) -> minijinja::Value {
 
 /// Renders a compiled value in a context.
 pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
+    render_in(compiled, &Scope::of(ctx.clone()))
+}
+
+/// Renders a compiled value in a scope: templates that only read paths read the scope's JSON
+/// documents in place; the others evaluate in its minijinja context.
+pub fn render_in(compiled: &Compiled, scope: &Scope<'_>) -> Result<Value, TemplateError> {
     Ok(match compiled {
         Compiled::Literal(v) => v.clone(),
-        Compiled::Expr(expr, source) => {
-            let v = expr.eval(ctx.clone()).map_err(|e| describe(&e, source))?;
+        Compiled::Expr(_, _, Some(path)) if let Some(v) = scope.read(path) => v.clone(),
+        Compiled::Template(_, Some(parts)) if let Some(text) = scope.join(parts) => {
+            Value::String(text)
+        }
+        Compiled::Expr(expr, source, _) => {
+            let v = expr
+                .eval(scope.context().clone())
+                .map_err(|e| describe(&e, source))?;
             if v.is_undefined() {
                 return Err(TemplateError::Undefined(source.to_string()));
             }
             let mut budget = max_output();
             to_json(&v, &mut budget, 0).map_err(|e| e.in_template(source))?
         }
-        Compiled::Template(t) => {
+        Compiled::Template(t, _) => {
             let mut out = BoundedText::new(max_output());
-            match t.render_captured_to(ctx.clone(), &mut out) {
+            match t.render_captured_to(scope.context().clone(), &mut out) {
                 Ok(_) => Value::String(out.into_string()),
                 Err(e) if out.overflowed || e.to_string().contains("exceeds") => {
                     return Err(Bound::TooLarge.in_template(t.source()));
@@ -175,13 +192,13 @@ pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, Temp
         Compiled::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|c| render(c, ctx))
+                .map(|c| render_in(c, scope))
                 .collect::<Result<_, _>>()?,
         ),
         Compiled::Object(entries) => Value::Object(
             entries
                 .iter()
-                .map(|(k, c)| Ok((k.clone(), render(c, ctx)?)))
+                .map(|(k, c)| Ok((k.clone(), render_in(c, scope)?)))
                 .collect::<Result<_, TemplateError>>()?,
         ),
     })
@@ -402,13 +419,13 @@ mod tests {
     fn a_source_is_compiled_once_and_shared() {
         let r = Renderer::new();
         let compile = |s: &str| r.compile(&json!(s)).unwrap();
-        let (Compiled::Template(a), Compiled::Template(b)) =
+        let (Compiled::Template(a, _), Compiled::Template(b, _)) =
             (compile("x {{ y }}"), compile("x {{ y }}"))
         else {
             panic!("templates");
         };
         assert!(Arc::ptr_eq(&a, &b));
-        let (Compiled::Expr(a, _), Compiled::Expr(b, source)) =
+        let (Compiled::Expr(a, _, _), Compiled::Expr(b, source, _)) =
             (compile("{{ y.z }}"), compile("{{ y.z }}"))
         else {
             panic!("expressions");

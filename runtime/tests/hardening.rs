@@ -213,6 +213,7 @@ async fn an_unreadable_message_fails_its_execution() {
                     visible_at: 0,
                     attempt: 1,
                     body: "{ not json".into(),
+                    parsed: None,
                 }),
                 Op::Pending {
                     execution: "ex-1".into(),
@@ -384,6 +385,7 @@ async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
             visible_at: 0,
             attempt: 1,
             body: "{}".into(),
+            parsed: None,
         })
     };
     let dead = |id: i64| Op::DeadLetter {
