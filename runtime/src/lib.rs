@@ -634,22 +634,34 @@ async fn watch_replays(engine: Arc<Engine>) {
     }
 }
 
-/// Bounds the execution history: by count and by age.
+/// Bounds the execution history, by count and by age, a batch at a time: every quarter of a
+/// second, and again at once while whole batches go (a busy instance's history stays near
+/// `keep` without one long commit). Webhook-id claims are pruned once a minute.
 async fn prune(engine: Arc<Engine>, keep: i64, days: i64) {
-    let mut interval = tokio::time::interval(Duration::from_secs(60));
+    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut claims_pruned_at = tokio::time::Instant::now();
     while !engine.is_stopping() {
         interval.tick().await;
-        let before = clock::now_ms() - days * 86_400_000;
-        if let Err(e) = engine
-            .store()
-            .commit(vec![Op::Prune {
+        loop {
+            let now = clock::now_ms();
+            let claims_due = claims_pruned_at.elapsed() >= Duration::from_secs(60);
+            if claims_due {
+                claims_pruned_at = tokio::time::Instant::now();
+            }
+            let prune = Op::Prune {
                 keep,
-                before,
-                claims_before: clock::now_ms() - 2 * auth::TOLERANCE_SECS * 1000,
-            }])
-            .await
-        {
-            tracing::warn!("pruning the execution history: {e}");
+                before: now - days * 86_400_000,
+                claims_before: claims_due.then(|| now - 2 * auth::TOLERANCE_SECS * 1000),
+            };
+            match engine.store().commit(vec![prune]).await {
+                Ok(c) if c.pruned == store::PRUNE_BATCH && !engine.is_stopping() => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("pruning the execution history: {e}");
+                    break;
+                }
+            }
         }
     }
 }

@@ -50,7 +50,11 @@ pub fn max_output() -> usize {
 /// with the same source (see [`Renderer::compile`]).
 pub enum Compiled {
     Literal(Value),
-    Expr(Arc<Expression<'static, 'static>>, &'static str, Option<Arc<Path>>),
+    Expr(
+        Arc<Expression<'static, 'static>>,
+        &'static str,
+        Option<Arc<Path>>,
+    ),
     Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
     Array(Vec<Compiled>),
     Object(Vec<(String, Compiled)>),
@@ -68,7 +72,11 @@ pub struct Renderer {
 /// A compiled template or expression, shared by source.
 #[derive(Clone)]
 enum Shared {
-    Expr(Arc<Expression<'static, 'static>>, &'static str, Option<Arc<Path>>),
+    Expr(
+        Arc<Expression<'static, 'static>>,
+        &'static str,
+        Option<Arc<Path>>,
+    ),
     Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
 }
 

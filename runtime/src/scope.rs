@@ -282,9 +282,14 @@ mod tests {
     #[test]
     fn reads_answer_only_what_minijinja_would_write_the_same_way() {
         let trigger = json!({ "body": { "id": 7, "name": "Ada", "ratio": 2.5, "ok": true, "items": [1, 2] } });
-        let steps: Map<String, Value> = [("fetch".to_string(), json!({ "status": 200 }))].into_iter().collect();
+        let steps: Map<String, Value> = [("fetch".to_string(), json!({ "status": 200 }))]
+            .into_iter()
+            .collect();
         let scope = Scope::new(
-            vec![("trigger", Root::Value(&trigger)), ("steps", Root::Map(&steps))],
+            vec![
+                ("trigger", Root::Value(&trigger)),
+                ("steps", Root::Map(&steps)),
+            ],
             || minijinja::Value::UNDEFINED,
         );
         let read = |expr: &str| scope.read(&Path::parse(expr).unwrap()).cloned();

@@ -137,12 +137,13 @@ pub enum Op {
     RequestReplay {
         dead_letter: i64,
     },
-    /// Drop executions beyond the newest `keep`, and those older than `before`; drop
+    /// Drop finished executions beyond the newest `keep`, and those started before `before`,
+    /// oldest first and at most [`PRUNE_BATCH`] of them (see [`Committed::pruned`]); drop
     /// webhook-id claims made before `claims_before`.
     Prune {
         keep: i64,
         before: i64,
-        claims_before: i64,
+        claims_before: Option<i64>,
     },
     /// A sync webhook's reply from a `respond` step: released to the waiting caller once the
     /// request is committed (here, or by the gateway that keeps the history).
@@ -172,7 +173,13 @@ pub struct Committed {
     pub finished: Vec<(String, String)>,
     /// Sync replies the request carried ([`Op::Reply`]), by execution.
     pub replies: Vec<(String, crate::steps::Reply)>,
+    /// Executions an [`Op::Prune`] dropped: [`PRUNE_BATCH`] means more may be due.
+    pub pruned: usize,
 }
+
+/// Executions one [`Op::Prune`] drops at most: a long history is pruned over several short
+/// commits, never in one that holds the writer (and every caller waiting on it) for long.
+pub const PRUNE_BATCH: usize = 2_000;
 
 /// Why a commit or a read failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -798,6 +805,54 @@ fn reopen(tx: &rusqlite::Transaction<'_>, dead_letter: i64) -> rusqlite::Result<
     Ok(())
 }
 
+/// Drops up to [`PRUNE_BATCH`] finished executions, oldest first, that are past the newest
+/// `keep` or started before `before`, with their step runs; returns how many. Rowids are in
+/// start order, so the scan reads from the oldest and stops at the first execution to keep;
+/// each execution's step runs are found by their index, not by a scan.
+fn prune_history(
+    tx: &rusqlite::Transaction<'_>,
+    keep: i64,
+    before: i64,
+) -> rusqlite::Result<usize> {
+    let newest_pruned: i64 = tx
+        .prepare_cached("SELECT rowid FROM executions ORDER BY rowid DESC LIMIT 1 OFFSET ?1")?
+        .query_row([keep], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let mut doomed: Vec<(i64, String)> = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT rowid, id, started_at, finished_at IS NOT NULL FROM executions ORDER BY rowid",
+        )?;
+        let mut rows = stmt.query([])?;
+        // Unfinished executions stay; the scan past them is bounded too.
+        let mut scanned = 0;
+        while let Some(row) = rows.next()? {
+            let rowid: i64 = row.get(0)?;
+            if rowid > newest_pruned && row.get::<_, i64>(2)? >= before {
+                break;
+            }
+            if row.get(3)? {
+                doomed.push((rowid, row.get(1)?));
+                if doomed.len() == PRUNE_BATCH {
+                    break;
+                }
+            }
+            scanned += 1;
+            if scanned == 4 * PRUNE_BATCH {
+                break;
+            }
+        }
+    }
+    for (rowid, id) in &doomed {
+        tx.prepare_cached("DELETE FROM step_runs WHERE execution = ?1")?
+            .execute([id])?;
+        tx.prepare_cached("DELETE FROM executions WHERE rowid = ?1")?
+            .execute([rowid])?;
+    }
+    Ok(doomed.len())
+}
+
 /// Ops on the execution history: executions, their pending counts, step runs, pruning.
 fn apply_history(
     tx: &rusqlite::Transaction<'_>,
@@ -852,18 +907,13 @@ fn apply_history(
             claims_before,
         } => {
             // Claims older than the replay tolerance can no longer be replayed validly.
-            tx.execute(
-                "DELETE FROM state WHERE key LIKE 'webhook-id:%' AND CAST(value AS INTEGER) < ?1",
-                [claims_before],
-            )?;
-            tx.execute(
-                "DELETE FROM executions WHERE finished_at IS NOT NULL AND (started_at < ?2 OR rowid NOT IN (SELECT rowid FROM executions ORDER BY rowid DESC LIMIT ?1))",
-                params![keep, before],
-            )?;
-            tx.execute(
-                "DELETE FROM step_runs WHERE execution NOT IN (SELECT id FROM executions)",
-                [],
-            )?;
+            if let Some(claims_before) = claims_before {
+                tx.execute(
+                    "DELETE FROM state WHERE key LIKE 'webhook-id:%' AND CAST(value AS INTEGER) < ?1",
+                    [claims_before],
+                )?;
+            }
+            committed.pruned += prune_history(tx, *keep, *before)?;
         }
         _ => unreachable!("apply routes only history ops here"),
     }

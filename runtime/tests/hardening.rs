@@ -429,11 +429,93 @@ async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
         .commit(vec![Op::Prune {
             keep: 1000,
             before: 0,
-            claims_before: 1_500,
+            claims_before: Some(1_500),
         }])
         .await
         .unwrap();
     store.commit(vec![claim(3_000)]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_pruned_oldest_first_in_batches_by_count_and_by_age() {
+    use weft_runtime::store::{PRUNE_BATCH, StepRun};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.db");
+    let store = Store::open(&path, Box::new(|_| {})).unwrap();
+    let total = PRUNE_BATCH + 700;
+    // Executions started a millisecond apart; the third is still running.
+    let mut ops = Vec::new();
+    for i in 0..total {
+        let id = format!("ex-{i:05}");
+        ops.push(Op::StartExecution(NewExecution {
+            id: id.clone(),
+            instance: "acme/orders".into(),
+            flow: "f".into(),
+            trigger: "{}".into(),
+            started_at: 1_000 + i as i64,
+        }));
+        ops.push(Op::RecordStep(StepRun {
+            execution: id.clone(),
+            step: "s".into(),
+            attempt: 1,
+            status: weft_plan::StepRunStatus::Succeeded,
+            input: None,
+            output: Some("{}".into()),
+            error: None,
+            started_at: 1_000 + i as i64,
+            duration_ms: 1,
+        }));
+        ops.push(Op::Pending {
+            execution: id,
+            delta: i64::from(i == 2),
+            at: 1_000 + i as i64,
+        });
+    }
+    store.commit(ops).await.unwrap();
+    let prune = |keep: i64, before: i64| Op::Prune {
+        keep,
+        before,
+        claims_before: None,
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let ids = |conn: &rusqlite::Connection, table: &str, column: &str| -> Vec<String> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT DISTINCT {column} FROM {table} ORDER BY {column}"
+            ))
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    // By count: the newest 100 stay, in batches; the running one stays too.
+    let first = store.commit(vec![prune(100, 0)]).await.unwrap();
+    assert_eq!(first.pruned, PRUNE_BATCH, "one batch per commit");
+    let second = store.commit(vec![prune(100, 0)]).await.unwrap();
+    assert_eq!(second.pruned, total - 100 - 1 - PRUNE_BATCH);
+    let kept = ids(&conn, "executions", "id");
+    assert_eq!(kept.len(), 101);
+    assert_eq!(kept[0], "ex-00002", "a running execution is never pruned");
+    assert_eq!(kept[1], format!("ex-{:05}", total - 100));
+    assert_eq!(
+        ids(&conn, "step_runs", "execution"),
+        kept,
+        "step runs go with them"
+    );
+    // By age: those started before the cut go, whatever the count.
+    let cut = 1_000 + total as i64 - 40;
+    assert_eq!(
+        store.commit(vec![prune(10_000, cut)]).await.unwrap().pruned,
+        60
+    );
+    let kept = ids(&conn, "executions", "id");
+    assert_eq!(kept.len(), 41);
+    assert_eq!(ids(&conn, "step_runs", "execution"), kept);
+    assert_eq!(
+        store.commit(vec![prune(10_000, cut)]).await.unwrap().pruned,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
