@@ -634,11 +634,11 @@ async fn watch_replays(engine: Arc<Engine>) {
     }
 }
 
-/// Bounds the execution history, by count and by age, a batch at a time: every quarter of a
+/// Bounds the execution history, by count and by age, a batch at a time: every tenth of a
 /// second, and again at once while whole batches go (a busy instance's history stays near
 /// `keep` without one long commit). Webhook-id claims are pruned once a minute.
 async fn prune(engine: Arc<Engine>, keep: i64, days: i64) {
-    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut claims_pruned_at = tokio::time::Instant::now();
     while !engine.is_stopping() {

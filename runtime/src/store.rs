@@ -179,7 +179,7 @@ pub struct Committed {
 
 /// Executions one [`Op::Prune`] drops at most: a long history is pruned over several short
 /// commits, never in one that holds the writer (and every caller waiting on it) for long.
-pub const PRUNE_BATCH: usize = 2_000;
+pub const PRUNE_BATCH: usize = 500;
 
 /// Why a commit or a read failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -814,11 +814,12 @@ fn prune_history(
     keep: i64,
     before: i64,
 ) -> rusqlite::Result<usize> {
-    let newest_pruned: i64 = tx
-        .prepare_cached("SELECT rowid FROM executions ORDER BY rowid DESC LIMIT 1 OFFSET ?1")?
-        .query_row([keep], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    // Rowids are dense at the new end (only the old end is ever deleted): the newest `keep`
+    // are those above the newest rowid less `keep`.
+    let newest: Option<i64> = tx
+        .prepare_cached("SELECT max(rowid) FROM executions")?
+        .query_row([], |r| r.get(0))?;
+    let newest_pruned = newest.map_or(0, |n| n - keep);
     let mut doomed: Vec<(i64, String)> = Vec::new();
     {
         let mut stmt = tx.prepare_cached(
