@@ -483,7 +483,7 @@ impl Engine {
         let started_at = now_ms();
         let clock = Instant::now();
         let scope = self.scope(instance, envelope);
-        let mut input_seen = Value::Null;
+        let mut input_seen = None;
         // The idempotency key: one per execution, step and loop position.
         let key = format!("{execution}:{}{}", step.step.id, envelope.path);
         let result = self
@@ -501,7 +501,7 @@ impl Engine {
             step: step.step.id.clone(),
             attempt,
             status: StepRunStatus::Succeeded,
-            input: Some(self.redactor.load().json(&input_seen)),
+            input: Some(input_seen.unwrap_or_else(|| "null".to_string())),
             output: None,
             error: None,
             started_at,
@@ -601,11 +601,12 @@ impl Engine {
             self.produce(instance, envelope, &message.execution, result, &mut ops);
         let mut next = Vec::new();
         for (kind, item) in routes {
-            next.extend(self.follow(instance, step, envelope, kind, &output, item));
+            next.extend(self.follow(instance, step, envelope, kind, item));
         }
         if run.status == StepRunStatus::Succeeded {
             run.output = Some(self.redactor.load().json(&output));
         }
+        attach(&mut next, &step.step.id, output);
         ops.push(Op::RecordStep(run));
         let enqueued = self
             .pass_on(instance, &message.execution, next, &mut ops)
@@ -685,10 +686,13 @@ impl Engine {
                 if let Ok(result) = result {
                     let (output, routes) =
                         self.produce(instance, &envelope, execution, result, ops);
+                    let mut next = Vec::new();
                     for (kind, item) in routes {
-                        work.extend(self.follow(instance, &step, &envelope, kind, &output, item));
+                        next.extend(self.follow(instance, &step, &envelope, kind, item));
                     }
                     run.output = Some(self.redactor.load().json(&output));
+                    attach(&mut next, &step.step.id, output);
+                    work.extend(next);
                     ops.push(Op::RecordStep(run));
                     continue;
                 }
@@ -831,14 +835,14 @@ impl Engine {
         minijinja::Value::from(ctx)
     }
 
-    /// The targets of this step's edges of one kind, with the envelopes they get.
+    /// The targets of this step's edges of one kind, with the envelopes they get (the step's
+    /// output is added by [`attach`]).
     fn follow(
         &self,
         instance: &InstanceRt,
         step: &StepRt,
         envelope: &Envelope,
         kind: EdgeKind,
-        output: &Value,
         item: Option<(usize, Value)>,
     ) -> Vec<Hop> {
         let Some(flow) = instance.flow(&envelope.flow) else {
@@ -851,7 +855,6 @@ impl Engine {
                 let target = flow.steps.get(&e.to)?;
                 let mut next = envelope.clone();
                 next.step = e.to.clone();
-                Arc::make_mut(&mut next.steps).insert(step.step.id.clone(), output.clone());
                 if let Some((i, value)) = &item {
                     next.item = Some(value.clone());
                     next.index = Some(*i);
@@ -870,7 +873,7 @@ impl Engine {
         step: &StepRt,
         key: &str,
         scope: &Scope<'_>,
-        input_seen: &mut Value,
+        input_seen: &mut Option<String>,
     ) -> Result<StepResult, StepError> {
         let permanent = |e: crate::error::TemplateError| StepError::permanent(e.to_string());
         if let Some(replaced) = self
@@ -895,7 +898,7 @@ impl Engine {
             return Ok(StepResult::Branch(None));
         }
         let input = render::render_in(&step.with, scope).map_err(permanent)?;
-        *input_seen = input.clone();
+        *input_seen = Some(self.redactor.load().json(&input));
         let connection = match &step.step.connection {
             Some(name) => {
                 let conn = instance.plan().connections.get(name);
@@ -943,6 +946,18 @@ impl Engine {
         }
         Ok(StepResult::Outcome(outcome))
     }
+}
+
+/// Adds a step's output to the envelopes of its successors: copied for all but the last,
+/// which takes it.
+fn attach(hops: &mut [Hop], step: &str, output: Value) {
+    let Some(((_, last), rest)) = hops.split_last_mut() else {
+        return;
+    };
+    for (_, envelope) in rest {
+        Arc::make_mut(&mut envelope.steps).insert(step.to_string(), output.clone());
+    }
+    Arc::make_mut(&mut last.steps).insert(step.to_string(), output);
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
