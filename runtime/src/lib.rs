@@ -635,14 +635,17 @@ async fn watch_replays(engine: Arc<Engine>) {
 }
 
 /// Bounds the execution history, by count and by age, a batch at a time: every tenth of a
-/// second, and again at once while whole batches go (a busy instance's history stays near
-/// `keep` without one long commit). Webhook-id claims are pruned once a minute.
+/// second while there is history to prune, and again at once while whole batches go (a busy
+/// instance's history stays near `keep` without one long commit); while there is none, the
+/// look backs off to every 5 seconds, so an idle process stays idle. Webhook-id claims are
+/// pruned once a minute.
 async fn prune(engine: Arc<Engine>, keep: i64, days: i64) {
-    let mut interval = tokio::time::interval(Duration::from_millis(100));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    const BUSY: Duration = Duration::from_millis(100);
+    const IDLE: Duration = Duration::from_secs(5);
+    let mut wait = BUSY;
     let mut claims_pruned_at = tokio::time::Instant::now();
     while !engine.is_stopping() {
-        interval.tick().await;
+        tokio::time::sleep(wait).await;
         loop {
             let now = clock::now_ms();
             let claims_due = claims_pruned_at.elapsed() >= Duration::from_secs(60);
@@ -656,9 +659,17 @@ async fn prune(engine: Arc<Engine>, keep: i64, days: i64) {
             };
             match engine.store().commit(vec![prune]).await {
                 Ok(c) if c.pruned == store::PRUNE_BATCH && !engine.is_stopping() => {}
-                Ok(_) => break,
+                Ok(c) => {
+                    wait = if c.pruned > 0 {
+                        BUSY
+                    } else {
+                        (wait * 2).min(IDLE)
+                    };
+                    break;
+                }
                 Err(e) => {
                     tracing::warn!("pruning the execution history: {e}");
+                    wait = IDLE;
                     break;
                 }
             }
