@@ -213,7 +213,7 @@ pub fn render_in(compiled: &Compiled, scope: &Scope<'_>) -> Result<Value, Templa
 }
 
 /// Why a rendered value was refused.
-enum Bound {
+pub(crate) enum Bound {
     TooLarge,
     TooDeep,
 }
@@ -233,7 +233,23 @@ impl Bound {
     }
 }
 
-fn charge(budget: &mut usize, bytes: usize) -> Result<(), Bound> {
+/// What every value costs against the output bound (about its size in memory); a number,
+/// a string and a map key cost this and what [`NUMBER_COST`], [`text_cost`] and [`key_cost`]
+/// add. [`to_json`] and the direct reads of [`crate::scope`] charge the same.
+pub(crate) const VALUE_COST: usize = 16;
+pub(crate) const NUMBER_COST: usize = 8;
+
+/// A string's cost: its text and quotes.
+pub(crate) fn text_cost(text: &str) -> usize {
+    text.len() + 2
+}
+
+/// A map key's cost: its text, quotes and colon.
+pub(crate) fn key_cost(key: &str) -> usize {
+    key.len() + 3
+}
+
+pub(crate) fn charge(budget: &mut usize, bytes: usize) -> Result<(), Bound> {
     *budget = budget.checked_sub(bytes).ok_or(Bound::TooLarge)?;
     Ok(())
 }
@@ -246,18 +262,18 @@ fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Val
     }
     // About what a value costs in memory, not only in JSON text: a list of a million small
     // numbers is refused long before it takes hundreds of megabytes.
-    charge(budget, 16)?;
+    charge(budget, VALUE_COST)?;
     Ok(match v.kind() {
         ValueKind::Undefined | ValueKind::None => Value::Null,
         ValueKind::Bool => Value::Bool(v.is_true()),
         ValueKind::Number => {
-            charge(budget, 8)?;
+            charge(budget, NUMBER_COST)?;
             // A number serializes as what it is (25.0 stays a float).
             serde_json::to_value(v).unwrap_or(Value::Null)
         }
         ValueKind::String => {
             let s = v.as_str().unwrap_or_default();
-            charge(budget, s.len() + 2)?;
+            charge(budget, text_cost(s))?;
             Value::String(s.to_string())
         }
         ValueKind::Seq | ValueKind::Iterable => {
@@ -271,7 +287,7 @@ fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Val
             let mut map = serde_json::Map::new();
             for key in v.try_iter().map_err(|_| Bound::TooLarge)? {
                 let name = key.as_str().map_or_else(|| key.to_string(), str::to_string);
-                charge(budget, name.len() + 3)?;
+                charge(budget, key_cost(&name))?;
                 let value = v.get_item(&key).unwrap_or_default();
                 map.insert(name, to_json(&value, budget, depth + 1)?);
             }
@@ -279,7 +295,7 @@ fn to_json(v: &minijinja::Value, budget: &mut usize, depth: usize) -> Result<Val
         }
         _ => {
             let text = v.to_string();
-            charge(budget, text.len() + 2)?;
+            charge(budget, text_cost(&text))?;
             Value::String(text)
         }
     })

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
 
-use crate::render::{MAX_DEPTH, max_output};
+use crate::render::{MAX_DEPTH, NUMBER_COST, VALUE_COST, charge, key_cost, max_output, text_cost};
 
 /// A document templates read by its name (`trigger`, `steps`, `config`).
 #[derive(Clone, Copy)]
@@ -106,28 +106,17 @@ impl<'a> Scope<'a> {
 
 /// Whether a value is within the output bound, charged as `render` charges what it converts.
 fn fits(v: &Value, budget: &mut usize, depth: usize) -> bool {
-    let mut charge = |bytes: usize| match budget.checked_sub(bytes) {
-        Some(left) => {
-            *budget = left;
-            true
-        }
-        None => false,
-    };
-    if depth > MAX_DEPTH || !charge(16) {
+    if depth > MAX_DEPTH || charge(budget, VALUE_COST).is_err() {
         return false;
     }
     match v {
         Value::Null | Value::Bool(_) => true,
-        Value::Number(_) => charge(8),
-        Value::String(s) => charge(s.len() + 2),
+        Value::Number(_) => charge(budget, NUMBER_COST).is_ok(),
+        Value::String(s) => charge(budget, text_cost(s)).is_ok(),
         Value::Array(items) => items.iter().all(|item| fits(item, budget, depth + 1)),
-        Value::Object(map) => map.iter().all(|(k, item)| {
-            budget
-                .checked_sub(k.len() + 3)
-                .map(|left| *budget = left)
-                .is_some()
-                && fits(item, budget, depth + 1)
-        }),
+        Value::Object(map) => map
+            .iter()
+            .all(|(k, item)| charge(budget, key_cost(k)).is_ok() && fits(item, budget, depth + 1)),
     }
 }
 
