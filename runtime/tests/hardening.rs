@@ -374,6 +374,86 @@ async fn the_plans_body_limit_is_the_gateways() {
     rt.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_batch_leaves_no_trace_and_fails_no_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let dispatched: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = dispatched.clone();
+    let store = Store::open(
+        &dir.path().join("weft.db"),
+        Box::new(move |messages: Vec<weft_runtime::store::StoredMessage>| {
+            seen.lock()
+                .unwrap()
+                .extend(messages.into_iter().map(|m| m.execution));
+        }),
+    )
+    .unwrap();
+    // Many concurrent requests share batches (the writer applies them in one open transaction
+    // while the previous batch syncs). Every fifth enqueues a message and then claims a key
+    // claimed before: it fails after part of it was applied.
+    store
+        .commit(vec![Op::Claim {
+            key: "taken".into(),
+            at: 1,
+        }])
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut ops = vec![Op::Enqueue(NewMessage {
+                    queue: "q".into(),
+                    execution: format!("e-{i}"),
+                    visible_at: 0,
+                    attempt: 1,
+                    body: "{}".into(),
+                    parsed: None,
+                })];
+                if i % 5 == 0 {
+                    ops.push(Op::Claim {
+                        key: "taken".into(),
+                        at: 2,
+                    });
+                }
+                (i, store.commit(ops).await)
+            })
+        })
+        .collect();
+    let mut committed = Vec::new();
+    for task in tasks {
+        let (i, result) = task.await.unwrap();
+        if i % 5 == 0 {
+            assert!(
+                matches!(result, Err(StoreError::Duplicate(_))),
+                "request {i}: {result:?}"
+            );
+        } else {
+            assert_eq!(result.unwrap().enqueued.len(), 1, "request {i}");
+            committed.push(format!("e-{i}"));
+        }
+    }
+    committed.sort();
+    let mut stored: Vec<String> = store
+        .pending_messages()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.execution)
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored, committed,
+        "exactly the successful requests' messages are stored"
+    );
+    let mut handed_on = dispatched.lock().unwrap().clone();
+    handed_on.sort();
+    assert_eq!(handed_on, committed, "and only they reach their queues");
+    // The last handle gone, the writer finishes and releases the file: it opens again.
+    drop(store);
+    let again = Store::open(&dir.path().join("weft.db"), Box::new(|_| {})).unwrap();
+    assert_eq!(again.pending_messages().unwrap().len(), committed.len());
+}
+
 #[tokio::test]
 async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
