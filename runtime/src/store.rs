@@ -251,33 +251,15 @@ impl Queue for Store {
     }
 }
 
-/// Called on the store's sync thread once each commit is durable, with everything it enqueued.
+/// Called on the writer thread after each commit with everything the batch enqueued.
 pub type OnCommit = Box<dyn Fn(Vec<StoredMessage>) + Send + 'static>;
 
 /// Handle to the store: writes go to the writer thread; reads open their own connection.
 #[derive(Clone)]
 pub struct Store {
-    tx: Arc<WriterHandle>,
+    tx: mpsc::Sender<Request>,
     /// One read connection, reused (WAL lets it read while the writer writes).
     read: Arc<Mutex<Connection>>,
-}
-
-/// What the writer thread is told.
-enum ToWriter {
-    Request(Request),
-    /// The sync thread made the last handed-over commit durable.
-    Synced,
-    /// The last [`Store`] handle is gone: finish what is open, then stop.
-    Close,
-}
-
-/// The writer's channel; the last handle dropped tells the writer to stop.
-struct WriterHandle(mpsc::Sender<ToWriter>);
-
-impl Drop for WriterHandle {
-    fn drop(&mut self) {
-        let _ = self.0.send(ToWriter::Close);
-    }
 }
 
 const SCHEMA: &str = "
@@ -337,11 +319,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // NORMAL: a commit writes its WAL frames without syncing them. The writer's sync thread
-    // syncs the WAL after each commit and only then answers its requests, so an acknowledged
-    // write survives power loss as with FULL, while the writer goes on with the next batch.
-    // (Readers and `weft` commands in other processes keep NORMAL's consistency.)
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: an acknowledged write survives power loss, not only a process crash. Group commit
+    // keeps this at one fsync per batch.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
 }
@@ -418,16 +398,14 @@ impl Store {
             conn.pragma_update(None, "max_page_count", pages.max(1))
                 .map_err(open_error)?;
         }
-        let wal = std::path::PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()));
-        let (tx, rx) = mpsc::channel::<ToWriter>();
-        let synced = tx.clone();
+        let (tx, rx) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("weft-store-writer".into())
-            .spawn(move || writer(conn, rx, synced, wal, on_commit))
+            .spawn(move || writer(conn, rx, on_commit))
             .map_err(|_| StoreError::Closed)?;
         let read = open(path).map_err(open_error)?;
         Ok(Store {
-            tx: Arc::new(WriterHandle(tx)),
+            tx,
             read: Arc::new(Mutex::new(read)),
         })
     }
@@ -436,8 +414,7 @@ impl Store {
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .0
-            .send(ToWriter::Request(Request { ops, reply }))
+            .send(Request { ops, reply })
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -499,186 +476,72 @@ impl Store {
     }
 }
 
-/// Requests the batch handles at most before it commits (while the sync thread is free).
-const MAX_BATCH: usize = 4096;
-
-/// A request applied in the open transaction, with what it produced.
-struct Applied {
-    request: Request,
-    committed: Committed,
-}
-
-/// The writer thread: pipelined group commit. Requests are applied as they arrive, in one
-/// open transaction; it commits (WAL frames written, not synced) whenever the sync thread is
-/// free, and hands the batch over. While the sync thread syncs the WAL, the next batch is
-/// already being applied: the disk's sync time and the statements' CPU time overlap instead
-/// of adding up, and a batch still shares one sync among every request in it.
-fn writer(
-    conn: Connection,
-    rx: mpsc::Receiver<ToWriter>,
-    synced: mpsc::Sender<ToWriter>,
-    wal: std::path::PathBuf,
-    on_commit: OnCommit,
-) {
-    let (to_sync, batches) = mpsc::channel::<Vec<Applied>>();
-    let syncer = thread::Builder::new()
-        .name("weft-store-sync".into())
-        .spawn(move || sync_thread(wal, batches, synced, on_commit));
-    if syncer.is_err() {
-        // No sync thread: every request fails as on a closed store.
-        return;
-    }
-    let mut open: Vec<Applied> = Vec::new();
-    let mut syncing = false;
-    let mut closing = false;
-    loop {
-        if closing && open.is_empty() && !syncing {
-            break;
-        }
-        let may_commit = !open.is_empty() && !syncing;
-        let message = if may_commit {
-            // Take what is already waiting, then commit.
-            if open.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            }
-        } else {
-            match rx.recv() {
-                Ok(m) => Some(m),
-                // Only the sync thread's end drops the last sender: nothing can finish now.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, on_commit: OnCommit) {
+    const MAX_BATCH: usize = 4096;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
                 Err(_) => break,
             }
-        };
-        match message {
-            Some(ToWriter::Request(request)) => apply_request(&conn, &mut open, request),
-            Some(ToWriter::Synced) => syncing = false,
-            Some(ToWriter::Close) => closing = true,
-            None => {
-                let batch = std::mem::take(&mut open);
-                match commit_open(&conn) {
-                    Ok(()) => {
-                        syncing = true;
-                        if to_sync.send(batch).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        for applied in batch {
-                            let _ = applied.request.reply.send(Err(e.clone()));
-                        }
-                    }
+        }
+        let results = apply_batch(&mut conn, &batch);
+        match results {
+            Ok(per_request) => {
+                let all: Vec<StoredMessage> = per_request
+                    .iter()
+                    .flat_map(|c| c.enqueued.iter().cloned())
+                    .collect();
+                on_commit(all);
+                for (req, committed) in batch.into_iter().zip(per_request) {
+                    let _ = req.reply.send(Ok(committed));
                 }
             }
-        }
-    }
-    for applied in open {
-        let _ = applied.request.reply.send(Err(StoreError::Closed));
-    }
-}
-
-/// Commits the open transaction; on failure, rolls it back.
-fn commit_open(conn: &Connection) -> Result<(), StoreError> {
-    let result = conn.prepare_cached("COMMIT")?.execute([]);
-    if let Err(e) = result {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        return Err(e.into());
-    }
-    Ok(())
-}
-
-/// Applies one request in the open transaction (opening one if needed). A request that fails
-/// is answered with its error and leaves no trace: the transaction is rolled back and the
-/// requests applied before it in this batch are applied again, so one bad request never fails
-/// its neighbours.
-fn apply_request(conn: &Connection, open: &mut Vec<Applied>, request: Request) {
-    if open.is_empty() && conn.is_autocommit() {
-        if let Err(e) = conn.prepare_cached("BEGIN").and_then(|mut s| s.execute([])) {
-            let _ = request.reply.send(Err(e.into()));
-            return;
-        }
-    }
-    match apply_ops(conn, &request.ops) {
-        Ok(committed) => open.push(Applied { request, committed }),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            let _ = request.reply.send(Err(e));
-            for earlier in std::mem::take(open) {
-                apply_request(conn, open, earlier.request);
-            }
-        }
-    }
-}
-
-/// The sync thread: makes each committed batch durable (one `fdatasync` of the WAL), then
-/// hands its messages to their queues and answers its requests, and tells the writer it is
-/// free for the next batch.
-fn sync_thread(
-    wal: std::path::PathBuf,
-    batches: mpsc::Receiver<Vec<Applied>>,
-    synced: mpsc::Sender<ToWriter>,
-    on_commit: OnCommit,
-) {
-    let mut file: Option<std::fs::File> = None;
-    while let Ok(batch) = batches.recv() {
-        let durable = sync_wal(&wal, &mut file);
-        match durable {
-            Ok(()) => {
-                let mut enqueued = Vec::new();
-                let mut answers = Vec::with_capacity(batch.len());
-                for Applied { request, committed } in batch {
-                    enqueued.extend(committed.enqueued.iter().cloned());
-                    answers.push((request.reply, committed));
-                }
-                on_commit(enqueued);
-                for (reply, committed) in answers {
-                    let _ = reply.send(Ok(committed));
+            Err(_) if batch.len() > 1 => {
+                // One bad request must not fail its neighbours: retry each on its own.
+                for req in batch {
+                    let single = apply_batch(&mut conn, std::slice::from_ref(&req));
+                    match single {
+                        Ok(mut c) => {
+                            let committed = c.pop().unwrap_or_default();
+                            on_commit(committed.enqueued.clone());
+                            let _ = req.reply.send(Ok(committed));
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Err(e));
+                        }
+                    }
                 }
             }
             Err(e) => {
-                let error = StoreError::Sqlite(Arc::new(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_FSYNC),
-                    Some(format!("syncing {}: {e}", wal.display())),
-                )));
-                for applied in batch {
-                    let _ = applied.request.reply.send(Err(error.clone()));
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
-        if synced.send(ToWriter::Synced).is_err() {
-            break;
-        }
     }
 }
 
-/// `fdatasync` of the WAL (opened once; again if it was replaced).
-fn sync_wal(wal: &std::path::Path, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
-    if file.is_none() {
-        *file = Some(std::fs::File::open(wal)?);
-    }
-    let result = file.as_ref().map_or(Ok(()), std::fs::File::sync_data);
-    if result.is_err() {
-        *file = None;
-    }
-    result
-}
-
-/// Applies one request's ops; the caller owns the transaction.
-fn apply_ops(conn: &Connection, ops: &[Op]) -> Result<Committed, StoreError> {
-    let mut committed = Committed::default();
-    let started = started_with_pending(ops);
-    for op in ops {
-        match op {
-            Op::StartExecution(e) if started.contains_key(e.id.as_str()) => {
-                start_with_pending(conn, e, started[e.id.as_str()], &mut committed)?;
+fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(batch.len());
+    for req in batch {
+        let mut committed = Committed::default();
+        let started = started_with_pending(&req.ops);
+        for op in &req.ops {
+            match op {
+                Op::StartExecution(e) if started.contains_key(e.id.as_str()) => {
+                    start_with_pending(&tx, e, started[e.id.as_str()], &mut committed)?;
+                }
+                Op::Pending { execution, .. } if started.contains_key(execution.as_str()) => {}
+                _ => apply(&tx, op, &mut committed)?,
             }
-            Op::Pending { execution, .. } if started.contains_key(execution.as_str()) => {}
-            _ => apply(conn, op, &mut committed)?,
         }
+        out.push(committed);
     }
-    Ok(committed)
+    tx.commit()?;
+    Ok(out)
 }
 
 /// The executions a request starts, with the sum of the request's pending counts for each
@@ -723,7 +586,7 @@ fn started_with_pending(ops: &[Op]) -> HashMap<&str, (i64, i64)> {
 /// Inserts a new execution with its pending count; one with nothing pending is finished at
 /// once. An execution already there (a request applied again) gets the count as an update.
 fn start_with_pending(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     e: &NewExecution,
     (pending, at): (i64, i64),
     committed: &mut Committed,
@@ -761,7 +624,11 @@ fn start_with_pending(
 }
 
 /// Applies one op inside the batch's transaction.
-fn apply(tx: &Connection, op: &Op, committed: &mut Committed) -> Result<(), StoreError> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> Result<(), StoreError> {
     match op {
         Op::StartExecution(_)
         | Op::Pending { .. }
@@ -809,7 +676,11 @@ fn apply(tx: &Connection, op: &Op, committed: &mut Committed) -> Result<(), Stor
 }
 
 /// Ops on queues: enqueue, ack, reschedule, dead-letter, replay.
-fn apply_queue(tx: &Connection, op: &Op, committed: &mut Committed) -> rusqlite::Result<()> {
+fn apply_queue(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
     match op {
         Op::Enqueue(m) => {
             tx.prepare_cached(
@@ -888,7 +759,7 @@ fn apply_queue(tx: &Connection, op: &Op, committed: &mut Committed) -> rusqlite:
 
 /// Moves a dead letter back onto its queue and reopens its execution.
 fn replay(
-    tx: &Connection,
+    tx: &rusqlite::Transaction<'_>,
     dead_letter: i64,
     at: i64,
     committed: &mut Committed,
@@ -915,7 +786,7 @@ fn replay(
 }
 
 /// Drops a replayed dead letter and reopens its execution.
-fn reopen(tx: &Connection, dead_letter: i64) -> rusqlite::Result<()> {
+fn reopen(tx: &rusqlite::Transaction<'_>, dead_letter: i64) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
         .execute([dead_letter])?;
     let execution: Option<String> = tx
@@ -938,7 +809,11 @@ fn reopen(tx: &Connection, dead_letter: i64) -> rusqlite::Result<()> {
 /// `keep` or started before `before`, with their step runs; returns how many. Rowids are in
 /// start order, so the scan reads from the oldest and stops at the first execution to keep;
 /// each execution's step runs are found by their index, not by a scan.
-fn prune_history(tx: &Connection, keep: i64, before: i64) -> rusqlite::Result<usize> {
+fn prune_history(
+    tx: &rusqlite::Transaction<'_>,
+    keep: i64,
+    before: i64,
+) -> rusqlite::Result<usize> {
     // Rowids are dense at the new end (only the old end is ever deleted): the newest `keep`
     // are those above the newest rowid less `keep`.
     let newest: Option<i64> = tx
@@ -980,7 +855,11 @@ fn prune_history(tx: &Connection, keep: i64, before: i64) -> rusqlite::Result<us
 }
 
 /// Ops on the execution history: executions, their pending counts, step runs, pruning.
-fn apply_history(tx: &Connection, op: &Op, committed: &mut Committed) -> rusqlite::Result<()> {
+fn apply_history(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
     match op {
         Op::StartExecution(e) => {
             tx.prepare_cached(

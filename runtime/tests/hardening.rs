@@ -388,9 +388,9 @@ async fn a_failing_request_in_a_batch_leaves_no_trace_and_fails_no_neighbour() {
         }),
     )
     .unwrap();
-    // Many concurrent requests share batches (the writer applies them in one open transaction
-    // while the previous batch syncs). Every fifth enqueues a message and then claims a key
-    // claimed before: it fails after part of it was applied.
+    // Many concurrent requests share group commits (one transaction per batch). Every fifth
+    // enqueues a message and then claims a key claimed before: it fails after part of it was
+    // applied, and must take none of its batch's other requests with it.
     store
         .commit(vec![Op::Claim {
             key: "taken".into(),
