@@ -132,6 +132,9 @@ pub fn client(deny_private: bool) -> reqwest::Client {
         .redirect(redirect)
         .connect_timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(256)
+        // Steps retry with their own backoff (and dead-letter at the end): the client's own
+        // retry of HTTP/2 refusals would only copy every request in case it is needed.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .user_agent(concat!("weft/", env!("CARGO_PKG_VERSION")));
     if deny_private {
         // A proxy would resolve and connect on weft's behalf, out of the policy's sight

@@ -475,7 +475,7 @@ async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
         at: 1,
         body: None,
     };
-    let first = store.commit(vec![enqueue("a")]).await.unwrap().enqueued[0].id;
+    let first = store.commit(vec![enqueue("a")]).await.unwrap().enqueued[0];
     store.commit(vec![dead(first)]).await.unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("weft.db")).unwrap();
     let dl_id = |conn: &rusqlite::Connection| -> i64 {
@@ -490,8 +490,7 @@ async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
         }])
         .await
         .unwrap()
-        .enqueued[0]
-        .id;
+        .enqueued[0];
     assert_ne!(replayed, first, "a message id is never reused");
     store.commit(vec![dead(replayed)]).await.unwrap();
     assert_ne!(dl_id(&conn), first_dead, "a dead-letter id is never reused");
