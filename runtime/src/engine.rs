@@ -648,7 +648,8 @@ impl Engine {
                 (out, routes)
             }
             StepResult::Outcome(Outcome::Respond(r)) => {
-                let out = json!({ "status": r.status, "body": r.body });
+                let out =
+                    crate::render::object([("status", r.status.into()), ("body", r.body.clone())]);
                 ops.push(Op::Reply {
                     execution: execution.to_string(),
                     reply: r,
@@ -787,14 +788,18 @@ impl Engine {
         ops: Vec<Op>,
     ) -> Result<crate::store::Committed, crate::store::StoreError> {
         let mut delay = Duration::from_millis(50);
+        let mut ops = ops;
         loop {
-            match self.store.commit(ops.clone()).await {
+            // The ops come back with a failure: no copy is made in case one is needed.
+            match self.store.commit_keeping(ops).await {
                 Ok(committed) => return Ok(committed),
-                Err(e) if self.is_stopping() => return Err(e),
-                Err(e) => {
+                Err((e, None)) => return Err(e),
+                Err((e, Some(_))) if self.is_stopping() => return Err(e),
+                Err((e, Some(back))) => {
                     tracing::error!("store commit failed, retrying the commit in {delay:?}: {e}");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                    ops = back;
                 }
             }
         }

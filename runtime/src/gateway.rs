@@ -544,7 +544,13 @@ fn trigger_value(call: &Call, body: Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    json!({ "body": body, "headers": headers, "query": query, "method": call.method.as_str(), "path": call.path })
+    crate::render::object([
+        ("body", body),
+        ("headers", Value::Object(headers)),
+        ("query", Value::Object(query)),
+        ("method", call.method.as_str().into()),
+        ("path", call.path.as_str().into()),
+    ])
 }
 
 /// Stores the execution durably; a repeated Standard Webhooks id is answered 200 `duplicate`.

@@ -423,6 +423,17 @@ fn syntax(source: &str, e: &minijinja::Error) -> TemplateError {
 }
 
 /// Whether a rendered value counts as true (branch conditions).
+/// A JSON object of `fields`, in order, the values moved in: `json!` would copy each value
+/// through the serializer first.
+pub fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), value))
+            .collect(),
+    )
+}
+
 pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,

@@ -217,11 +217,25 @@ impl From<rusqlite::Error> for StoreError {
 pub type CommitFuture<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, StoreError>> + Send + 'a>>;
 
-type Reply = oneshot::Sender<Result<Committed, StoreError>>;
+/// A commit that failed, with its ops handed back when they were not lost with the writer
+/// (to retry without having copied them first).
+pub type Failed = (StoreError, Option<Vec<Op>>);
+
+/// A boxed [`Queue::commit_keeping`] future.
+pub type KeepingFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Committed, Failed>> + Send + 'a>>;
+
+type Reply = oneshot::Sender<Result<Committed, Failed>>;
 
 struct Request {
     ops: Vec<Op>,
     reply: Reply,
+}
+
+impl Request {
+    fn answer(self, result: Result<Committed, StoreError>) {
+        let _ = self.reply.send(result.map_err(|e| (e, Some(self.ops))));
+    }
 }
 
 /// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it;
@@ -234,6 +248,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Applies `ops` durably; resolves once they survive a crash.
     /// A request holding a claimed [`Op::Claim`] fails whole with [`StoreError::Duplicate`].
     fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_>;
+    /// [`Queue::commit`], handing the ops back if it fails (by default, a copy kept for that).
+    fn commit_keeping(&self, ops: Vec<Op>) -> KeepingFuture<'_> {
+        let copy = ops.clone();
+        let commit = self.commit(ops);
+        Box::pin(async move { commit.await.map_err(|e| (e, Some(copy))) })
+    }
     /// Messages waiting at start (what was in flight at the last stop).
     fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError>;
     /// Trigger state: poll cursors, last schedule runs, deploy hashes.
@@ -245,6 +265,9 @@ pub trait Queue: Send + Sync + 'static {
 impl Queue for Store {
     fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_> {
         Box::pin(Store::commit(self, ops))
+    }
+    fn commit_keeping(&self, ops: Vec<Op>) -> KeepingFuture<'_> {
+        Box::pin(Store::commit_keeping(self, ops))
     }
     fn pending_messages(&self) -> Result<Vec<StoredMessage>, StoreError> {
         Store::pending_messages(self)
@@ -422,11 +445,16 @@ impl Store {
 
     /// Applies `ops` in one transaction (grouped with concurrent requests); returns once durable.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Committed, StoreError> {
+        self.commit_keeping(ops).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Store::commit`], handing the ops back if it fails.
+    pub async fn commit_keeping(&self, ops: Vec<Op>) -> Result<Committed, Failed> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Request { ops, reply })
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        if let Err(mpsc::SendError(request)) = self.tx.send(Request { ops, reply }) {
+            return Err((StoreError::Closed, Some(request.ops)));
+        }
+        rx.await.map_err(|_| (StoreError::Closed, None))?
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -512,12 +540,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
                 match wal.sync() {
                     Ok(()) => {
                         for (req, committed) in batch.into_iter().zip(per_request) {
-                            let _ = req.reply.send(Ok(committed));
+                            req.answer(Ok(committed));
                         }
                     }
                     Err(e) => {
                         for req in batch {
-                            let _ = req.reply.send(Err(e.clone()));
+                            req.answer(Err(e.clone()));
                         }
                     }
                 }
@@ -531,12 +559,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
                         on_commit(std::mem::take(&mut committed.messages));
                         wal.sync().map(|()| committed)
                     });
-                    let _ = req.reply.send(result);
+                    req.answer(result);
                 }
             }
             Err(e) => {
                 for req in batch {
-                    let _ = req.reply.send(Err(e.clone()));
+                    req.answer(Err(e.clone()));
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use weft_plan::Builtin;
 
 use super::{StepEnv, StepError, duration, required_str, str_field};
@@ -127,7 +127,11 @@ pub(super) async fn send(
         )));
     }
     match status {
-        200..=399 => Ok(json!({ "status": status, "headers": response_headers, "body": body })),
+        200..=399 => Ok(crate::render::object([
+            ("status", status.into()),
+            ("headers", Value::Object(response_headers)),
+            ("body", body),
+        ])),
         408 | 429 | 500..=599 => Err(StepError::retryable(format!("{url} answered {status}"))),
         _ => Err(StepError::permanent(format!(
             "{url} answered {status}: {}",
