@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::error::TemplateError;
 pub use crate::scope::Scope;
-use crate::scope::{Part, Path};
+use crate::scope::{Part, Read};
 
 /// Fuel per render: bounds the work one template can do (loops, filters).
 const FUEL: u64 = 200_000;
@@ -53,7 +53,7 @@ pub enum Compiled {
     Expr(
         Arc<Expression<'static, 'static>>,
         &'static str,
-        Option<Arc<Path>>,
+        Option<Arc<Read>>,
     ),
     Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
     Array(Vec<Compiled>),
@@ -75,7 +75,7 @@ enum Shared {
     Expr(
         Arc<Expression<'static, 'static>>,
         &'static str,
-        Option<Arc<Path>>,
+        Option<Arc<Read>>,
     ),
     Template(Arc<Template<'static, 'static>>, Option<Arc<Vec<Part>>>),
 }
@@ -120,7 +120,7 @@ impl Renderer {
                     .env
                     .compile_expression(expr)
                     .map_err(|e| syntax(s, &e))?;
-                Shared::Expr(Arc::new(compiled), expr, Path::parse(expr).map(Arc::new))
+                Shared::Expr(Arc::new(compiled), expr, Read::parse(expr).map(Arc::new))
             }
             None => Shared::Template(
                 Arc::new(
@@ -173,7 +173,7 @@ pub fn render(compiled: &Compiled, ctx: &minijinja::Value) -> Result<Value, Temp
 pub fn render_in(compiled: &Compiled, scope: &Scope<'_>) -> Result<Value, TemplateError> {
     Ok(match compiled {
         Compiled::Literal(v) => v.clone(),
-        Compiled::Expr(_, _, Some(path)) if let Some(v) = scope.read(path) => v.clone(),
+        Compiled::Expr(_, _, Some(read)) if let Some(v) = scope.evaluate(read) => v,
         Compiled::Template(_, Some(parts)) if let Some(text) = scope.join(parts) => {
             Value::String(text)
         }
@@ -469,6 +469,45 @@ mod tests {
         assert_eq!(source, "y.z");
         let ctx = context(&json!({ "y": { "z": 4 } }));
         assert_eq!(render(&compile(" {{ y.z }} "), &ctx).unwrap(), json!(4));
+    }
+
+    #[test]
+    fn a_path_divided_by_a_number_reads_as_minijinja_divides() {
+        let r = Renderer::new();
+        for divisor in ["100", "3", "0.5", "7.25"] {
+            let source = format!("{{{{ trigger.body.n / {divisor} }}}}");
+            let compiled = r.compile(&json!(source)).unwrap();
+            assert!(
+                matches!(&compiled, Compiled::Expr(_, _, Some(_))),
+                "{source} is read directly"
+            );
+            for n in [
+                json!(1001),
+                json!(1000),
+                json!(-7),
+                json!(0),
+                json!(2.5),
+                json!(1e300),
+                json!(u64::MAX),
+                json!(i64::MIN),
+                json!(true),
+                json!("12"),
+                json!(null),
+            ] {
+                let trigger = json!({ "body": { "n": n } });
+                let minijinja = render(&compiled, &context(&json!({ "trigger": trigger })));
+                let scope = crate::scope::Scope::new(
+                    vec![("trigger", crate::scope::Root::Value(&trigger))],
+                    || context(&json!({ "trigger": trigger })),
+                );
+                let direct = render_in(&compiled, &scope);
+                assert_eq!(
+                    format!("{direct:?}"),
+                    format!("{minijinja:?}"),
+                    "{n} / {divisor}"
+                );
+            }
+        }
     }
 
     #[test]

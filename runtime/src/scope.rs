@@ -1,7 +1,8 @@
 //! What templates read, and the templates that need no template engine. Most templates in
-//! integrations read one path (`{{ steps.fetch.body }}`, `{{ config.url }}`) or join text with
-//! such reads (`Bearer {{ config.token }}`): these read the JSON documents in place, without
-//! converting anything into minijinja values. Any other template, and any read these cannot
+//! integrations read one path (`{{ steps.fetch.body }}`, `{{ config.url }}`), divide one by a
+//! number (`{{ trigger.body.amount_cents / 100 }}`) or join text with path reads (`Bearer
+//! {{ config.token }}`): these read the JSON documents in place, without converting anything
+//! into minijinja values. Any other template, and any read these cannot
 //! answer exactly as minijinja would (a missing key, a float in text, a value past the output
 //! bound), evaluates in the minijinja context, built only then.
 
@@ -82,6 +83,22 @@ impl<'a> Scope<'a> {
         fits(node, &mut budget, 0).then_some(node)
     }
 
+    /// The value of an expression that is a path, or a path divided by a number, when it is
+    /// what minijinja would answer (minijinja divides as floats: `1001 / 100` is 10.01, and
+    /// `1000 / 100` is 10.0).
+    pub(crate) fn evaluate(&self, read: &Read) -> Option<Value> {
+        let value = self.read(&read.path)?;
+        let Some(divisor) = read.divisor else {
+            return Some(value.clone());
+        };
+        // Only numbers: minijinja would count a boolean as 0 or 1, and refuse the rest with
+        // its own error.
+        let quotient = value.as_number()?.as_f64()? / divisor;
+        let quotient = Value::from(serde_json::Number::from_f64(quotient)?);
+        let mut budget = max_output();
+        fits(&quotient, &mut budget, 0).then_some(quotient)
+    }
+
     /// The text of a template made of text and path reads, when every read is text, an
     /// integer or a boolean (what minijinja writes the same way).
     pub(crate) fn join(&self, parts: &[Part]) -> Option<String> {
@@ -117,6 +134,45 @@ fn fits(v: &Value, budget: &mut usize, depth: usize) -> bool {
         Value::Object(map) => map
             .iter()
             .all(|(k, item)| charge(budget, key_cost(k)).is_ok() && fits(item, budget, depth + 1)),
+    }
+}
+
+/// What a single-expression template reads: a path, or a path divided by a number literal.
+#[derive(Debug, PartialEq)]
+pub struct Read {
+    path: Path,
+    /// A nonzero, finite divisor.
+    divisor: Option<f64>,
+}
+
+impl Read {
+    /// The read an expression is, when it is a path or `path / number`.
+    pub fn parse(expr: &str) -> Option<Read> {
+        if let Some(path) = Path::parse(expr) {
+            return Some(Read {
+                path,
+                divisor: None,
+            });
+        }
+        let (path, divisor) = expr.split_once('/')?;
+        let divisor = divisor.trim();
+        // An integer or a decimal literal, nothing else (no `//`, sign, exponent or name).
+        let digits = divisor.bytes().filter(u8::is_ascii_digit).count();
+        let dots = divisor.bytes().filter(|b| *b == b'.').count();
+        if digits == 0
+            || digits > 15
+            || dots > 1
+            || digits + dots != divisor.len()
+            || divisor.starts_with('.')
+            || divisor.ends_with('.')
+        {
+            return None;
+        }
+        let divisor: f64 = divisor.parse().ok()?;
+        (divisor != 0.0).then_some(Read {
+            path: Path::parse(path)?,
+            divisor: Some(divisor),
+        })
     }
 }
 
@@ -241,6 +297,28 @@ mod tests {
                 ],
             })
         );
+        assert_eq!(
+            Read::parse("trigger.body.cents / 100"),
+            Some(Read {
+                path: Path::parse("trigger.body.cents").unwrap(),
+                divisor: Some(100.0),
+            })
+        );
+        for not_a_read in [
+            "a // 100",
+            "a / 0",
+            "a / 0.0",
+            "a / -1",
+            "a / b",
+            "a / 1e2",
+            "a / 1.",
+            "a / .5",
+            "1 / 2",
+            "a / 2 / 2",
+            "a * 2",
+        ] {
+            assert_eq!(Read::parse(not_a_read), None, "{not_a_read}");
+        }
         for not_a_path in [
             "a / 100",
             "a | upper",
