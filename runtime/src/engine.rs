@@ -599,14 +599,10 @@ impl Engine {
         let mut ops = vec![Op::Ack(message.id)];
         let (output, routes) =
             self.produce(instance, envelope, &message.execution, result, &mut ops);
-        let mut next = Vec::new();
-        for (kind, item) in routes {
-            next.extend(self.follow(instance, step, envelope, kind, item));
-        }
         if run.status == StepRunStatus::Succeeded {
             run.output = Some(self.redactor.load().json(&output));
         }
-        attach(&mut next, &step.step.id, output);
+        let next = self.successors(instance, step, envelope, routes, output);
         ops.push(Op::RecordStep(run));
         let enqueued = self
             .pass_on(instance, &message.execution, next, &mut ops)
@@ -687,13 +683,8 @@ impl Engine {
                 if let Ok(result) = result {
                     let (output, routes) =
                         self.produce(instance, &envelope, execution, result, ops);
-                    let mut next = Vec::new();
-                    for (kind, item) in routes {
-                        next.extend(self.follow(instance, &step, &envelope, kind, item));
-                    }
                     run.output = Some(self.redactor.load().json(&output));
-                    attach(&mut next, &step.step.id, output);
-                    work.extend(next);
+                    work.extend(self.successors(instance, &step, &envelope, routes, output));
                     ops.push(Op::RecordStep(run));
                     continue;
                 }
@@ -840,8 +831,31 @@ impl Engine {
         minijinja::Value::from(ctx)
     }
 
-    /// The targets of this step's edges of one kind, with the envelopes they get (the step's
-    /// output is added by [`attach`]).
+    /// The targets of this step's routes, with the envelopes they get: the step's output is
+    /// added to each, copied for all but the last, which takes it.
+    fn successors(
+        &self,
+        instance: &InstanceRt,
+        step: &StepRt,
+        envelope: &Envelope,
+        routes: Vec<Route>,
+        output: Value,
+    ) -> Vec<Hop> {
+        let mut next = Vec::new();
+        for (kind, item) in routes {
+            next.extend(self.follow(instance, step, envelope, kind, item));
+        }
+        if let Some(((_, last), rest)) = next.split_last_mut() {
+            for (_, envelope) in rest {
+                Arc::make_mut(&mut envelope.steps).insert(step.step.id.clone(), output.clone());
+            }
+            Arc::make_mut(&mut last.steps).insert(step.step.id.clone(), output);
+        }
+        next
+    }
+
+    /// The targets of this step's edges of one kind, with the envelopes they get (without the
+    /// step's output: see [`Engine::successors`]).
     fn follow(
         &self,
         instance: &InstanceRt,
@@ -951,18 +965,6 @@ impl Engine {
         }
         Ok(StepResult::Outcome(outcome))
     }
-}
-
-/// Adds a step's output to the envelopes of its successors: copied for all but the last,
-/// which takes it.
-fn attach(hops: &mut [Hop], step: &str, output: Value) {
-    let Some(((_, last), rest)) = hops.split_last_mut() else {
-        return;
-    };
-    for (_, envelope) in rest {
-        Arc::make_mut(&mut envelope.steps).insert(step.to_string(), output.clone());
-    }
-    Arc::make_mut(&mut last.steps).insert(step.to_string(), output);
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -422,7 +422,6 @@ fn syntax(source: &str, e: &minijinja::Error) -> TemplateError {
     }
 }
 
-/// Whether a rendered value counts as true (branch conditions).
 /// A JSON object of `fields`, in order, the values moved in: `json!` would copy each value
 /// through the serializer first.
 pub fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
@@ -434,6 +433,7 @@ pub fn object<const N: usize>(fields: [(&str, Value); N]) -> Value {
     )
 }
 
+/// Whether a rendered value counts as true (branch conditions).
 pub fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,

@@ -155,25 +155,30 @@ impl Read {
             });
         }
         let (path, divisor) = expr.split_once('/')?;
-        let divisor = divisor.trim();
-        // An integer or a decimal literal, nothing else (no `//`, sign, exponent or name).
-        let digits = divisor.bytes().filter(u8::is_ascii_digit).count();
-        let dots = divisor.bytes().filter(|b| *b == b'.').count();
-        if digits == 0
-            || digits > 15
-            || dots > 1
-            || digits + dots != divisor.len()
-            || divisor.starts_with('.')
-            || divisor.ends_with('.')
-        {
-            return None;
-        }
-        let divisor: f64 = divisor.parse().ok()?;
-        (divisor != 0.0).then_some(Read {
+        Some(Read {
             path: Path::parse(path)?,
-            divisor: Some(divisor),
+            divisor: Some(number_literal(divisor.trim()).filter(|d| *d != 0.0)?),
         })
     }
+}
+
+/// An integer or decimal literal of at most 15 digits (`100`, `0.5`): no sign, exponent,
+/// `//` or name.
+fn number_literal(text: &str) -> Option<f64> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) if !fraction.is_empty() => (whole, fraction),
+        Some(_) => return None,
+        None => (text, ""),
+    };
+    let digits = whole.len() + fraction.len();
+    let all_digits = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .all(|b| b.is_ascii_digit());
+    if whole.is_empty() || digits > 15 || !all_digits {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// A path read: a name, then keys and indexes (`steps.fetch.body`, `trigger.items[0]`).
