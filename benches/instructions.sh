@@ -4,8 +4,9 @@
 # Throughput and CPU time on a shared machine move by 2× from one minute to the next; the
 # count of user-space instructions an event costs does not (kernel work — sockets, WAL writes,
 # fsync — is not counted). This drives the reference flow of `cargo bench --bench reference`
-# (signed webhook → map → HTTP POST → reply, `respond: sync`) through each server under
-# `valgrind --tool=callgrind`, with the same load, and prints instructions per event.
+# (its own repository: signed webhook → map → HTTP POST → reply, `respond: sync`) through
+# each server under `valgrind --tool=callgrind`, with the same load, and prints instructions
+# per event.
 #
 #   benches/instructions.sh [EVENTS] [SENDERS]         (defaults: 1000 events, 32 senders)
 #   WEFT_BINARY=/path/to/weft benches/instructions.sh  (another build of weft)
@@ -27,40 +28,8 @@ WEFT=${WEFT_BINARY:-$ROOT/target/release/weft}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 SECRET=bench-hook-secret-5d3e
-mkdir -p "$WORK/repo/integrations/reference" "$WORK/repo/instances/acme"
-printf 'weft: 1\nname: reference\n' > "$WORK/repo/weft.yaml"
-printf 'weft: 1\nintegration: reference\nconfig:\n  hook_secret: { secret: HOOK_SECRET }\n  token: { secret: CRM_TOKEN }\n' \
-  > "$WORK/repo/instances/acme/reference.yaml"
-cat > "$WORK/repo/integrations/reference/integration.yaml" <<'YAML'
-weft: 1
-name: reference
-description: The reference flow
-config:
-  sink_url: { type: url, default: "http://127.0.0.1:18099" }
-  hook_secret: { type: secret }
-  token: { type: secret }
-flows:
-  orders:
-    trigger:
-      webhook:
-        path: /orders
-        respond: sync
-        auth: { hmac_sha256: { secret: "{{ config.hook_secret }}", header: X-Signature } }
-    steps:
-      - id: shape
-        uses: transform
-        with:
-          value: { id: "{{ trigger.body.id }}", amount: "{{ trigger.body.amount_cents / 100 }}", sent: "{{ trigger.body.sent }}" }
-      - id: deliver
-        uses: http.post
-        with:
-          url: "{{ config.sink_url }}/orders"
-          headers: { Authorization: "Bearer {{ config.token }}" }
-          body: "{{ steps.shape }}"
-      - id: reply
-        uses: respond
-        with: { body: { delivered: "{{ steps.deliver.body }}" } }
-YAML
+# The bench's own repository (the reference flow), its sink on 127.0.0.1:18099.
+WEFT_BENCH_WRITE_REPO="$WORK/repo" WEFT_BENCH_HANDWRITTEN_SINK=127.0.0.1:18099 "$BENCH"
 # The sink: answers each POST with a small JSON body.
 cat > "$WORK/sink.py" <<'PY'
 import http.server, json
@@ -128,5 +97,5 @@ PY
 export WEFT_BENCH_HANDWRITTEN_SINK=127.0.0.1:18099 HOOK_SECRET=$SECRET CRM_TOKEN=bench-crm-token-8f2a NO_COLOR=1
 echo "reference flow, respond: sync; $EVENTS events from $SENDERS senders, under callgrind"
 measure "hand-written" "" /hooks/acme/reference/orders "$BENCH"
-measure "weft run" 18097 /hooks/acme/reference/orders \
+measure "weft run" 18097 /hooks/acme/reference/orders-sync \
   "$WEFT" run "$WORK/repo" --port 18097 --data-dir "$WORK/data"

@@ -28,6 +28,9 @@ use support::{CountingSink, Figures, WeftProcess, binary, free_port, http_client
 
 /// Set in the re-executed bench: the sink the hand-written handler posts to.
 const HANDWRITTEN_SINK: &str = "WEFT_BENCH_HANDWRITTEN_SINK";
+/// With [`HANDWRITTEN_SINK`]: only write the bench's repository, posting to that sink, into
+/// this folder, and stop (`benches/instructions.sh` runs the same flow).
+const WRITE_REPO: &str = "WEFT_BENCH_WRITE_REPO";
 
 /// The hand-written handler: check the signature, map, POST, answer with the sink's reply.
 async fn handwritten(sink: SocketAddr) -> SocketAddr {
@@ -187,6 +190,10 @@ fn spawn_handwritten(sink: SocketAddr) -> (Child, SocketAddr) {
 }
 
 fn main() {
+    if let (Ok(dir), Ok(sink)) = (std::env::var(WRITE_REPO), std::env::var(HANDWRITTEN_SINK)) {
+        repo(Path::new(&dir), sink.parse().unwrap());
+        return;
+    }
     if let Ok(sink) = std::env::var(HANDWRITTEN_SINK) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
