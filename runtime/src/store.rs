@@ -280,8 +280,7 @@ impl Queue for Store {
     }
 }
 
-/// Called on the writer thread after each commit, before its WAL sync, with everything the
-/// batch enqueued (see `writer`).
+/// Called on the writer thread once each commit is durable, with everything it enqueued.
 pub type OnCommit = Box<dyn Fn(Vec<StoredMessage>) + Send + 'static>;
 
 /// Handle to the store: writes go to the writer thread; reads open their own connection.
@@ -350,9 +349,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL: a commit writes the WAL without syncing it; the writer syncs it right after (one
-    // `fdatasync` per group commit) and only then answers, so an acknowledged write survives
-    // power loss as with FULL. In between, what the commit enqueued is already on its way to
-    // the workers (see `writer`). Every other connection keeps NORMAL's consistency.
+    // `fdatasync` per group commit) and only then dispatches and answers, so an acknowledged
+    // write survives power loss as with FULL (see `writer`). Every other connection keeps
+    // NORMAL's consistency.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     Ok(conn)
@@ -528,17 +527,17 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
         let results = apply_batch(&mut conn, &batch);
         match results {
             Ok(mut per_request) => {
-                // Committed, not yet durable: the enqueued messages go to their workers now,
-                // so a step starts while the WAL syncs (its own commit can only follow this
-                // one); the requests hear back once the sync is done.
-                on_commit(
-                    per_request
-                        .iter_mut()
-                        .flat_map(|c| std::mem::take(&mut c.messages))
-                        .collect(),
-                );
+                // Durable first: only then do the enqueued messages go to their workers (a
+                // step's side effect never comes before its caller could hear back), and the
+                // requests get their answers.
                 match wal.sync() {
                     Ok(()) => {
+                        on_commit(
+                            per_request
+                                .iter_mut()
+                                .flat_map(|c| std::mem::take(&mut c.messages))
+                                .collect(),
+                        );
                         for (req, committed) in batch.into_iter().zip(per_request) {
                             req.answer(Ok(committed));
                         }
@@ -556,8 +555,9 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
                     let single = apply_batch(&mut conn, std::slice::from_ref(&req));
                     let result = single.and_then(|mut c| {
                         let mut committed = c.pop().unwrap_or_default();
+                        wal.sync()?;
                         on_commit(std::mem::take(&mut committed.messages));
-                        wal.sync().map(|()| committed)
+                        Ok(committed)
                     });
                     req.answer(result);
                 }
