@@ -156,13 +156,10 @@ fn resolve_auth(
         .as_str()
         .map_or_else(|| value.to_string(), str::to_string);
     Ok(match auth {
-        plan::WebhookAuth::HmacSha256 { header, .. } => WebhookAuth::Hmac {
-            secret: secret.into_bytes(),
-            header: header.clone(),
-        },
-        plan::WebhookAuth::StandardWebhooks { .. } => WebhookAuth::Standard {
-            key: auth::standard_key(&secret),
-        },
+        plan::WebhookAuth::HmacSha256 { header, .. } => {
+            WebhookAuth::hmac(secret.as_bytes(), header.clone())
+        }
+        plan::WebhookAuth::StandardWebhooks { .. } => WebhookAuth::standard(&secret),
         plan::WebhookAuth::Bearer { .. } => WebhookAuth::Bearer {
             token: secret.into_bytes(),
         },

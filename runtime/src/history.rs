@@ -1,7 +1,7 @@
 //! Reading the execution history and the dead letters (`weft executions`, `weft dlq`).
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Debug, Serialize)]
@@ -15,7 +15,7 @@ pub struct Execution {
     pub finished_at: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StepRunRecord {
     pub step: String,
     pub attempt: u32,
@@ -62,6 +62,13 @@ pub fn open(data_dir: &std::path::Path) -> Result<Connection, String> {
     Ok(conn)
 }
 
+/// An execution row's runs (a JSON array the store wrote).
+fn runs(text: Option<String>) -> Result<Vec<StepRunRecord>, String> {
+    text.map_or(Ok(Vec::new()), |t| {
+        serde_json::from_str(&t).map_err(|e| format!("unreadable step runs in the history: {e}"))
+    })
+}
+
 fn json(text: Option<String>) -> Value {
     text.and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(Value::Null)
@@ -99,24 +106,26 @@ pub fn executions(
 pub fn execution(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>, String> {
     let row = conn
         .query_row(
-            "SELECT id, instance, flow, status, error, started_at, finished_at, trigger FROM executions WHERE id = ?1",
+            "SELECT id, instance, flow, status, error, started_at, finished_at, trigger, opening_runs, closing_runs FROM executions WHERE id = ?1",
             [id],
             |r| {
                 Ok((
                     Execution { id: r.get(0)?, instance: r.get(1)?, flow: r.get(2)?, status: r.get(3)?, error: r.get(4)?, started_at: r.get(5)?, finished_at: r.get(6)? },
                     r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<String>>(9)?,
                 ))
             },
         )
         .optional()
         .map_err(|e| e.to_string())?;
-    let Some((execution, trigger)) = row else {
+    let Some((execution, trigger, opening, closing)) = row else {
         return Ok(None);
     };
     let mut stmt = conn
         .prepare("SELECT step, attempt, status, input, output, error, started_at, duration_ms FROM step_runs WHERE execution = ?1 ORDER BY id")
         .map_err(|e| e.to_string())?;
-    let steps = stmt
+    let rows: Vec<StepRunRecord> = stmt
         .query_map([id], |r| {
             Ok(StepRunRecord {
                 step: r.get(0)?,
@@ -132,6 +141,13 @@ pub fn execution(conn: &Connection, id: &str) -> Result<Option<ExecutionDetail>,
         .map_err(|e| e.to_string())?
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
+    // The runs of the commit that started the execution and of the one that finished it are
+    // in its row (see the store's `Held`); the others are rows. Stable by start time: a
+    // replayed execution's later runs come after the closing ones they were written before.
+    let mut steps = runs(opening)?;
+    steps.extend(rows);
+    steps.extend(runs(closing)?);
+    steps.sort_by_key(|s| s.started_at);
     Ok(Some(ExecutionDetail {
         execution,
         trigger: json(trigger),

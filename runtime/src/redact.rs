@@ -75,10 +75,18 @@ impl Redactor {
     }
 
     /// JSON text of a value, redacted: the text is written once and masked in one pass (a
-    /// secret inside a string is in the text in its escaped form, which is matched too).
+    /// secret inside a string is in the text in its escaped form, which is matched too). The
+    /// result is always JSON: should a mask have cut through the text's syntax (a secret of
+    /// digits inside a number, say), the masked text is given as a JSON string instead.
     pub fn json(&self, value: &Value) -> String {
         let text = serde_json::to_string(value).unwrap_or_default();
-        self.masked(&text).unwrap_or(text)
+        match self.masked(&text) {
+            None => text,
+            Some(masked) if serde_json::from_str::<serde::de::IgnoredAny>(&masked).is_ok() => {
+                masked
+            }
+            Some(masked) => serde_json::to_string(&masked).unwrap_or_default(),
+        }
     }
 
     /// `text` with every secret replaced, in one scan; `None` when it holds none.
@@ -118,6 +126,16 @@ mod tests {
         // base64("ada:pa55word-x") and base64("s3cr3t-token"), as an upstream echoes them.
         let echoed = "Basic YWRhOnBhNTV3b3JkLXg= and czNjcjN0LXRva2Vu";
         assert_eq!(r.str(echoed), "Basic *** and ***");
+    }
+
+    #[test]
+    fn json_text_stays_json_when_a_mask_cuts_through_a_number() {
+        let r = Redactor::new(["424242".to_string()]);
+        let text = r.json(&serde_json::json!({ "card": 4242424242u64, "note": "x424242" }));
+        let back: Value = serde_json::from_str(&text).expect("still JSON");
+        let shown = back.as_str().expect("given as a string");
+        assert!(!shown.contains("424242"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
     }
 
     #[test]

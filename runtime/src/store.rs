@@ -310,7 +310,9 @@ CREATE TABLE IF NOT EXISTS executions (
     trigger TEXT,
     error TEXT,
     started_at INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    opening_runs TEXT,
+    closing_runs TEXT
 );
 CREATE TABLE IF NOT EXISTS step_runs (
     id INTEGER PRIMARY KEY,
@@ -359,7 +361,8 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 
 /// Stores created before ids were never reused: their `messages` and `dead_letters` tables
 /// are rebuilt with `AUTOINCREMENT` (so an id named to `weft dlq replay` is never another
-/// message's) and `messages` gains its `crashes` count.
+/// message's) and `messages` gains its `crashes` count. Stores created before executions held
+/// step runs gain the two columns that hold them.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let sql_of = |conn: &Connection, table: &str| -> rusqlite::Result<Option<String>> {
         conn.query_row(
@@ -394,6 +397,13 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
             "INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_before_migration;
              DROP TABLE {table}_before_migration;"
         ))?;
+    }
+    // Executions hold the step runs of the commits that start and finish them (see `Held`).
+    if sql_of(&tx, "executions")?.is_some_and(|sql| !sql.contains("opening_runs")) {
+        tx.execute_batch(
+            "ALTER TABLE executions ADD COLUMN opening_runs TEXT;
+             ALTER TABLE executions ADD COLUMN closing_runs TEXT;",
+        )?;
     }
     tx.commit()
 }
@@ -606,12 +616,23 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed
     for req in batch {
         let mut committed = Committed::default();
         let started = started_with_pending(&req.ops);
+        let mut held = Held::of(&req.ops);
         for op in &req.ops {
             match op {
                 Op::StartExecution(e) if started.contains_key(e.id.as_str()) => {
-                    start_with_pending(&tx, e, started[e.id.as_str()], &mut committed)?;
+                    let runs = held.take(&e.id);
+                    start_with_pending(&tx, e, started[e.id.as_str()], runs, &mut committed)?;
                 }
                 Op::Pending { execution, .. } if started.contains_key(execution.as_str()) => {}
+                Op::RecordStep(run) if held.holds(&run.execution) => {}
+                Op::Pending {
+                    execution,
+                    delta,
+                    at,
+                } => {
+                    let runs = held.take(execution);
+                    pending(&tx, execution, *delta, *at, runs, &mut committed)?;
+                }
                 _ => apply(&tx, op, &mut committed)?,
             }
         }
@@ -619,6 +640,106 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed
     }
     tx.commit()?;
     Ok(out)
+}
+
+/// A request's step runs, held back until the statement that writes their execution's row
+/// anyway: its insert, or the update of its pending count. When that statement starts or
+/// finishes the execution, the runs go into the row itself (`opening_runs`, `closing_runs`:
+/// one JSON array each), so the commonest execution — started by one commit, finished by the
+/// next — writes its history in two statements, not one per step more. Runs of a commit that
+/// does neither are rows of `step_runs`. Only runs whose execution has a pending count in
+/// the request are held (every other is written where it comes).
+struct Held<'o> {
+    /// Few executions per request: a list beats a hash map.
+    runs: Vec<(&'o str, Vec<&'o StepRun>)>,
+}
+
+impl<'o> Held<'o> {
+    fn of(ops: &'o [Op]) -> Held<'o> {
+        let mut runs: Vec<(&'o str, Vec<&'o StepRun>)> = Vec::new();
+        for op in ops {
+            if let Op::Pending { execution, .. } = op
+                && !runs.iter().any(|(e, _)| e == execution)
+            {
+                runs.push((execution, Vec::new()));
+            }
+        }
+        for op in ops {
+            if let Op::RecordStep(run) = op
+                && let Some((_, held)) = runs.iter_mut().find(|(e, _)| *e == run.execution)
+            {
+                held.push(run);
+            }
+        }
+        Held { runs }
+    }
+
+    fn holds(&self, execution: &str) -> bool {
+        self.runs.iter().any(|(e, _)| *e == execution)
+    }
+
+    /// The runs held for `execution`, once (later calls get none).
+    fn take(&mut self, execution: &str) -> Vec<&'o StepRun> {
+        self.runs
+            .iter_mut()
+            .find(|(e, _)| *e == execution)
+            .map(|(_, runs)| std::mem::take(runs))
+            .unwrap_or_default()
+    }
+}
+
+/// Step runs as one JSON array of the records `weft executions show` prints; their input and
+/// output are spliced in as the JSON text they already are. `None` for no runs.
+fn runs_json(runs: &[&StepRun]) -> Option<String> {
+    use std::fmt::Write as _;
+    if runs.is_empty() {
+        return None;
+    }
+    let text = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let mut out = String::with_capacity(
+        runs.iter()
+            .map(|r| {
+                r.input.as_ref().map_or(4, String::len)
+                    + r.output.as_ref().map_or(4, String::len)
+                    + r.error.as_ref().map_or(4, String::len)
+                    + 128
+            })
+            .sum(),
+    );
+    out.push('[');
+    for (i, r) in runs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"step\":{},\"attempt\":{},\"status\":\"{}\",\"input\":{},\"output\":{},\"error\":{},\"started_at\":{},\"duration_ms\":{}}}",
+            text(&r.step),
+            r.attempt,
+            r.status.as_str(),
+            r.input.as_deref().unwrap_or("null"),
+            r.output.as_deref().unwrap_or("null"),
+            r.error.as_deref().map_or_else(|| "null".to_string(), text),
+            r.started_at,
+            r.duration_ms
+        );
+    }
+    out.push(']');
+    Some(out)
+}
+
+/// Step runs as rows of `step_runs`, one each.
+fn insert_runs(tx: &rusqlite::Transaction<'_>, runs: &[&StepRun]) -> rusqlite::Result<()> {
+    for s in runs {
+        tx.prepare_cached(
+            "INSERT INTO step_runs (execution, step, attempt, status, input, output, error, started_at, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            s.execution, s.step, s.attempt, s.status.as_str(), s.input, s.output, s.error, s.started_at, s.duration_ms
+        ])?;
+    }
+    Ok(())
 }
 
 /// The executions a request starts, with the sum of the request's pending counts for each
@@ -666,13 +787,14 @@ fn start_with_pending(
     tx: &rusqlite::Transaction<'_>,
     e: &NewExecution,
     (pending, at): (i64, i64),
+    runs: Vec<&StepRun>,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
     let done = pending <= 0;
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at, finished_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at, finished_at, opening_runs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             e.id,
@@ -682,15 +804,11 @@ fn start_with_pending(
             pending,
             e.trigger,
             e.started_at,
-            done.then_some(at)
+            done.then_some(at),
+            runs_json(&runs)
         ])?;
     if inserted == 0 {
-        let again = Op::Pending {
-            execution: e.id.clone(),
-            delta: pending,
-            at,
-        };
-        return apply_history(tx, &again, committed);
+        return self::pending(tx, &e.id, pending, at, runs, committed);
     }
     if done {
         committed
@@ -707,11 +825,14 @@ fn apply(
     committed: &mut Committed,
 ) -> Result<(), StoreError> {
     match op {
-        Op::StartExecution(_)
-        | Op::Pending { .. }
-        | Op::FailExecution { .. }
-        | Op::RecordStep(_)
-        | Op::Prune { .. } => apply_history(tx, op, committed)?,
+        Op::Pending {
+            execution,
+            delta,
+            at,
+        } => pending(tx, execution, *delta, *at, Vec::new(), committed)?,
+        Op::StartExecution(_) | Op::FailExecution { .. } | Op::RecordStep(_) | Op::Prune { .. } => {
+            apply_history(tx, op, committed)?
+        }
         Op::Reply { execution, reply } => {
             committed.replies.push((execution.clone(), reply.clone()));
         }
@@ -934,7 +1055,59 @@ fn prune_history(
     Ok(doomed.len())
 }
 
-/// Ops on the execution history: executions, their pending counts, step runs, pruning.
+/// Adds `delta` to an execution's count of messages in flight; at zero it is finished, and
+/// `runs` (step runs of the same request) go into its row's `closing_runs` with the same
+/// update. Otherwise they are rows of `step_runs`.
+fn pending(
+    tx: &rusqlite::Transaction<'_>,
+    execution: &str,
+    delta: i64,
+    at: i64,
+    runs: Vec<&StepRun>,
+    committed: &mut Committed,
+) -> rusqlite::Result<()> {
+    // Read, then write by rowid: the same as one `UPDATE … RETURNING`, at about half its cost
+    // (RETURNING goes through a temporary table).
+    let row: Option<(i64, i64, String, Option<i64>, bool)> = tx
+        .prepare_cached(
+            "SELECT rowid, pending, status, finished_at, closing_runs IS NOT NULL FROM executions WHERE id = ?1",
+        )?
+        .query_row([execution], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((rowid, pending, status, finished_at, closed_before)) = row else {
+        return insert_runs(tx, &runs);
+    };
+    let pending = pending + delta;
+    // At zero the execution is finished: succeeded unless it failed already.
+    let finishing = pending <= 0 && finished_at.is_none();
+    let status = if finishing && status == "running" {
+        "succeeded".to_string()
+    } else {
+        status
+    };
+    let finished_at = if finishing { Some(at) } else { finished_at };
+    // A replayed execution finishing again keeps its first closing runs; these are rows.
+    if finishing && !closed_before && !runs.is_empty() {
+        tx.prepare_cached(
+            "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4, closing_runs = ?5 WHERE rowid = ?1",
+        )?
+        .execute(params![rowid, pending, status, finished_at, runs_json(&runs)])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4 WHERE rowid = ?1",
+        )?
+        .execute(params![rowid, pending, status, finished_at])?;
+        insert_runs(tx, &runs)?;
+    }
+    if finishing {
+        committed.finished.push((execution.to_string(), status));
+    }
+    Ok(())
+}
+
+/// Ops on the execution history: executions, step runs, failures, pruning.
 fn apply_history(
     tx: &rusqlite::Transaction<'_>,
     op: &Op,
@@ -947,54 +1120,7 @@ fn apply_history(
             )?
             .execute(params![e.id, e.instance, e.flow, e.trigger, e.started_at])?;
         }
-        Op::RecordStep(s) => {
-            tx.prepare_cached(
-                "INSERT INTO step_runs (execution, step, attempt, status, input, output, error, started_at, duration_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                s.execution, s.step, s.attempt, s.status.as_str(), s.input, s.output, s.error, s.started_at, s.duration_ms
-            ])?;
-        }
-        Op::Pending {
-            execution,
-            delta,
-            at,
-        } => {
-            // Read, then write by rowid: the same as one `UPDATE … RETURNING`, at about half
-            // its cost (RETURNING goes through a temporary table).
-            let row: Option<(i64, i64, String, Option<i64>)> = tx
-                .prepare_cached(
-                    "SELECT rowid, pending, status, finished_at FROM executions WHERE id = ?1",
-                )?
-                .query_row([execution], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })
-                .optional()?;
-            let Some((rowid, pending, status, finished_at)) = row else {
-                return Ok(());
-            };
-            let pending = pending + delta;
-            // At zero the execution is finished: succeeded unless it failed already.
-            let finishing = pending <= 0 && finished_at.is_none();
-            let status = if finishing && status == "running" {
-                "succeeded".to_string()
-            } else {
-                status
-            };
-            tx.prepare_cached(
-                "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4 WHERE rowid = ?1",
-            )?
-            .execute(params![
-                rowid,
-                pending,
-                status,
-                if finishing { Some(*at) } else { finished_at }
-            ])?;
-            if finishing {
-                committed.finished.push((execution.clone(), status));
-            }
-        }
+        Op::RecordStep(run) => insert_runs(tx, &[run])?,
         Op::FailExecution { execution, error } => {
             tx.prepare_cached("UPDATE executions SET status = 'failed', error = ?2 WHERE id = ?1")?
                 .execute(params![execution, error])?;

@@ -522,8 +522,10 @@ async fn history_is_pruned_oldest_first_in_batches_by_count_and_by_age() {
     let path = dir.path().join("weft.db");
     let store = Store::open(&path, Box::new(|_| {})).unwrap();
     let total = 2 * PRUNE_BATCH + 700;
-    // Executions started a millisecond apart; the third is still running.
+    // Executions started a millisecond apart; the third is still running. Each has a step run
+    // in its row (the commit that starts it) and one in `step_runs` (a later commit).
     let mut ops = Vec::new();
+    let mut later = Vec::new();
     for i in 0..total {
         let id = format!("ex-{i:05}");
         ops.push(Op::StartExecution(NewExecution {
@@ -533,7 +535,7 @@ async fn history_is_pruned_oldest_first_in_batches_by_count_and_by_age() {
             trigger: "{}".into(),
             started_at: 1_000 + i as i64,
         }));
-        ops.push(Op::RecordStep(StepRun {
+        let run = StepRun {
             execution: id.clone(),
             step: "s".into(),
             attempt: 1,
@@ -543,7 +545,9 @@ async fn history_is_pruned_oldest_first_in_batches_by_count_and_by_age() {
             error: None,
             started_at: 1_000 + i as i64,
             duration_ms: 1,
-        }));
+        };
+        later.push(Op::RecordStep(run.clone()));
+        ops.push(Op::RecordStep(run));
         ops.push(Op::Pending {
             execution: id,
             delta: i64::from(i == 2),
@@ -551,6 +555,7 @@ async fn history_is_pruned_oldest_first_in_batches_by_count_and_by_age() {
         });
     }
     store.commit(ops).await.unwrap();
+    store.commit(later).await.unwrap();
     let prune = |keep: i64, before: i64| Op::Prune {
         keep,
         before,
@@ -674,7 +679,10 @@ async fn basic_auth_credentials_echoed_by_an_upstream_are_masked() {
     assert!(sent.starts_with("Basic ") && encoded.len() > 8, "{sent}");
     let conn = rusqlite::Connection::open(rt.dir.path().join("weft.db")).unwrap();
     let outputs: Vec<String> = conn
-        .prepare("SELECT coalesce(output, '') || coalesce(error, '') FROM step_runs")
+        .prepare(
+            "SELECT coalesce(output, '') || coalesce(error, '') FROM step_runs
+             UNION ALL SELECT coalesce(opening_runs, '') || coalesce(closing_runs, '') FROM executions",
+        )
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
@@ -684,4 +692,171 @@ async fn basic_auth_credentials_echoed_by_an_upstream_are_masked() {
     assert!(all.contains("Basic ***"), "{all}");
     assert!(!all.contains(&encoded) && !all.contains(TOKEN), "{all}");
     rt.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_runs_read_back_in_order_wherever_the_store_wrote_them() {
+    use weft_runtime::store::{DeadLetterRecord, StepRun};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.db");
+    let store = Store::open(&path, Box::new(|_| {})).unwrap();
+    let run = |step: &str, at: i64, output: &str| {
+        Op::RecordStep(StepRun {
+            execution: "ex-1".into(),
+            step: step.into(),
+            attempt: 1,
+            status: weft_plan::StepRunStatus::Succeeded,
+            input: Some(r#"{"n":"a \"quoted\" word"}"#.into()),
+            output: Some(output.into()),
+            error: (step == "b").then(|| "it said \"no\"\n".to_string()),
+            started_at: at,
+            duration_ms: 1,
+        })
+    };
+    let pending = |delta: i64, at: i64| Op::Pending {
+        execution: "ex-1".into(),
+        delta,
+        at,
+    };
+    // The commit that starts it (a fused step, one message on), one in the middle (a message
+    // done, another on), the one that finishes it (two steps).
+    let start = Op::StartExecution(NewExecution {
+        id: "ex-1".into(),
+        instance: "acme/orders".into(),
+        flow: "f".into(),
+        trigger: "{}".into(),
+        started_at: 1_000,
+    });
+    for ops in [
+        vec![start, run("a", 1_000, "1"), pending(1, 1_000)],
+        vec![run("b", 1_001, "{\"k\":[2]}"), pending(0, 1_001)],
+        vec![
+            run("c", 1_002, "3"),
+            run("d", 1_002, "\"x\""),
+            pending(-1, 1_002),
+        ],
+    ] {
+        store.commit(ops).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (opening, closing, rows): (String, String, i64) = conn
+        .query_row(
+            "SELECT opening_runs, closing_runs, (SELECT count(*) FROM step_runs) FROM executions",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(
+        opening.contains("\"a\"") && closing.contains("\"d\""),
+        "{opening} {closing}"
+    );
+    assert_eq!(rows, 1, "the middle commit's run is a row");
+    let read = |conn: &rusqlite::Connection| {
+        let detail = history::execution(conn, "ex-1").unwrap().unwrap();
+        let steps: Vec<(String, Value)> = detail
+            .steps
+            .iter()
+            .map(|s| (s.step.clone(), s.output.clone()))
+            .collect();
+        (detail, steps)
+    };
+    let reader = history::open(dir.path()).unwrap();
+    let (detail, steps) = read(&reader);
+    assert_eq!(detail.execution.status, "succeeded");
+    assert_eq!(
+        steps,
+        [
+            ("a".to_string(), json!(1)),
+            ("b".to_string(), json!({ "k": [2] })),
+            ("c".to_string(), json!(3)),
+            ("d".to_string(), json!("x")),
+        ]
+    );
+    assert!(
+        detail
+            .steps
+            .iter()
+            .all(|s| s.input == json!({ "n": "a \"quoted\" word" }))
+    );
+    assert_eq!(detail.steps[1].error.as_deref(), Some("it said \"no\"\n"));
+    // Replayed, it finishes again: the first closing runs stay, the new run comes after them.
+    store
+        .commit(vec![Op::RecordDeadLetter(DeadLetterRecord {
+            queue: "q".into(),
+            execution: "ex-1".into(),
+            step: "e".into(),
+            attempt: 1,
+            body: "{}".into(),
+            error: "boom".into(),
+            at: 1_003,
+        })])
+        .await
+        .unwrap();
+    let letter = history::dead_letters(&reader).unwrap()[0].id;
+    store
+        .commit(vec![Op::Replayed {
+            dead_letter: letter,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(read(&reader).0.execution.status, "running");
+    store
+        .commit(vec![run("e", 1_004, "5"), pending(-1, 1_004)])
+        .await
+        .unwrap();
+    let (detail, steps) = read(&reader);
+    assert_eq!(detail.execution.status, "succeeded");
+    let names: Vec<&str> = steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_before_executions_held_step_runs_opens_and_reads_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.db");
+    {
+        let old = rusqlite::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE executions (id TEXT PRIMARY KEY, instance TEXT NOT NULL, flow TEXT NOT NULL,
+                 status TEXT NOT NULL, pending INTEGER NOT NULL DEFAULT 0, trigger TEXT, error TEXT,
+                 started_at INTEGER NOT NULL, finished_at INTEGER);
+             CREATE TABLE step_runs (id INTEGER PRIMARY KEY, execution TEXT NOT NULL, step TEXT NOT NULL,
+                 attempt INTEGER NOT NULL, status TEXT NOT NULL, input TEXT, output TEXT, error TEXT,
+                 started_at INTEGER NOT NULL, duration_ms INTEGER NOT NULL);
+             INSERT INTO executions VALUES ('old', 'acme/orders', 'f', 'succeeded', 0, '{}', NULL, 1, 2);
+             INSERT INTO step_runs (execution, step, attempt, status, input, output, error, started_at, duration_ms)
+                 VALUES ('old', 's', 1, 'succeeded', '{}', '[7]', NULL, 1, 1);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path, Box::new(|_| {})).unwrap();
+    let reader = history::open(dir.path()).unwrap();
+    let old = history::execution(&reader, "old").unwrap().unwrap();
+    assert_eq!(old.steps.len(), 1);
+    assert_eq!(old.steps[0].output, json!([7]));
+    store
+        .commit(vec![
+            Op::StartExecution(NewExecution {
+                id: "new".into(),
+                instance: "acme/orders".into(),
+                flow: "f".into(),
+                trigger: "{}".into(),
+                started_at: 3,
+            }),
+            Op::Pending {
+                execution: "new".into(),
+                delta: 0,
+                at: 3,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        history::execution(&reader, "new")
+            .unwrap()
+            .unwrap()
+            .execution
+            .status,
+        "succeeded"
+    );
 }
