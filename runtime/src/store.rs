@@ -7,11 +7,11 @@
 //! queues and record the step's run — the "write the output, then acknowledge the input" promise
 //! in a single atomic commit — and the execution history stays queryable for `weft executions`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
+use foldhash::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -650,40 +650,38 @@ fn apply_batch(conn: &mut Connection, batch: &[Request]) -> Result<Vec<Committed
 /// does neither are rows of `step_runs`. Only runs whose execution has a pending count in
 /// the request are held (every other is written where it comes).
 struct Held<'o> {
-    /// Few executions per request: a list beats a hash map.
-    runs: Vec<(&'o str, Vec<&'o StepRun>)>,
+    runs: HashMap<&'o str, Vec<&'o StepRun>>,
 }
 
 impl<'o> Held<'o> {
     fn of(ops: &'o [Op]) -> Held<'o> {
-        let mut runs: Vec<(&'o str, Vec<&'o StepRun>)> = Vec::new();
+        let mut runs: HashMap<&'o str, Vec<&'o StepRun>> = HashMap::default();
         for op in ops {
-            if let Op::Pending { execution, .. } = op
-                && !runs.iter().any(|(e, _)| e == execution)
-            {
-                runs.push((execution, Vec::new()));
+            if let Op::Pending { execution, .. } = op {
+                runs.entry(execution).or_default();
             }
         }
-        for op in ops {
-            if let Op::RecordStep(run) = op
-                && let Some((_, held)) = runs.iter_mut().find(|(e, _)| *e == run.execution)
-            {
-                held.push(run);
+        if !runs.is_empty() {
+            for op in ops {
+                if let Op::RecordStep(run) = op
+                    && let Some(held) = runs.get_mut(run.execution.as_str())
+                {
+                    held.push(run);
+                }
             }
         }
         Held { runs }
     }
 
     fn holds(&self, execution: &str) -> bool {
-        self.runs.iter().any(|(e, _)| *e == execution)
+        self.runs.contains_key(execution)
     }
 
     /// The runs held for `execution`, once (later calls get none).
     fn take(&mut self, execution: &str) -> Vec<&'o StepRun> {
         self.runs
-            .iter_mut()
-            .find(|(e, _)| *e == execution)
-            .map(|(_, runs)| std::mem::take(runs))
+            .get_mut(execution)
+            .map(std::mem::take)
             .unwrap_or_default()
     }
 }
@@ -708,20 +706,23 @@ fn runs_json(runs: &[&StepRun]) -> Option<String> {
     );
     out.push('[');
     for (i, r) in runs.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+        out.push_str(if i == 0 { "{\"step\":" } else { ",{\"step\":" });
+        out.push_str(&text(&r.step));
+        let _ = write!(out, ",\"attempt\":{},\"status\":\"", r.attempt);
+        out.push_str(r.status.as_str());
+        out.push_str("\",\"input\":");
+        out.push_str(r.input.as_deref().unwrap_or("null"));
+        out.push_str(",\"output\":");
+        out.push_str(r.output.as_deref().unwrap_or("null"));
+        out.push_str(",\"error\":");
+        match &r.error {
+            Some(error) => out.push_str(&text(error)),
+            None => out.push_str("null"),
         }
         let _ = write!(
             out,
-            "{{\"step\":{},\"attempt\":{},\"status\":\"{}\",\"input\":{},\"output\":{},\"error\":{},\"started_at\":{},\"duration_ms\":{}}}",
-            text(&r.step),
-            r.attempt,
-            r.status.as_str(),
-            r.input.as_deref().unwrap_or("null"),
-            r.output.as_deref().unwrap_or("null"),
-            r.error.as_deref().map_or_else(|| "null".to_string(), text),
-            r.started_at,
-            r.duration_ms
+            ",\"started_at\":{},\"duration_ms\":{}}}",
+            r.started_at, r.duration_ms
         );
     }
     out.push(']');
@@ -754,7 +755,7 @@ fn started_with_pending(ops: &[Op]) -> HashMap<&str, (i64, i64)> {
         })
         .collect();
     if started.is_empty() {
-        return HashMap::new();
+        return HashMap::default();
     }
     for op in ops {
         match op {
