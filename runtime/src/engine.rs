@@ -484,8 +484,13 @@ impl Engine {
         let clock = Instant::now();
         let scope = self.scope(instance, envelope);
         let mut input_seen = None;
-        // The idempotency key: one per execution, step and loop position.
-        let key = format!("{execution}:{}{}", step.step.id, envelope.path);
+        // The idempotency key: one per execution, step and loop position. A fused step is
+        // pure (no HTTP call, no component): it sends none.
+        let key = if step.step.fused {
+            String::new()
+        } else {
+            format!("{execution}:{}{}", step.step.id, envelope.path)
+        };
         let result = self
             .run_step(instance, step, &key, &scope, &mut input_seen)
             .await;
