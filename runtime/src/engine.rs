@@ -46,6 +46,48 @@ pub struct Envelope {
     /// Position in nested loops (`/3/1`), part of the idempotency key.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
+    /// `trigger` as JSON text, when this process wrote it (for the execution's record): every
+    /// message of the execution that leaves from here carries the same text instead of
+    /// serializing the trigger again (see [`Envelope::to_json`]). Never stored.
+    #[serde(skip)]
+    pub trigger_json: Option<Arc<str>>,
+}
+
+impl Envelope {
+    /// The envelope as JSON text, as `serde_json::to_string` writes it, with the trigger's
+    /// text copied in when it was written before.
+    pub fn to_json(&self) -> String {
+        let Some(trigger) = &self.trigger_json else {
+            return serde_json::to_string(self).expect("an envelope serializes");
+        };
+        let text = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        let steps = serde_json::to_string(&*self.steps).expect("step outputs serialize");
+        let mut out = String::with_capacity(trigger.len() + steps.len() + 128);
+        out.push_str("{\"instance\":");
+        out.push_str(&text(&self.instance));
+        out.push_str(",\"flow\":");
+        out.push_str(&text(&self.flow));
+        out.push_str(",\"step\":");
+        out.push_str(&text(&self.step));
+        out.push_str(",\"trigger\":");
+        out.push_str(trigger);
+        out.push_str(",\"steps\":");
+        out.push_str(&steps);
+        if let Some(item) = &self.item {
+            out.push_str(",\"item\":");
+            out.push_str(&serde_json::to_string(item).expect("an item serializes"));
+        }
+        if let Some(index) = self.index {
+            out.push_str(",\"index\":");
+            out.push_str(&index.to_string());
+        }
+        if !self.path.is_empty() {
+            out.push_str(",\"path\":");
+            out.push_str(&text(&self.path));
+        }
+        out.push('}');
+        out
+    }
 }
 
 /// What the engine is made of; see [`Engine::new`].
@@ -309,11 +351,15 @@ impl Engine {
         let f = instance
             .flow(flow)
             .ok_or_else(|| TriggerError::UnknownFlow(flow.to_string()))?;
+        // Written once: masked for the execution's record; its messages carry it as it is.
+        let trigger_json: Arc<str> = serde_json::to_string(&trigger)
+            .expect("a trigger serializes")
+            .into();
         let start = Op::StartExecution(NewExecution {
             id: id.to_string(),
             instance: instance.key.clone(),
             flow: flow.to_string(),
-            trigger: self.redactor.load().json(&trigger),
+            trigger: self.redactor.load().json_text(trigger_json.to_string()),
             started_at: now_ms(),
         });
         let first = f.entry.as_ref().map(|first| {
@@ -326,6 +372,7 @@ impl Engine {
                 item: None,
                 index: None,
                 path: String::new(),
+                trigger_json: Some(trigger_json),
             };
             (first.clone(), envelope)
         });
@@ -344,7 +391,7 @@ impl Engine {
             execution: execution.to_string(),
             visible_at: now_ms(),
             attempt: 1,
-            body: serde_json::to_string(&envelope).expect("an envelope serializes"),
+            body: envelope.to_json(),
             parsed: Some(Arc::new(envelope)),
         }
     }
@@ -1003,6 +1050,41 @@ pub fn backoff(retry: &plan::RetryPolicy, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_envelope_with_its_triggers_text_writes_what_serde_writes() {
+        let trigger = json!({ "body": { "id": "o-1", "note": "a \"quoted\"\nline", "n": [1, 2.5, null] }, "headers": { "x-a": "b" } });
+        let mut steps = Map::new();
+        steps.insert("shape".into(), json!({ "total": 12.5, "ok": true }));
+        let mut envelope = Envelope {
+            instance: "acme/orders".into(),
+            flow: "sync \"it\"".into(),
+            step: "push".into(),
+            trigger: Arc::new(trigger.clone()),
+            steps: Arc::new(steps),
+            item: None,
+            index: None,
+            path: String::new(),
+            trigger_json: None,
+        };
+        let text = serde_json::to_string(&trigger).unwrap().into();
+        for (item, index, path) in [
+            (None, None, ""),
+            (Some(json!({ "sku": "A" })), Some(3), "/3"),
+            (Some(json!("x")), Some(0), "/0/1"),
+        ] {
+            envelope.item = item;
+            envelope.index = index;
+            envelope.path = path.into();
+            envelope.trigger_json = None;
+            let expected = serde_json::to_string(&envelope).unwrap();
+            assert_eq!(envelope.to_json(), expected);
+            envelope.trigger_json = Some(Arc::clone(&text));
+            assert_eq!(envelope.to_json(), expected);
+            let back: Envelope = serde_json::from_str(&envelope.to_json()).unwrap();
+            assert_eq!(*back.trigger, trigger);
+        }
+    }
 
     #[test]
     fn backoff_grows_and_is_capped_with_jitter() {

@@ -79,7 +79,11 @@ impl Redactor {
     /// result is always JSON: should a mask have cut through the text's syntax (a secret of
     /// digits inside a number, say), the masked text is given as a JSON string instead.
     pub fn json(&self, value: &Value) -> String {
-        let text = serde_json::to_string(value).unwrap_or_default();
+        self.json_text(serde_json::to_string(value).unwrap_or_default())
+    }
+
+    /// [`Redactor::json`] of a value already written as JSON text.
+    pub fn json_text(&self, text: String) -> String {
         match self.masked(&text) {
             None => text,
             Some(masked) if serde_json::from_str::<serde::de::IgnoredAny>(&masked).is_ok() => {
