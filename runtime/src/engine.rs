@@ -793,6 +793,15 @@ impl Engine {
                 self.release_replies(committed);
                 true
             }
+            Err(e) if self.store.halted().is_some() => {
+                // The store stopped for good: the message is in it (or its commit was), so the
+                // next start runs it again if it must; running it again here would repeat its
+                // side effect for nothing.
+                tracing::error!(
+                    "store commit failed, the store has stopped; the message runs again at the next start: {e}"
+                );
+                false
+            }
             Err(e) => {
                 tracing::error!(
                     "store commit failed while stopping; the message runs again at the next start: {e}"

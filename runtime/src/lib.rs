@@ -716,6 +716,9 @@ pub async fn serve_on(
         runtime.options.max_connections.max(1),
     ));
     let mut shutdown = std::pin::pin!(shutdown);
+    let store = runtime.engine.clone();
+    let mut halted = std::pin::pin!(store.store().until_halted());
+    let mut failure = None;
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -728,6 +731,10 @@ pub async fn serve_on(
                 }
             },
             _ = &mut shutdown => break,
+            e = &mut halted => {
+                failure = Some(e);
+                break;
+            }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             drop(stream);
@@ -747,7 +754,11 @@ pub async fn serve_on(
     let drain_timeout = runtime.options.drain_timeout;
     let _ = tokio::time::timeout(drain_timeout, graceful.shutdown()).await;
     drain(&runtime.engine, drain_timeout).await;
-    Ok(())
+    match failure {
+        // The process stops with the store's error; the next start recovers what is durable.
+        Some(e) => Err(StartError::Store(e)),
+        None => Ok(()),
+    }
 }
 
 /// Waits for running steps to finish, up to `timeout`.

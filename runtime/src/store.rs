@@ -8,7 +8,7 @@
 //! in a single atomic commit — and the execution history stays queryable for `weft executions`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::thread;
 
 use foldhash::HashMap;
@@ -236,6 +236,26 @@ impl Request {
     fn answer(self, result: Result<Committed, StoreError>) {
         let _ = self.reply.send(result.map_err(|e| (e, Some(self.ops))));
     }
+
+    /// Fails a request whose ops were applied (committed, but not known to be durable): they
+    /// are not handed back, since applying them again would apply them twice.
+    fn fail_applied(self, error: StoreError) {
+        let _ = self.reply.send(Err((error, None)));
+    }
+}
+
+/// The store stopped for good: a sync of its WAL failed after a commit (see `writer`).
+#[derive(Default)]
+struct Halt {
+    error: OnceLock<StoreError>,
+    notify: tokio::sync::Notify,
+}
+
+impl Halt {
+    fn set(&self, error: StoreError) {
+        let _ = self.error.set(error);
+        self.notify.notify_waiters();
+    }
 }
 
 /// What the engine needs from a durable queue. The embedded [`Store`] (SQLite) implements it;
@@ -260,7 +280,19 @@ pub trait Queue: Send + Sync + 'static {
     fn state(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Dead letters whose replay was requested.
     fn replay_requests(&self) -> Result<Vec<i64>, StoreError>;
+    /// Why the queue stopped taking commits for good, if it has (a failed sync).
+    fn halted(&self) -> Option<StoreError> {
+        None
+    }
+    /// Resolves when the queue stops taking commits for good, with why.
+    fn until_halted(&self) -> HaltFuture<'_> {
+        Box::pin(std::future::pending())
+    }
 }
+
+/// See [`Queue::until_halted`].
+pub type HaltFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = StoreError> + Send + 'a>>;
 
 impl Queue for Store {
     fn commit(&self, ops: Vec<Op>) -> CommitFuture<'_> {
@@ -278,6 +310,20 @@ impl Queue for Store {
     fn replay_requests(&self) -> Result<Vec<i64>, StoreError> {
         Store::replay_requests(self)
     }
+    fn halted(&self) -> Option<StoreError> {
+        self.halt.error.get().cloned()
+    }
+    fn until_halted(&self) -> HaltFuture<'_> {
+        Box::pin(async move {
+            loop {
+                let notified = self.halt.notify.notified();
+                if let Some(e) = self.halt.error.get() {
+                    return e.clone();
+                }
+                notified.await;
+            }
+        })
+    }
 }
 
 /// Called on the writer thread once each commit is durable, with everything it enqueued.
@@ -289,6 +335,7 @@ pub struct Store {
     tx: mpsc::Sender<Request>,
     /// One read connection, reused (WAL lets it read while the writer writes).
     read: Arc<Mutex<Connection>>,
+    halt: Arc<Halt>,
 }
 
 const SCHEMA: &str = "
@@ -441,14 +488,17 @@ impl Store {
         }
         let wal = PathBuf::from(format!("{}-wal", conn.path().unwrap_or_default()));
         let (tx, rx) = mpsc::channel::<Request>();
+        let halt = Arc::new(Halt::default());
+        let halted = halt.clone();
         thread::Builder::new()
             .name("weft-store-writer".into())
-            .spawn(move || writer(conn, rx, wal, on_commit))
+            .spawn(move || writer(conn, rx, wal, on_commit, &halted))
             .map_err(|_| StoreError::Closed)?;
         let read = open(path).map_err(open_error)?;
         Ok(Store {
             tx,
             read: Arc::new(Mutex::new(read)),
+            halt,
         })
     }
 
@@ -459,6 +509,10 @@ impl Store {
 
     /// [`Store::commit`], handing the ops back if it fails.
     pub async fn commit_keeping(&self, ops: Vec<Op>) -> Result<Committed, Failed> {
+        if let Some(e) = self.halt.error.get() {
+            // Halted for good: retrying cannot help.
+            return Err((e.clone(), None));
+        }
         let (reply, rx) = oneshot::channel();
         if let Err(mpsc::SendError(request)) = self.tx.send(Request { ops, reply }) {
             return Err((StoreError::Closed, Some(request.ops)));
@@ -523,7 +577,19 @@ impl Store {
     }
 }
 
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_commit: OnCommit) {
+/// The writer thread. A failed sync of the WAL after a commit stops it for good, as databases
+/// do after a failed `fsync`: the kernel may have dropped the pages it could not write, so a
+/// later sync that succeeds would not make them durable. The requests of that commit fail
+/// without their ops (applied once, they must not be applied again); every later commit fails
+/// at once ([`Queue::halted`]); the runtime stops, and at the next start SQLite recovers what
+/// is durable — what was in flight runs again.
+fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Request>,
+    wal: PathBuf,
+    on_commit: OnCommit,
+    halt: &Halt,
+) {
     const MAX_BATCH: usize = 4096;
     let mut wal = Wal::new(wal);
     while let Ok(first) = rx.recv() {
@@ -553,23 +619,30 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
                         }
                     }
                     Err(e) => {
-                        for req in batch {
-                            req.answer(Err(e.clone()));
-                        }
+                        stop_after_failed_sync(batch, e, halt);
+                        return;
                     }
                 }
             }
             Err(_) if batch.len() > 1 => {
                 // One bad request must not fail its neighbours: retry each on its own.
-                for req in batch {
-                    let single = apply_batch(&mut conn, std::slice::from_ref(&req));
-                    let result = single.and_then(|mut c| {
-                        let mut committed = c.pop().unwrap_or_default();
-                        wal.sync()?;
-                        on_commit(std::mem::take(&mut committed.messages));
-                        Ok(committed)
-                    });
-                    req.answer(result);
+                let mut requests = batch.into_iter();
+                while let Some(req) = requests.next() {
+                    match apply_batch(&mut conn, std::slice::from_ref(&req)) {
+                        Ok(mut c) => {
+                            let mut committed = c.pop().unwrap_or_default();
+                            if let Err(e) = wal.sync() {
+                                stop_after_failed_sync(std::iter::once(req), e.clone(), halt);
+                                for req in requests {
+                                    req.answer(Err(e.clone()));
+                                }
+                                return;
+                            }
+                            on_commit(std::mem::take(&mut committed.messages));
+                            req.answer(Ok(committed));
+                        }
+                        Err(e) => req.answer(Err(e)),
+                    }
                 }
             }
             Err(e) => {
@@ -579,6 +652,22 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Request>, wal: PathBuf, on_co
             }
         }
     }
+}
+
+/// Fails the requests of a commit whose sync failed, and halts the store (see [`writer`]).
+fn stop_after_failed_sync(
+    applied: impl IntoIterator<Item = Request>,
+    error: StoreError,
+    halt: &Halt,
+) {
+    tracing::error!(
+        "{error}: the store stops taking writes; what it acknowledged before is durable, and \
+         what was in flight runs again at the next start"
+    );
+    for req in applied {
+        req.fail_applied(error.clone());
+    }
+    halt.set(error);
 }
 
 /// The store's write-ahead log, synced by the writer after each commit (see [`open`]).

@@ -860,3 +860,98 @@ async fn a_store_from_before_executions_held_step_runs_opens_and_reads_as_it_was
         "succeeded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_of_the_wal_stops_the_store_and_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.db");
+    let store = Store::open(&path, Box::new(|_| {})).unwrap();
+    let start = |id: &str| {
+        vec![
+            Op::StartExecution(NewExecution {
+                id: id.into(),
+                instance: "acme/orders".into(),
+                flow: "f".into(),
+                trigger: "{}".into(),
+                started_at: 1,
+            }),
+            Op::Enqueue(NewMessage {
+                queue: "q".into(),
+                execution: id.into(),
+                visible_at: 0,
+                attempt: 1,
+                body: "{}".into(),
+                parsed: None,
+            }),
+            Op::Pending {
+                execution: id.into(),
+                delta: 1,
+                at: 1,
+            },
+        ]
+    };
+    // SQLite keeps writing the WAL it has open; the writer's own sync opens it by its path
+    // (at the first commit) and fails: a stand-in for a disk that fails a write-back.
+    std::fs::remove_file(dir.path().join("weft.db-wal")).unwrap();
+    let (error, back) = store.commit_keeping(start("during")).await.unwrap_err();
+    assert!(matches!(error, StoreError::Sync(_)), "{error}");
+    assert!(
+        back.is_none(),
+        "applied ops are not handed back to be applied again"
+    );
+    use weft_runtime::store::Queue;
+    assert!(store.halted().is_some());
+    let (later, back) = store.commit_keeping(start("after")).await.unwrap_err();
+    assert!(matches!(later, StoreError::Sync(_)), "{later}");
+    assert!(back.is_none(), "a halted store refuses at once");
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(5), store.until_halted()).await,
+        Ok(StoreError::Sync(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_stops_the_runtime_with_the_stores_error() {
+    let (sink, addr) = Sink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let options = weft_runtime::Options {
+        data_dir: dir.path().to_path_buf(),
+        drain_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let runtime = weft_runtime::start(
+        support::compile(&repo(addr, "")),
+        options,
+        support::secrets(),
+    )
+    .await
+    .unwrap();
+    let served = tokio::spawn(weft_runtime::serve_on(
+        runtime,
+        listener,
+        std::future::pending(),
+    ));
+    std::fs::remove_file(dir.path().join("weft.db-wal")).unwrap();
+    let raw = serde_json::to_vec(&json!({ "id": "o-1", "amount_cents": 100 })).unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/hooks/acme/orders/orders"))
+        .header("content-type", "application/json")
+        .header(
+            "X-Signature",
+            weft_runtime::auth::sign_hmac(support::SECRET.as_bytes(), &raw),
+        )
+        .body(raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503, "the event is not acknowledged");
+    let ended = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the runtime stops by itself")
+        .unwrap();
+    let error = ended.expect_err("with an error").to_string();
+    assert!(error.contains("sync"), "{error}");
+    assert!(sink.received.lock().unwrap().is_empty(), "no step ran");
+}
