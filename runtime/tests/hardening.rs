@@ -454,20 +454,22 @@ async fn a_failing_request_in_a_batch_leaves_no_trace_and_fails_no_neighbour() {
     assert_eq!(again.pending_messages().unwrap().len(), committed.len());
 }
 
+/// A message with an empty body for `execution` on queue `q`.
+fn enqueue_on_q(execution: &str) -> Op {
+    Op::Enqueue(NewMessage {
+        queue: "q".into(),
+        execution: execution.into(),
+        visible_at: 0,
+        attempt: 1,
+        body: "{}".into(),
+        parsed: None,
+    })
+}
+
 #[tokio::test]
 async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("weft.db"), Box::new(|_| {})).unwrap();
-    let enqueue = |id: &str| {
-        Op::Enqueue(NewMessage {
-            queue: "q".into(),
-            execution: id.into(),
-            visible_at: 0,
-            attempt: 1,
-            body: "{}".into(),
-            parsed: None,
-        })
-    };
     let dead = |id: i64| Op::DeadLetter {
         id,
         step: "s".into(),
@@ -475,7 +477,11 @@ async fn dead_letter_ids_are_never_reused_and_old_claims_are_pruned() {
         at: 1,
         body: None,
     };
-    let first = store.commit(vec![enqueue("a")]).await.unwrap().enqueued[0];
+    let first = store
+        .commit(vec![enqueue_on_q("a")])
+        .await
+        .unwrap()
+        .enqueued[0];
     store.commit(vec![dead(first)]).await.unwrap();
     let conn = rusqlite::Connection::open(dir.path().join("weft.db")).unwrap();
     let dl_id = |conn: &rusqlite::Connection| -> i64 {
@@ -875,14 +881,7 @@ async fn a_failed_sync_of_the_wal_stops_the_store_and_applies_nothing_twice() {
                 trigger: "{}".into(),
                 started_at: 1,
             }),
-            Op::Enqueue(NewMessage {
-                queue: "q".into(),
-                execution: id.into(),
-                visible_at: 0,
-                attempt: 1,
-                body: "{}".into(),
-                parsed: None,
-            }),
+            enqueue_on_q(id),
             Op::Pending {
                 execution: id.into(),
                 delta: 1,
