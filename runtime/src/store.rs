@@ -664,10 +664,11 @@ fn stop_after_failed_sync(
         "{error}: the store stops taking writes; what it acknowledged before is durable, and \
          what was in flight runs again at the next start"
     );
+    // Halted before anyone hears back: a caller that sees the error also sees the halt.
+    halt.set(error.clone());
     for req in applied {
         req.fail_applied(error.clone());
     }
-    halt.set(error);
 }
 
 /// The store's write-ahead log, synced by the writer after each commit (see [`open`]).
