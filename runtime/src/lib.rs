@@ -716,8 +716,7 @@ pub async fn serve_on(
         runtime.options.max_connections.max(1),
     ));
     let mut shutdown = std::pin::pin!(shutdown);
-    let store = runtime.engine.clone();
-    let mut halted = std::pin::pin!(store.store().until_halted());
+    let mut halted = std::pin::pin!(runtime.engine.store().until_halted());
     let mut failure = None;
     loop {
         let (stream, _) = tokio::select! {
