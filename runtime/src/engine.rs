@@ -352,14 +352,13 @@ impl Engine {
             .flow(flow)
             .ok_or_else(|| TriggerError::UnknownFlow(flow.to_string()))?;
         // Written once: masked for the execution's record; its messages carry it as it is.
-        let trigger_json: Arc<str> = serde_json::to_string(&trigger)
-            .expect("a trigger serializes")
-            .into();
+        let text = serde_json::to_string(&trigger).expect("a trigger serializes");
+        let trigger_json: Arc<str> = Arc::from(text.as_str());
         let start = Op::StartExecution(NewExecution {
             id: id.to_string(),
             instance: instance.key.clone(),
             flow: flow.to_string(),
-            trigger: self.redactor.load().json_text(trigger_json.to_string()),
+            trigger: self.redactor.load().json_text(text),
             started_at: now_ms(),
         });
         let first = f.entry.as_ref().map(|first| {
