@@ -444,7 +444,7 @@ impl Engine {
     ) {
         // Until its commit, the message is marked as running: should the step kill the
         // process, the next start counts it (see `inflight`).
-        let _running = self.inflight.as_ref().map(|s| s.claim(message.id));
+        let running = self.inflight.as_ref().map(|s| s.claim(message.id));
         let parsed = match message.parsed.clone() {
             Some(envelope) => Ok(envelope),
             None => serde_json::from_str(&message.body).map(Arc::new),
@@ -453,7 +453,7 @@ impl Engine {
             Ok(e) => e,
             Err(e) => {
                 let ops = self.unreadable(step, &message, &e.to_string());
-                self.commit_or_requeue(ops, lane, message).await;
+                self.settle(ops, lane, message, running).await;
                 return;
             }
         };
@@ -470,7 +470,7 @@ impl Engine {
             Ok(result) => result,
             Err(error) => match self.after_failure(step, &message, &mut run, error) {
                 AfterFailure::Settled(ops) => {
-                    self.commit_or_requeue(ops, lane, message).await;
+                    self.settle(ops, lane, message, running).await;
                     return;
                 }
                 AfterFailure::Continue(output) => StepResult::Output(output),
@@ -479,7 +479,29 @@ impl Engine {
         let ops = self
             .route(instance, step, &envelope, &message, result, run)
             .await;
-        self.commit_or_requeue(ops, lane, message).await;
+        self.settle(ops, lane, message, running).await;
+    }
+
+    /// Commits what a message's step led to, then frees its in-flight slot: cleared if the
+    /// message stays queued (a retry, a failed commit), left as it is if the commit took the
+    /// message off the queue (see [`crate::inflight::Slot::settled`]).
+    async fn settle(
+        &self,
+        ops: Vec<Op>,
+        lane: &Lane,
+        message: StoredMessage,
+        running: Option<crate::inflight::Slot<'_>>,
+    ) {
+        let id = message.id;
+        let taken_off = ops.iter().any(
+            |op| matches!(op, Op::Ack(acked) | Op::DeadLetter { id: acked, .. } if *acked == id),
+        );
+        if self.commit_or_requeue(ops, lane, message).await
+            && taken_off
+            && let Some(slot) = running
+        {
+            slot.settled();
+        }
     }
 
     /// A message whose envelope cannot be read: dead-lettered, and its execution failed (it

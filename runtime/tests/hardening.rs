@@ -954,3 +954,78 @@ async fn a_failed_sync_stops_the_runtime_with_the_stores_error() {
     assert!(error.contains("sync"), "{error}");
     assert!(sink.received.lock().unwrap().is_empty(), "no step ran");
 }
+
+/// The writer keeps the pending counts of the executions it started; the rows must read the
+/// same as if every count were read from its row: through a failure, which keeps an execution
+/// failed when its last message is done, and through a request that rolls back.
+#[tokio::test]
+async fn pending_counts_stay_right_through_failures_and_rolled_back_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weft.db");
+    let store = Store::open(&path, Box::new(|_| {})).unwrap();
+    let start = |id: &str| {
+        Op::StartExecution(NewExecution {
+            id: id.into(),
+            instance: "acme/orders".into(),
+            flow: "f".into(),
+            trigger: "{}".into(),
+            started_at: 1_000,
+        })
+    };
+    let pending = |id: &str, delta: i64| Op::Pending {
+        execution: id.into(),
+        delta,
+        at: 2_000,
+    };
+    let claim = || Op::Claim {
+        key: "webhook-id:acme/orders:f:once".into(),
+        at: 1,
+    };
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let row = |id: &str| -> (String, i64, Option<i64>) {
+        conn.query_row(
+            "SELECT status, pending, finished_at FROM executions WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap()
+    };
+    // Two messages on; one done; the execution fails; the last one done: failed, finished.
+    store
+        .commit(vec![start("ex-f"), pending("ex-f", 1), pending("ex-f", 1)])
+        .await
+        .unwrap();
+    store.commit(vec![pending("ex-f", -1)]).await.unwrap();
+    store
+        .commit(vec![Op::FailExecution {
+            execution: "ex-f".into(),
+            error: "step `s`: no".into(),
+        }])
+        .await
+        .unwrap();
+    let done = store.commit(vec![pending("ex-f", -1)]).await.unwrap();
+    assert_eq!(row("ex-f"), ("failed".into(), 0, Some(2_000)));
+    assert_eq!(
+        done.finished,
+        vec![("ex-f".to_string(), "failed".to_string())]
+    );
+
+    // A request that counts a message down and then fails (a claim made before) leaves the
+    // count where it was.
+    store.commit(vec![claim()]).await.unwrap();
+    store
+        .commit(vec![start("ex-r"), pending("ex-r", 2)])
+        .await
+        .unwrap();
+    let refused = store.commit(vec![pending("ex-r", -1), claim()]).await;
+    assert!(refused.is_err(), "the repeated claim fails the request");
+    assert_eq!(row("ex-r"), ("running".into(), 2, None));
+    store.commit(vec![pending("ex-r", -1)]).await.unwrap();
+    assert_eq!(row("ex-r"), ("running".into(), 1, None));
+    let done = store.commit(vec![pending("ex-r", -1)]).await.unwrap();
+    assert_eq!(row("ex-r"), ("succeeded".into(), 0, Some(2_000)));
+    assert_eq!(
+        done.finished,
+        vec![("ex-r".to_string(), "succeeded".to_string())]
+    );
+}

@@ -13,9 +13,7 @@ pub(super) async fn run(
     env: &StepEnv<'_>,
 ) -> Result<Outcome, StepError> {
     match builtin {
-        Builtin::Transform => Ok(Outcome::Output(
-            input.get("value").cloned().unwrap_or(Value::Null),
-        )),
+        Builtin::Transform => Ok(Outcome::Output(take(input, "value"))),
         Builtin::Log => {
             let message = env
                 .redactor
@@ -39,17 +37,20 @@ pub(super) async fn run(
             ))
         }
         Builtin::ForEach => match input.get("items") {
-            Some(Value::Array(items)) => Ok(Outcome::FanOut(items.clone())),
+            Some(Value::Array(_)) => match take(input, "items") {
+                Value::Array(items) => Ok(Outcome::FanOut(items)),
+                _ => unreachable!("an array, just matched"),
+            },
             Some(other) => Err(StepError::permanent(format!(
                 "`items` must be a list, found {}",
                 kind(other)
             ))),
             None => Err(StepError::permanent("`items` is missing")),
         },
-        Builtin::Respond => Ok(Outcome::Respond(reply(&input))),
+        Builtin::Respond => Ok(Outcome::Respond(reply(input))),
         Builtin::Dispatch => Ok(Outcome::Dispatch {
             flow: required_str(&input, "flow")?.to_string(),
-            payload: input.get("payload").cloned().unwrap_or(Value::Null),
+            payload: take(input, "payload"),
         }),
         other => Err(StepError::permanent(format!(
             "`{other}` is not run as a step"
@@ -57,8 +58,16 @@ pub(super) async fn run(
     }
 }
 
+/// The field `key` of a step's rendered input, moved out of it; null when there is none.
+fn take(mut input: Value, key: &str) -> Value {
+    input
+        .as_object_mut()
+        .and_then(|fields| fields.remove(key))
+        .unwrap_or(Value::Null)
+}
+
 /// A `respond` step's rendered input as the sync caller's answer.
-fn reply(input: &Value) -> Reply {
+fn reply(input: Value) -> Reply {
     let status = input.get("status").and_then(Value::as_u64).unwrap_or(200) as u16;
     let headers = input
         .get("headers")
@@ -77,6 +86,6 @@ fn reply(input: &Value) -> Reply {
     Reply {
         status,
         headers,
-        body: input.get("body").cloned().unwrap_or(Value::Null),
+        body: take(input, "body"),
     }
 }
