@@ -597,7 +597,7 @@ impl Store {
 /// at once ([`Queue::halted`]); the runtime stops, and at the next start SQLite recovers what
 /// is durable — what was in flight runs again.
 fn writer(
-    mut conn: Connection,
+    conn: Connection,
     rx: mpsc::Receiver<Request>,
     wal: PathBuf,
     on_commit: OnCommit,
@@ -605,7 +605,19 @@ fn writer(
 ) {
     const MAX_BATCH: usize = 4096;
     let mut wal = Wal::new(wal);
-    let mut open = OpenExecutions::default();
+    let mut state = match WriterState::new(&conn) {
+        Ok(state) => state,
+        Err(e) => {
+            // The schema was just made; a statement that does not prepare is a broken store.
+            let error = StoreError::from(e);
+            tracing::error!("the store's writer cannot start: {error}");
+            halt.set(error.clone());
+            for req in rx {
+                req.answer(Err(error.clone()));
+            }
+            return;
+        }
+    };
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -614,7 +626,7 @@ fn writer(
                 Err(_) => break,
             }
         }
-        let results = apply_batch(&mut conn, &batch, &mut open);
+        let results = apply_batch(&conn, &batch, &mut state);
         match results {
             Ok(mut per_request) => {
                 // Durable first: only then do the enqueued messages go to their workers (a
@@ -642,7 +654,7 @@ fn writer(
                 // One bad request must not fail its neighbours: retry each on its own.
                 let mut requests = batch.into_iter();
                 while let Some(req) = requests.next() {
-                    match apply_batch(&mut conn, std::slice::from_ref(&req), &mut open) {
+                    match apply_batch(&conn, std::slice::from_ref(&req), &mut state) {
                         Ok(mut c) => {
                             let mut committed = c.pop().unwrap_or_default();
                             if let Err(e) = wal.sync() {
@@ -737,25 +749,59 @@ impl OpenExecutions {
     }
 }
 
+/// What the writer keeps from one batch to the next: the statements every event runs, prepared
+/// once (rather than looked up by their text in rusqlite's cache each time), and the pending
+/// counts of the executions it started.
+struct WriterState<'c> {
+    open: OpenExecutions,
+    insert_execution: rusqlite::Statement<'c>,
+    count_down: rusqlite::Statement<'c>,
+    count_down_closing: rusqlite::Statement<'c>,
+    enqueue: rusqlite::Statement<'c>,
+    ack: rusqlite::Statement<'c>,
+}
+
+impl<'c> WriterState<'c> {
+    fn new(conn: &'c Connection) -> rusqlite::Result<WriterState<'c>> {
+        Ok(WriterState {
+            open: OpenExecutions::default(),
+            insert_execution: conn.prepare(INSERT_EXECUTION)?,
+            count_down: conn.prepare(COUNT_DOWN)?,
+            count_down_closing: conn.prepare(COUNT_DOWN_CLOSING)?,
+            enqueue: conn.prepare(ENQUEUE)?,
+            ack: conn.prepare(ACK)?,
+        })
+    }
+}
+
+const INSERT_EXECUTION: &str = "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at, finished_at, opening_runs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const COUNT_DOWN: &str =
+    "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4 WHERE rowid = ?1";
+const COUNT_DOWN_CLOSING: &str = "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4, closing_runs = ?5 WHERE rowid = ?1";
+const ENQUEUE: &str = "INSERT INTO messages (queue, execution, visible_at, attempt, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+const ACK: &str = "DELETE FROM messages WHERE id = ?1";
+
 fn apply_batch(
-    conn: &mut Connection,
+    conn: &Connection,
     batch: &[Request],
-    open: &mut OpenExecutions,
+    state: &mut WriterState<'_>,
 ) -> Result<Vec<Committed>, StoreError> {
-    let applied = apply_in_transaction(conn, batch, open);
+    let applied = apply_in_transaction(conn, batch, state);
     if applied.is_err() {
         // Rolled back: what the batch counted did not happen.
-        open.rows.clear();
+        state.open.rows.clear();
     }
     applied
 }
 
 fn apply_in_transaction(
-    conn: &mut Connection,
+    conn: &Connection,
     batch: &[Request],
-    open: &mut OpenExecutions,
+    state: &mut WriterState<'_>,
 ) -> Result<Vec<Committed>, StoreError> {
-    let tx = conn.transaction()?;
+    // The writer's connection is used by nothing else, and the held statements borrow it.
+    let tx = conn.unchecked_transaction()?;
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
         let mut committed = Committed::default();
@@ -765,7 +811,14 @@ fn apply_in_transaction(
             match op {
                 Op::StartExecution(e) if started.contains_key(e.id.as_str()) => {
                     let runs = held.take(&e.id);
-                    start_with_pending(&tx, e, started[e.id.as_str()], runs, open, &mut committed)?;
+                    start_with_pending(
+                        &tx,
+                        e,
+                        started[e.id.as_str()],
+                        runs,
+                        state,
+                        &mut committed,
+                    )?;
                 }
                 Op::Pending { execution, .. } if started.contains_key(execution.as_str()) => {}
                 Op::RecordStep(run) if held.holds(&run.execution) => {}
@@ -775,9 +828,9 @@ fn apply_in_transaction(
                     at,
                 } => {
                     let runs = held.take(execution);
-                    pending(&tx, execution, *delta, *at, runs, open, &mut committed)?;
+                    pending(&tx, execution, *delta, *at, runs, state, &mut committed)?;
                 }
-                _ => apply(&tx, op, open, &mut committed)?,
+                _ => apply(&tx, op, state, &mut committed)?,
             }
         }
         out.push(committed);
@@ -933,35 +986,30 @@ fn start_with_pending(
     e: &NewExecution,
     (pending, at): (i64, i64),
     runs: Vec<&StepRun>,
-    open: &mut OpenExecutions,
+    state: &mut WriterState<'_>,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
     let done = pending <= 0;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO executions (id, instance, flow, status, pending, trigger, started_at, finished_at, opening_runs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?
-        .execute(params![
-            e.id,
-            e.instance,
-            e.flow,
-            if done { "succeeded" } else { "running" },
-            pending,
-            e.trigger,
-            e.started_at,
-            done.then_some(at),
-            runs_json(&runs)
-        ])?;
+    let inserted = state.insert_execution.execute(params![
+        e.id,
+        e.instance,
+        e.flow,
+        if done { "succeeded" } else { "running" },
+        pending,
+        e.trigger,
+        e.started_at,
+        done.then_some(at),
+        runs_json(&runs)
+    ])?;
     if inserted == 0 {
-        return self::pending(tx, &e.id, pending, at, runs, open, committed);
+        return self::pending(tx, &e.id, pending, at, runs, state, committed);
     }
     if done {
         committed
             .finished
             .push((e.id.clone(), "succeeded".to_string()));
     } else {
-        open.insert(&e.id, tx.last_insert_rowid(), pending);
+        state.open.insert(&e.id, tx.last_insert_rowid(), pending);
     }
     Ok(())
 }
@@ -970,7 +1018,7 @@ fn start_with_pending(
 fn apply(
     tx: &rusqlite::Transaction<'_>,
     op: &Op,
-    open: &mut OpenExecutions,
+    state: &mut WriterState<'_>,
     committed: &mut Committed,
 ) -> Result<(), StoreError> {
     if matches!(
@@ -978,14 +1026,14 @@ fn apply(
         Op::FailExecution { .. } | Op::Prune { .. } | Op::Replayed { .. } | Op::Replay { .. }
     ) {
         // These change executions' rows (their status, or whether they are there at all).
-        open.rows.clear();
+        state.open.rows.clear();
     }
     match op {
         Op::Pending {
             execution,
             delta,
             at,
-        } => pending(tx, execution, *delta, *at, Vec::new(), open, committed)?,
+        } => pending(tx, execution, *delta, *at, Vec::new(), state, committed)?,
         Op::StartExecution(_) | Op::FailExecution { .. } | Op::RecordStep(_) | Op::Prune { .. } => {
             apply_history(tx, op, committed)?
         }
@@ -1023,7 +1071,7 @@ fn apply(
             ])?;
         }
         Op::Replayed { dead_letter } => reopen(tx, *dead_letter)?,
-        _ => apply_queue(tx, op, committed)?,
+        _ => apply_queue(tx, op, state, committed)?,
     }
     Ok(())
 }
@@ -1032,14 +1080,18 @@ fn apply(
 fn apply_queue(
     tx: &rusqlite::Transaction<'_>,
     op: &Op,
+    state: &mut WriterState<'_>,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
     match op {
         Op::Enqueue(m) => {
-            tx.prepare_cached(
-                "INSERT INTO messages (queue, execution, visible_at, attempt, body) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![m.queue, m.execution, m.visible_at, m.attempt, m.body])?;
+            state.enqueue.execute(params![
+                m.queue,
+                m.execution,
+                m.visible_at,
+                m.attempt,
+                m.body
+            ])?;
             let id = tx.last_insert_rowid();
             committed.enqueued.push(id);
             committed.messages.push(StoredMessage {
@@ -1058,8 +1110,7 @@ fn apply_queue(
                 .execute(params![id, crashes])?;
         }
         Op::Ack(id) => {
-            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                .execute([id])?;
+            state.ack.execute([id])?;
         }
         Op::Reschedule {
             id,
@@ -1100,14 +1151,13 @@ fn apply_queue(
                  SELECT queue, execution, ?2, attempt, COALESCE(?5, body), ?3, ?4 FROM messages WHERE id = ?1",
             )?
             .execute(params![id, step, error, at, body])?;
-            tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?
-                .execute([id])?;
+            state.ack.execute([id])?;
         }
         Op::RequestReplay { dead_letter } => {
             tx.prepare_cached("INSERT OR IGNORE INTO replay_requests (dead_letter) SELECT id FROM dead_letters WHERE id = ?1")?
                 .execute([dead_letter])?;
         }
-        Op::Replay { dead_letter, at } => replay(tx, *dead_letter, *at, committed)?,
+        Op::Replay { dead_letter, at } => replay(tx, *dead_letter, *at, state, committed)?,
         _ => unreachable!("apply routes only queue ops here"),
     }
     Ok(())
@@ -1118,6 +1168,7 @@ fn replay(
     tx: &rusqlite::Transaction<'_>,
     dead_letter: i64,
     at: i64,
+    state: &mut WriterState<'_>,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM replay_requests WHERE dead_letter = ?1")?
@@ -1137,7 +1188,7 @@ fn replay(
         body,
         parsed: None,
     };
-    apply_queue(tx, &Op::Enqueue(message), committed)?;
+    apply_queue(tx, &Op::Enqueue(message), state, committed)?;
     reopen(tx, dead_letter)
 }
 
@@ -1219,9 +1270,10 @@ fn pending(
     delta: i64,
     at: i64,
     runs: Vec<&StepRun>,
-    open: &mut OpenExecutions,
+    state: &mut WriterState<'_>,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
+    let open = &mut state.open;
     // Read (unless the writer holds the count), then write by rowid: the same as one
     // `UPDATE … RETURNING`, at about half its cost (RETURNING goes through a temporary table).
     let row: Option<(i64, i64, String, Option<i64>, bool)> = match open.rows.get(execution) {
@@ -1254,15 +1306,17 @@ fn pending(
     let finished_at = if finishing { Some(at) } else { finished_at };
     // A replayed execution finishing again keeps its first closing runs; these are rows.
     if finishing && !closed_before && !runs.is_empty() {
-        tx.prepare_cached(
-            "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4, closing_runs = ?5 WHERE rowid = ?1",
-        )?
-        .execute(params![rowid, pending, status, finished_at, runs_json(&runs)])?;
+        state.count_down_closing.execute(params![
+            rowid,
+            pending,
+            status,
+            finished_at,
+            runs_json(&runs)
+        ])?;
     } else {
-        tx.prepare_cached(
-            "UPDATE executions SET pending = ?2, status = ?3, finished_at = ?4 WHERE rowid = ?1",
-        )?
-        .execute(params![rowid, pending, status, finished_at])?;
+        state
+            .count_down
+            .execute(params![rowid, pending, status, finished_at])?;
         insert_runs(tx, &runs)?;
     }
     if finishing {
