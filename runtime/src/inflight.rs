@@ -1,8 +1,9 @@
 //! Which messages are running now, kept where a crash cannot lose it: one 8-byte slot per
-//! running step in `inflight.slots`, set before the step runs and cleared after its commit.
-//! The writes go to the page cache without an fsync, so they survive the process being killed
-//! (SIGKILL, an OOM kill, an abort) — what a poison message does — at the cost of two small
-//! `pwrite`s per step. At start, the slots still set name the messages that were running when
+//! running step in `inflight.slots`, set before the step runs and cleared after its commit
+//! (unless the commit took the message off the queue: see [`Slot::settled`]). The writes go to
+//! the page cache without an fsync, so they survive the process being killed (SIGKILL, an OOM
+//! kill, an abort) — what a poison message does — at the cost of a small `pwrite` or two per
+//! step. At start, the slots still set name the messages that were running when
 //! the process stopped; a message found there [`QUARANTINE_AFTER`] times is dead-lettered
 //! instead of run again, so one poison message cannot crash-loop the runtime. (A power cut may
 //! lose the slots: the message then runs again, as any message in flight does.)
