@@ -44,11 +44,10 @@ async fn accepted_events_survive_kill_9() {
             }
         }));
     }
-    // Kill once a good share is accepted, while work is certainly in flight.
-    for _ in 0..400 {
-        if accepted.lock().unwrap().len() >= 1500 {
-            break;
-        }
+    // Kill once a good share is accepted, while work is certainly in flight. The waits below
+    // are for counts, with a deadline, not a number of polls: a loaded CI machine is slow.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() < 1500 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Then the sink holds every delivery (and later fails it unrecorded) while the senders go
@@ -56,10 +55,10 @@ async fn accepted_events_survive_kill_9() {
     // or slow this machine delivers.
     sink.hold(true);
     let delivered_at_hold = sink.distinct();
-    for _ in 0..400 {
-        if accepted.lock().unwrap().len() >= delivered_at_hold + 100 {
-            break;
-        }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() < delivered_at_hold + 100
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let at_kill = accepted.lock().unwrap().len();
