@@ -304,12 +304,8 @@ async fn events_through_the_broker_survive_weft_kill_9() {
 
     // The same load, weft killed with SIGKILL in the middle and restarted while the senders
     // keep going (an event refused at connect is sent again once weft is back).
-    // The kill waits on the count, not on a clock: a loaded CI machine may accept slowly.
     let (accepted, senders) = load(port, "b", 10, 50, Arc::new(AtomicBool::new(false)));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while accepted.lock().unwrap().len() < 200 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_for_accepted(&accepted, 200).await;
     let at_kill = accepted.lock().unwrap().len();
     let delivered_at_kill = sink
         .snapshot()
@@ -347,10 +343,7 @@ async fn accepted_events_survive_a_broker_restart() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (accepted, senders) = load(port, "c", 10, 60, stop.clone());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while accepted.lock().unwrap().len() < 150 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_for_accepted(&accepted, 150).await;
     let before = accepted.lock().unwrap().len();
     setup.nats.kill9();
     // The gateway answers 503 while the broker is down: those are not accepted.

@@ -44,23 +44,14 @@ async fn accepted_events_survive_kill_9() {
             }
         }));
     }
-    // Kill once a good share is accepted, while work is certainly in flight. The waits below
-    // are for counts, with a deadline, not a number of polls: a loaded CI machine is slow.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while accepted.lock().unwrap().len() < 1500 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Kill once a good share is accepted, while work is certainly in flight.
+    support::wait_for_accepted(&accepted, 1500).await;
     // Then the sink holds every delivery (and later fails it unrecorded) while the senders go
     // on: work accepted from here on is certainly in flight or queued at the kill, however fast
     // or slow this machine delivers.
     sink.hold(true);
     let delivered_at_hold = sink.distinct();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while accepted.lock().unwrap().len() < delivered_at_hold + 100
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_for_accepted(&accepted, delivered_at_hold + 100).await;
     let at_kill = accepted.lock().unwrap().len();
     weft.kill9();
     let delivered_at_kill = sink.distinct();

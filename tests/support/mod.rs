@@ -625,6 +625,16 @@ pub async fn load(
     }
 }
 
+/// Waits until `accepted` holds at least `count` events, for at most 30 s. A wait for a count
+/// against a deadline, not a number of polls: a loaded CI machine accepts slowly, and a test
+/// that kills mid-load must not kill before the load is under way.
+pub async fn wait_for_accepted(accepted: &Mutex<Vec<String>>, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while accepted.lock().unwrap().len() < count && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Fails, naming a few and printing weft's log, if any accepted event was not delivered.
 pub fn assert_none_lost(accepted: &[String], delivered: impl Fn(&str) -> bool, log: &Path) {
     let lost: Vec<&String> = accepted.iter().filter(|id| !delivered(id)).collect();
