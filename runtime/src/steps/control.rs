@@ -13,7 +13,7 @@ pub(super) async fn run(
     env: &StepEnv<'_>,
 ) -> Result<Outcome, StepError> {
     match builtin {
-        Builtin::Transform => Ok(Outcome::Output(take(input, "value"))),
+        Builtin::Transform => Ok(Outcome::Output(take(input, "value").unwrap_or_default())),
         Builtin::Log => {
             let message = env
                 .redactor
@@ -36,21 +36,18 @@ pub(super) async fn run(
                 json!({ "waited_ms": d.as_millis() as u64 }),
             ))
         }
-        Builtin::ForEach => match input.get("items") {
-            Some(Value::Array(_)) => match take(input, "items") {
-                Value::Array(items) => Ok(Outcome::FanOut(items)),
-                _ => unreachable!("an array, just matched"),
-            },
+        Builtin::ForEach => match take(input, "items") {
+            Some(Value::Array(items)) => Ok(Outcome::FanOut(items)),
             Some(other) => Err(StepError::permanent(format!(
                 "`items` must be a list, found {}",
-                kind(other)
+                kind(&other)
             ))),
             None => Err(StepError::permanent("`items` is missing")),
         },
         Builtin::Respond => Ok(Outcome::Respond(reply(input))),
         Builtin::Dispatch => Ok(Outcome::Dispatch {
             flow: required_str(&input, "flow")?.to_string(),
-            payload: take(input, "payload"),
+            payload: take(input, "payload").unwrap_or_default(),
         }),
         other => Err(StepError::permanent(format!(
             "`{other}` is not run as a step"
@@ -58,12 +55,9 @@ pub(super) async fn run(
     }
 }
 
-/// The field `key` of a step's rendered input, moved out of it; null when there is none.
-fn take(mut input: Value, key: &str) -> Value {
-    input
-        .as_object_mut()
-        .and_then(|fields| fields.remove(key))
-        .unwrap_or(Value::Null)
+/// The field `key` of a step's rendered input, moved out of it, when it has one.
+fn take(mut input: Value, key: &str) -> Option<Value> {
+    input.as_object_mut()?.remove(key)
 }
 
 /// A `respond` step's rendered input as the sync caller's answer.
@@ -86,6 +80,6 @@ fn reply(input: Value) -> Reply {
     Reply {
         status,
         headers,
-        body: take(input, "body"),
+        body: take(input, "body").unwrap_or_default(),
     }
 }
